@@ -1,0 +1,23 @@
+import Foundation
+import Tape
+
+/// Benchmarks for scripts/bench: `relaxft-bench [workload…]` (all when none given).
+@main
+struct Bench {
+    static func main() {
+        BLAS.setThreads(1)
+        if ProcessInfo.processInfo.environment["NO_MALLOPT"] == nil {
+            Allocator.keepLargeBuffersInHeap()
+        }
+        let args = Array(CommandLine.arguments.dropFirst())
+        let all: [(String, () -> Void)] = [("tape", TapeBench.run)]
+        let chosen = args.isEmpty ? all.map(\.0) : args
+        for name in chosen {
+            guard let w = all.first(where: { $0.0 == name }) else {
+                FileHandle.standardError.write("unknown workload \(name); known: \(all.map(\.0).joined(separator: ", "))\n".data(using: .utf8)!)
+                exit(2)
+            }
+            w.1()
+        }
+    }
+}

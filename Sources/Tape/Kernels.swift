@@ -1,0 +1,422 @@
+import CLinalg
+
+// Raw (non-recording) kernels on Tensors. Every kernel takes buffer pointers once and loops over them.
+// Differentiable operations in Ops*.swift call these for their forward values and, through other
+// differentiable operations, for their backward rules.
+
+// MARK: - Broadcasting
+
+public enum Broadcast {
+    /// NumPy broadcasting of two shapes, or nil when they are incompatible.
+    public static func shape(_ a: [Int], _ b: [Int]) -> [Int]? {
+        let r = Swift.max(a.count, b.count)
+        var out = [Int](repeating: 1, count: r)
+        for k in 0..<r {
+            let da = k < r - a.count ? 1 : a[k - (r - a.count)]
+            let db = k < r - b.count ? 1 : b[k - (r - b.count)]
+            if da == db || db == 1 { out[k] = da } else if da == 1 { out[k] = db } else { return nil }
+        }
+        return out
+    }
+
+    /// Strides of `shape` aligned to `outShape` (rank-padded on the left), 0 on broadcast dimensions.
+    static func strides(of shape: [Int], in outShape: [Int]) -> [Int] {
+        let r = outShape.count, pad = r - shape.count
+        var strides = [Int](repeating: 0, count: r)
+        var s = 1
+        for k in stride(from: shape.count - 1, through: 0, by: -1) {
+            strides[k + pad] = shape[k] == 1 ? 0 : s
+            s *= shape[k]
+        }
+        return strides
+    }
+}
+
+/// Walks the multi-index of `shape` (all but the last axis) keeping flat offsets into two strided inputs.
+/// `body(outerIndex, offsetA, offsetB)` is called once per row of the last axis.
+@inline(__always)
+func forEachRow(_ shape: [Int], _ sa: [Int], _ sb: [Int], _ body: (Int, Int, Int) -> Void) {
+    let r = shape.count
+    let inner = shape[r - 1]
+    let total = Tensor.elementCount(shape)
+    if total == 0 { return }
+    let rows = total / inner
+    var idx = [Int](repeating: 0, count: Swift.max(r - 1, 1))
+    var oa = 0, ob = 0
+    for row in 0..<rows {
+        body(row, oa, ob)
+        var d = r - 2
+        while d >= 0 {
+            idx[d] += 1; oa += sa[d]; ob += sb[d]
+            if idx[d] < shape[d] { break }
+            oa -= sa[d] * shape[d]; ob -= sb[d] * shape[d]; idx[d] = 0
+            d -= 1
+        }
+    }
+}
+
+extension Tensor {
+    /// Elementwise map.
+    @inline(__always)
+    public func map(_ f: (Double) -> Double) -> Tensor {
+        let out = Tensor(uninitializedShape: shape)
+        let n = count
+        let src = storage.pointer, dst = out.storage.pointer
+        for i in 0..<n { dst[i] = f(src[i]) }
+        return out
+    }
+
+    /// Elementwise binary operation with NumPy broadcasting.
+    @inline(__always)
+    public static func zipWith(_ a: Tensor, _ b: Tensor, _ f: (Double, Double) -> Double) -> Tensor {
+        if a.shape == b.shape {
+            let out = Tensor(uninitializedShape: a.shape)
+            let pa = a.storage.pointer, pb = b.storage.pointer, po = out.storage.pointer
+            for i in 0..<a.count { po[i] = f(pa[i], pb[i]) }
+            return out
+        }
+        guard let s = Broadcast.shape(a.shape, b.shape) else {
+            preconditionFailure("cannot broadcast shapes \(a.shape) and \(b.shape)")
+        }
+        let out = Tensor(uninitializedShape: s)
+        let pa = a.storage.pointer, pb = b.storage.pointer, po = out.storage.pointer
+        if b.count == 1 && s == a.shape {
+            let y = pb[0]
+            for i in 0..<a.count { po[i] = f(pa[i], y) }
+            return out
+        }
+        if a.count == 1 && s == b.shape {
+            let x = pa[0]
+            for i in 0..<b.count { po[i] = f(x, pb[i]) }
+            return out
+        }
+        let sa = Broadcast.strides(of: a.shape, in: s), sb = Broadcast.strides(of: b.shape, in: s)
+        let inner = s[s.count - 1], ia = sa[s.count - 1], ib = sb[s.count - 1]
+        forEachRow(s, sa, sb) { row, oa, ob in
+            let o = po + row * inner
+            for k in 0..<inner { o[k] = f(pa[oa + k * ia], pb[ob + k * ib]) }
+        }
+        return out
+    }
+
+    /// Sum over broadcast dimensions so that the result has `target` shape (inverse of broadcasting).
+    public func sum(toShape target: [Int]) -> Tensor {
+        if target == shape { return self }
+        precondition(Broadcast.shape(target, shape) == shape, "cannot reduce shape \(shape) to \(target)")
+        let out = Tensor(shape: target, repeating: 0)
+        let po = out.storage.pointer, pg = storage.pointer
+        if out.count == 1 {
+            po[0] = Tensor.sumBuffer(pg, count)
+            return out
+        }
+        let so = Broadcast.strides(of: target, in: shape)
+        let r = shape.count, inner = shape[r - 1], io = so[r - 1]
+        forEachRow(shape, so, so) { row, oo, _ in
+            let g = pg + row * inner
+            if io == 0 {
+                po[oo] += Tensor.sumBuffer(g, inner)
+            } else {
+                for k in 0..<inner { po[oo + k] += g[k] }
+            }
+        }
+        return out
+    }
+
+    /// Repeat along broadcast dimensions to `target` shape.
+    public func broadcast(to target: [Int]) -> Tensor {
+        if target == shape { return self }
+        precondition(Broadcast.shape(shape, target) == target, "cannot broadcast \(shape) to \(target)")
+        if count == 1 { return Tensor(shape: target, repeating: storage.pointer[0]) }
+        let out = Tensor(uninitializedShape: target)
+        let sa = Broadcast.strides(of: shape, in: target)
+        let inner = target[target.count - 1], ia = sa[target.count - 1]
+        let src = storage.pointer, dst = out.storage.pointer
+        forEachRow(target, sa, sa) { row, oa, _ in
+            let d = dst + row * inner
+            for k in 0..<inner { d[k] = src[oa + k * ia] }
+        }
+        return out
+    }
+
+    /// Pairwise sum with 4 accumulators (Swift keeps strict FP order, so a plain loop is not vectorised).
+    @inline(__always)
+    static func sumBuffer(_ p: UnsafePointer<Double>, _ n: Int) -> Double {
+        var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+        var i = 0
+        while i + 4 <= n { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; i += 4 }
+        while i < n { s0 += p[i]; i += 1 }
+        return (s0 + s1) + (s2 + s3)
+    }
+
+    public func sum() -> Double { Tensor.sumBuffer(storage.pointer, count) }
+
+    /// Sum over the given axes (negative axes count from the end).
+    public func sum(axes: [Int], keepDims: Bool = false) -> Tensor {
+        let ax = Tensor.normalizeAxes(axes, rank: rank)
+        var kept = shape
+        for a in ax { kept[a] = 1 }
+        let r = sum(toShape: kept)
+        return keepDims ? r : r.reshaped(shape.enumerated().filter { !ax.contains($0.offset) }.map { $0.element })
+    }
+
+    static func normalizeAxes(_ axes: [Int], rank: Int) -> [Int] {
+        axes.map { a in
+            let b = a < 0 ? a + rank : a
+            precondition(b >= 0 && b < rank, "axis \(a) out of range for rank \(rank)")
+            return b
+        }
+    }
+
+    public func dot(_ other: Tensor) -> Double {
+        precondition(count == other.count, "dot: \(shape) vs \(other.shape)")
+        return cblas_ddot(Int32(count), storage.pointer, 1, other.storage.pointer, 1)
+    }
+
+    public var norm: Double { dot(self).squareRoot() }
+    public var maxAbs: Double { withUnsafeBufferPointer { p in p.reduce(0) { Swift.max($0, Swift.abs($1)) } } }
+
+    public static func + (a: Tensor, b: Tensor) -> Tensor { zipWith(a, b, +) }
+    public static func - (a: Tensor, b: Tensor) -> Tensor { zipWith(a, b, -) }
+    public static func * (a: Tensor, b: Tensor) -> Tensor { zipWith(a, b, *) }
+    public static func / (a: Tensor, b: Tensor) -> Tensor { zipWith(a, b, /) }
+    public static func * (a: Tensor, s: Double) -> Tensor { a.map { $0 * s } }
+    public static func * (s: Double, a: Tensor) -> Tensor { a.map { $0 * s } }
+    public static func + (a: Tensor, s: Double) -> Tensor { a.map { $0 + s } }
+    public static func - (a: Tensor, s: Double) -> Tensor { a.map { $0 - s } }
+    public static prefix func - (a: Tensor) -> Tensor { a.map { -$0 } }
+
+    /// In-place a += s·x (BLAS daxpy).
+    public mutating func addScaled(_ x: Tensor, _ s: Double) {
+        precondition(count == x.count, "addScaled: \(shape) vs \(x.shape)")
+        let n = Int32(count)
+        withUnsafeMutableBufferPointer { p in cblas_daxpy(n, s, x.storage.pointer, 1, p.baseAddress, 1) }
+    }
+}
+
+// MARK: - Matrix products
+
+extension Tensor {
+    /// C = op(A)·op(B) for 2-D tensors; BLAS above tiny sizes, where its ~80 ns call overhead loses to a loop.
+    public static func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+        precondition(a.rank == 2 && b.rank == 2, "matmul needs 2-D tensors, got \(a.shape) and \(b.shape)")
+        let m = transposeA ? a.shape[1] : a.shape[0]
+        let k = transposeA ? a.shape[0] : a.shape[1]
+        let kb = transposeB ? b.shape[1] : b.shape[0]
+        let n = transposeB ? b.shape[0] : b.shape[1]
+        precondition(k == kb, "matmul: inner dimensions differ: \(a.shape)\(transposeA ? "ᵀ" : "") · \(b.shape)\(transposeB ? "ᵀ" : "")")
+        let out = Tensor(uninitializedShape: [m, n])
+        let pa = a.storage.pointer, pb = b.storage.pointer, pc = out.storage.pointer
+        if m == 0 || n == 0 { return out }
+        if k == 0 { pc.initialize(repeating: 0, count: m * n); return out }
+        let lda = a.shape[1], ldb = b.shape[1]
+        if m * n * k < 4096 || Swift.min(m, n) < 4 {
+            // Small or skinny: plain loops (i-k-j order for contiguous inner access when possible).
+            pc.initialize(repeating: 0, count: m * n)
+            for i in 0..<m {
+                let c = pc + i * n
+                for p in 0..<k {
+                    let aip = transposeA ? pa[p * lda + i] : pa[i * lda + p]
+                    if aip == 0 { continue }
+                    if transposeB {
+                        for j in 0..<n { c[j] += aip * pb[j * ldb + p] }
+                    } else {
+                        let brow = pb + p * ldb
+                        for j in 0..<n { c[j] += aip * brow[j] }
+                    }
+                }
+            }
+            return out
+        }
+        cblas_dgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), 1.0, pa, Int32(lda), pb, Int32(ldb), 0.0, pc, Int32(n))
+        return out
+    }
+
+    /// Matrix-vector product y = op(A)·x for 2-D A and 1-D x.
+    public static func matvec(_ a: Tensor, _ x: Tensor, transpose: Bool = false) -> Tensor {
+        precondition(a.rank == 2, "matvec needs a 2-D matrix")
+        let m = a.shape[0], n = a.shape[1]
+        precondition(x.count == (transpose ? m : n), "matvec: \(a.shape) · \(x.shape)")
+        let out = Tensor(shape: [transpose ? n : m], repeating: 0)
+        cblas_dgemv(CblasRowMajor, transpose ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), 1.0,
+                    a.storage.pointer, Int32(n), x.storage.pointer, 1, 0.0, out.storage.pointer, 1)
+        return out
+    }
+
+    /// Transpose of a 2-D tensor.
+    public func transposed() -> Tensor {
+        precondition(rank == 2, "transposed() needs a 2-D tensor, got \(shape)")
+        let m = shape[0], n = shape[1]
+        let out = Tensor(uninitializedShape: [n, m])
+        let src = storage.pointer, dst = out.storage.pointer
+        for i in 0..<m { for j in 0..<n { dst[j * m + i] = src[i * n + j] } }
+        return out
+    }
+
+    /// General axis permutation: result.shape[k] = shape[perm[k]].
+    public func permuted(_ perm: [Int]) -> Tensor {
+        precondition(perm.sorted() == Array(0..<rank), "invalid permutation \(perm) for rank \(rank)")
+        if perm == Array(0..<rank) { return self }
+        let outShape = perm.map { shape[$0] }
+        var inStrides = [Int](repeating: 1, count: rank)
+        for k in stride(from: rank - 2, through: 0, by: -1) { inStrides[k] = inStrides[k + 1] * shape[k + 1] }
+        let sa = perm.map { inStrides[$0] }
+        let out = Tensor(uninitializedShape: outShape)
+        if out.count == 0 { return out }
+        let src = storage.pointer, dst = out.storage.pointer
+        let inner = outShape[rank - 1], ia = sa[rank - 1]
+        forEachRow(outShape, sa, sa) { row, oa, _ in
+            let d = dst + row * inner
+            for k in 0..<inner { d[k] = src[oa + k * ia] }
+        }
+        return out
+    }
+}
+
+// MARK: - Indexing, slicing, concatenation
+
+extension Tensor {
+    /// Rows of a tensor picked by index along axis 0: result[m] = self[index[m]].
+    public func gatherRows(_ index: [Int]) -> Tensor {
+        precondition(rank >= 1, "gatherRows needs rank ≥ 1")
+        let n = shape[0], row = n == 0 ? 0 : count / n
+        var outShape = shape
+        outShape[0] = index.count
+        let out = Tensor(uninitializedShape: outShape)
+        let src = storage.pointer, dst = out.storage.pointer
+        index.withUnsafeBufferPointer { idx in
+            if row == 1 {
+                for m in 0..<idx.count {
+                    let i = idx[m]
+                    precondition(i >= 0 && i < n, "gatherRows: index \(i) out of range 0..<\(n)")
+                    dst[m] = src[i]
+                }
+            } else if row == 3 {
+                for m in 0..<idx.count {
+                    let i = idx[m]
+                    precondition(i >= 0 && i < n, "gatherRows: index \(i) out of range 0..<\(n)")
+                    dst[3 * m] = src[3 * i]; dst[3 * m + 1] = src[3 * i + 1]; dst[3 * m + 2] = src[3 * i + 2]
+                }
+            } else {
+                for m in 0..<idx.count {
+                    let i = idx[m]
+                    precondition(i >= 0 && i < n, "gatherRows: index \(i) out of range 0..<\(n)")
+                    (dst + m * row).update(from: src + i * row, count: row)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Segment sum: result[index[m]] += self[m], result has `count` rows.
+    public func scatterAddRows(_ index: [Int], count rows: Int) -> Tensor {
+        precondition(rank >= 1 && shape[0] == index.count, "scatterAddRows: \(shape[0]) rows vs \(index.count) indices")
+        var outShape = shape
+        outShape[0] = rows
+        let out = Tensor(shape: outShape, repeating: 0)
+        let row = index.isEmpty ? 0 : count / index.count
+        let src = storage.pointer, dst = out.storage.pointer
+        index.withUnsafeBufferPointer { idx in
+            if row == 1 {
+                for m in 0..<idx.count {
+                    let i = idx[m]
+                    precondition(i >= 0 && i < rows, "scatterAddRows: index \(i) out of range 0..<\(rows)")
+                    dst[i] += src[m]
+                }
+            } else if row == 3 {
+                for m in 0..<idx.count {
+                    let i = idx[m]
+                    precondition(i >= 0 && i < rows, "scatterAddRows: index \(i) out of range 0..<\(rows)")
+                    dst[3 * i] += src[3 * m]; dst[3 * i + 1] += src[3 * m + 1]; dst[3 * i + 2] += src[3 * m + 2]
+                }
+            } else {
+                for m in 0..<idx.count {
+                    let i = idx[m]
+                    precondition(i >= 0 && i < rows, "scatterAddRows: index \(i) out of range 0..<\(rows)")
+                    let d = dst + i * row, s = src + m * row
+                    for k in 0..<row { d[k] += s[k] }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Elements `range` along `axis`.
+    public func slice(axis: Int, _ range: Range<Int>) -> Tensor {
+        let ax = Tensor.normalizeAxes([axis], rank: rank)[0]
+        precondition(range.lowerBound >= 0 && range.upperBound <= shape[ax], "slice \(range) out of range for axis \(ax) of \(shape)")
+        var outShape = shape
+        outShape[ax] = range.count
+        let outer = shape[..<ax].reduce(1, *), inner = shape[(ax + 1)...].reduce(1, *)
+        let out = Tensor(uninitializedShape: outShape)
+        let src = storage.pointer, dst = out.storage.pointer
+        let block = range.count * inner, srcBlock = shape[ax] * inner
+        if block > 0 {
+            for o in 0..<outer { (dst + o * block).update(from: src + o * srcBlock + range.lowerBound * inner, count: block) }
+        }
+        return out
+    }
+
+    /// Embeds `self` at `range` along `axis` of a zero tensor with `fullShape` (adjoint of slice).
+    func padSlice(axis ax: Int, _ range: Range<Int>, fullShape: [Int]) -> Tensor {
+        let out = Tensor(shape: fullShape, repeating: 0)
+        let outer = fullShape[..<ax].reduce(1, *), inner = fullShape[(ax + 1)...].reduce(1, *)
+        let src = storage.pointer, dst = out.storage.pointer
+        let block = range.count * inner, dstBlock = fullShape[ax] * inner
+        if block > 0 {
+            for o in 0..<outer { (dst + o * dstBlock + range.lowerBound * inner).update(from: src + o * block, count: block) }
+        }
+        return out
+    }
+
+    /// Concatenation along `axis`; all other dimensions must agree.
+    public static func concatenate(_ parts: [Tensor], axis: Int) -> Tensor {
+        precondition(!parts.isEmpty, "concatenate of no tensors")
+        let r = parts[0].rank
+        let ax = normalizeAxes([axis], rank: r)[0]
+        var outShape = parts[0].shape
+        outShape[ax] = 0
+        for p in parts {
+            precondition(p.rank == r, "concatenate: ranks differ")
+            for k in 0..<r where k != ax { precondition(p.shape[k] == parts[0].shape[k], "concatenate: shapes \(parts[0].shape) and \(p.shape) differ off axis \(ax)") }
+            outShape[ax] += p.shape[ax]
+        }
+        let outer = outShape[..<ax].reduce(1, *), inner = outShape[(ax + 1)...].reduce(1, *)
+        let out = Tensor(uninitializedShape: outShape)
+        let dst = out.storage.pointer
+        let dstBlock = outShape[ax] * inner
+        var offset = 0
+        for p in parts {
+            let block = p.shape[ax] * inner
+            if block > 0 {
+                let src = p.storage.pointer
+                for o in 0..<outer { (dst + o * dstBlock + offset).update(from: src + o * block, count: block) }
+            }
+            offset += block
+        }
+        return out
+    }
+
+    /// Max (or min) along an axis with the index of the selected element (first one on ties).
+    func extremum(axis ax: Int, max: Bool) -> (values: Tensor, indices: [Int]) {
+        let outer = shape[..<ax].reduce(1, *), inner = shape[(ax + 1)...].reduce(1, *), n = shape[ax]
+        precondition(n > 0, "max/min over an empty axis")
+        var outShape = shape
+        outShape.remove(at: ax)
+        let out = Tensor(uninitializedShape: outShape)
+        var idx = [Int](repeating: 0, count: outer * inner)
+        let src = storage.pointer, dst = out.storage.pointer
+        for o in 0..<outer {
+            for i in 0..<inner {
+                var best = src[o * n * inner + i], bi = 0
+                for k in 1..<n {
+                    let v = src[(o * n + k) * inner + i]
+                    if max ? v > best : v < best { best = v; bi = k }
+                }
+                dst[o * inner + i] = best
+                idx[o * inner + i] = bi
+            }
+        }
+        return (out, idx)
+    }
+}

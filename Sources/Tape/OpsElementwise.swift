@@ -1,0 +1,219 @@
+import Foundation
+
+// Elementwise operations. Each forward rule sits next to its backward rule; backward rules are written with
+// differentiable operations so that they can be recorded (second derivatives).
+
+// MARK: - Arithmetic with broadcasting
+
+extension Variable {
+    public static func + (a: Variable, b: Variable) -> Variable {
+        let sa = a.shape, sb = b.shape
+        return makeOp("add", [a, b], Tensor.zipWith(a.value, b.value, +)) { c in
+            [c.needs[0] ? c.grad.sum(toShape: sa) : nil,
+             c.needs[1] ? c.grad.sum(toShape: sb) : nil]
+        }
+    }
+
+    public static func - (a: Variable, b: Variable) -> Variable {
+        let sa = a.shape, sb = b.shape
+        return makeOp("sub", [a, b], Tensor.zipWith(a.value, b.value, -)) { c in
+            [c.needs[0] ? c.grad.sum(toShape: sa) : nil,
+             c.needs[1] ? (-c.grad).sum(toShape: sb) : nil]
+        }
+    }
+
+    public static func * (a: Variable, b: Variable) -> Variable {
+        let sa = a.shape, sb = b.shape
+        return makeOp("mul", [a, b], Tensor.zipWith(a.value, b.value, *)) { c in
+            [c.needs[0] ? (c.grad * c.input(1)).sum(toShape: sa) : nil,
+             c.needs[1] ? (c.grad * c.input(0)).sum(toShape: sb) : nil]
+        }
+    }
+
+    public static func / (a: Variable, b: Variable) -> Variable {
+        let sa = a.shape, sb = b.shape
+        return makeOp("div", [a, b], Tensor.zipWith(a.value, b.value, /)) { c in
+            let gb: Variable? = c.needs[1] ? (-(c.grad * c.output()) / c.input(1)).sum(toShape: sb) : nil
+            return [c.needs[0] ? (c.grad / c.input(1)).sum(toShape: sa) : nil, gb]
+        }
+    }
+
+    public static prefix func - (a: Variable) -> Variable {
+        makeOp("neg", [a], a.value.map { -$0 }) { c in [-c.grad] }
+    }
+
+    // Scalar forms: no scalar tensor is allocated for the common cases.
+    public static func * (a: Variable, s: Double) -> Variable {
+        makeOp("scale", [a], a.value.map { $0 * s }) { c in [c.grad * s] }
+    }
+    public static func * (s: Double, a: Variable) -> Variable { a * s }
+    public static func / (a: Variable, s: Double) -> Variable { a * (1 / s) }
+    public static func + (a: Variable, s: Double) -> Variable {
+        makeOp("addScalar", [a], a.value.map { $0 + s }) { c in [c.grad] }
+    }
+    public static func + (s: Double, a: Variable) -> Variable { a + s }
+    public static func - (a: Variable, s: Double) -> Variable { a + (-s) }
+    public static func - (s: Double, a: Variable) -> Variable { (-a) + s }
+    public static func / (s: Double, a: Variable) -> Variable { Variable(constant: s) / a }
+
+    public static func + (a: Variable, b: Tensor) -> Variable { a + Variable(constant: b) }
+    public static func - (a: Variable, b: Tensor) -> Variable { a - Variable(constant: b) }
+    public static func * (a: Variable, b: Tensor) -> Variable { a * Variable(constant: b) }
+    public static func / (a: Variable, b: Tensor) -> Variable { a / Variable(constant: b) }
+
+    public static func += (a: inout Variable, b: Variable) { a = a + b }
+    public static func -= (a: inout Variable, b: Variable) { a = a - b }
+}
+
+// MARK: - Unary functions
+
+extension Variable {
+    public func exp() -> Variable {
+        makeOp("exp", [self], value.map(Foundation.exp)) { c in [c.grad * c.output()] }
+    }
+
+    public func log() -> Variable {
+        makeOp("log", [self], value.map(Foundation.log)) { c in [c.grad / c.input(0)] }
+    }
+
+    public func sqrt() -> Variable {
+        makeOp("sqrt", [self], value.map { $0.squareRoot() }) { c in [c.grad * 0.5 / c.output()] }
+    }
+
+    public func squared() -> Variable {
+        makeOp("square", [self], value.map { $0 * $0 }) { c in [c.grad * c.input(0) * 2] }
+    }
+
+    /// x^p for a constant exponent.
+    public func pow(_ p: Double) -> Variable {
+        if p == 1 { return self }
+        if p == 2 { return squared() }
+        return makeOp("pow", [self], value.map { Foundation.pow($0, p) }) { c in
+            [c.grad * c.input(0).pow(p - 1) * p]
+        }
+    }
+
+    /// a^b elementwise with broadcasting (a > 0 where b is differentiated).
+    public func pow(_ b: Variable) -> Variable {
+        let sa = shape, sb = b.shape
+        return makeOp("powTensor", [self, b], Tensor.zipWith(value, b.value, Foundation.pow)) { c in
+            let a = c.input(0), e = c.input(1)
+            return [c.needs[0] ? (c.grad * e * a.pow(e - 1)).sum(toShape: sa) : nil,
+                    c.needs[1] ? (c.grad * c.output() * a.log()).sum(toShape: sb) : nil]
+        }
+    }
+
+    // Activations: when the backward pass is not recorded, one fused kernel computes g·f'(x); when it is,
+    // the same derivative is built from differentiable operations.
+
+    public func tanh() -> Variable {
+        makeOp("tanh", [self], value.map(Foundation.tanh)) { c in
+            if !c.tape.isRecording {
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.output0) { g, y in g * (1 - y * y) })]
+            }
+            let y = c.output()
+            return [c.grad * (1 - y * y)]
+        }
+    }
+
+    public func sigmoid() -> Variable {
+        makeOp("sigmoid", [self], value.map(stableSigmoid)) { c in
+            if !c.tape.isRecording {
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.output0) { g, y in g * (y * (1 - y)) })]
+            }
+            let y = c.output()
+            return [c.grad * (y * (1 - y))]
+        }
+    }
+
+    /// x·σ(x) (swish). σ(x) is kept from the forward pass so the backward needs no second exp.
+    public func silu() -> Variable {
+        let sig = value.map(stableSigmoid)
+        return makeOp("silu", [self], Tensor.zipWith(value, sig, *)) { c in
+            if !c.tape.isRecording {
+                return [Variable(constant: Tensor.zipWith(c.grad.value, Tensor.zipWith(c.node.inputs[0].value, sig) { x, s in
+                    s * (1 + x * (1 - s))
+                }, *))]
+            }
+            let x = c.input(0), s = x.sigmoid(precomputed: sig)
+            return [c.grad * (s * (1 + x * (1 - s)))]
+        }
+    }
+
+    /// σ(x) recorded with an already computed value (same bits as `sigmoid()`).
+    func sigmoid(precomputed: Tensor) -> Variable {
+        makeOp("sigmoid", [self], precomputed) { c in
+            if !c.tape.isRecording {
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.output0) { g, y in g * (y * (1 - y)) })]
+            }
+            let y = c.output()
+            return [c.grad * (y * (1 - y))]
+        }
+    }
+
+    /// log(1 + eˣ), evaluated stably.
+    public func softplus() -> Variable {
+        makeOp("softplus", [self], value.map { x in Swift.max(x, 0) + Foundation.log1p(Foundation.exp(-Swift.abs(x))) }) { c in
+            if !c.tape.isRecording {
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.inputs[0].value) { g, x in g * stableSigmoid(x) })]
+            }
+            return [c.grad * c.input(0).sigmoid()]
+        }
+    }
+
+    public func cos() -> Variable {
+        makeOp("cos", [self], value.map(Foundation.cos)) { c in [-(c.grad * c.input(0).sin())] }
+    }
+
+    public func sin() -> Variable {
+        makeOp("sin", [self], value.map(Foundation.sin)) { c in [c.grad * c.input(0).cos()] }
+    }
+
+    /// |x|, with subgradient 0 at 0.
+    public func abs() -> Variable {
+        let sign = value.map { $0 > 0 ? 1 : ($0 < 0 ? -1 : 0) }
+        return makeOp("abs", [self], value.map { Swift.abs($0) }) { c in [c.grad * sign] }
+    }
+
+    /// max(x, 0).
+    public func relu() -> Variable {
+        let mask = value.map { $0 > 0 ? 1 : 0 }
+        return makeOp("relu", [self], value.map { Swift.max($0, 0) }) { c in [c.grad * mask] }
+    }
+}
+
+@inline(__always)
+func stableSigmoid(_ x: Double) -> Double {
+    if x >= 0 { return 1 / (1 + Foundation.exp(-x)) }
+    let e = Foundation.exp(x)
+    return e / (1 + e)
+}
+
+// MARK: - Selection
+
+/// Elementwise `mask ? a : b` with broadcasting of all three (mask: nonzero = true, not differentiated).
+public func select(_ mask: Tensor, _ a: Variable, _ b: Variable) -> Variable {
+    let sa = a.shape, sb = b.shape
+    guard let s1 = Broadcast.shape(mask.shape, sa), let s = Broadcast.shape(s1, sb) else {
+        preconditionFailure("select: cannot broadcast \(mask.shape), \(sa), \(sb)")
+    }
+    let m = mask.broadcast(to: s), av = a.value.broadcast(to: s), bv = b.value.broadcast(to: s)
+    let out = Tensor(uninitializedShape: s)
+    let pm = m.storage.pointer, pa = av.storage.pointer, pb = bv.storage.pointer, po = out.storage.pointer
+    for i in 0..<out.count { po[i] = pm[i] != 0 ? pa[i] : pb[i] }
+    return makeOp("select", [a, b], out) { c in
+        let zero = Variable(constant: 0)
+        return [c.needs[0] ? select(m, c.grad, zero).sum(toShape: sa) : nil,
+                c.needs[1] ? select(m, zero, c.grad).sum(toShape: sb) : nil]
+    }
+}
+
+/// Elementwise maximum; the gradient goes to `a` where a ≥ b, else to `b` (subgradient to the argument).
+public func maximum(_ a: Variable, _ b: Variable) -> Variable {
+    select(Tensor.zipWith(a.value, b.value) { $0 >= $1 ? 1 : 0 }, a, b)
+}
+
+/// Elementwise minimum; the gradient goes to `a` where a ≤ b, else to `b`.
+public func minimum(_ a: Variable, _ b: Variable) -> Variable {
+    select(Tensor.zipWith(a.value, b.value) { $0 <= $1 ? 1 : 0 }, a, b)
+}

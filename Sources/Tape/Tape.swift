@@ -1,0 +1,414 @@
+// Reverse-mode automatic differentiation over whole-tensor operations.
+//
+// One node per tensor operation (never per scalar). Each operation's backward rule is written with the same
+// differentiable operations, so running the backward pass while recording (`createGraph: true`) yields a
+// graph that can be differentiated again: forces −∂E/∂x stay differentiable with respect to x and θ, which
+// BPTT through a relaxation and Hessian-vector products need. With `createGraph: false` the same rules run
+// on constants, i.e. on the raw kernels, and nothing is recorded.
+//
+// Ownership: Variables hold their tape strongly; nodes hold values and closures but never Variables, so no
+// reference cycle forms through backward rules. A checkpoint body must take every tracked Variable it uses
+// as an input (it is checked) and should not capture tracked Variables; `Tape.reset()` breaks any cycle.
+
+public typealias BackwardFunction = (BackwardContext) -> [Variable?]
+
+/// What a backward rule sees: the upstream gradients of the node's outputs, which inputs need a gradient,
+/// and the node's inputs and outputs as Variables (tracked, so rules are differentiable when recording).
+public struct BackwardContext {
+    public let tape: Tape
+    let node: Node
+    /// Upstream gradient per output (nil: no gradient reached that output).
+    public let gradOutputs: [Variable?]
+    /// needs[k]: input k needs a gradient. Rules may return nil for inputs that do not.
+    public let needs: [Bool]
+
+    public func input(_ k: Int) -> Variable {
+        let i = node.inputs[k]
+        return Variable(value: i.value, id: i.id, tape: i.id >= 0 ? tape : nil)
+    }
+
+    public func output(_ k: Int = 0) -> Variable {
+        Variable(value: node.outputValue(k), id: node.firstOutput + k, tape: tape)
+    }
+
+    /// Upstream gradient of the single output.
+    public var grad: Variable { gradOutputs[0]! }
+
+    /// Upstream gradient of output k, zeros when none arrived.
+    public func gradOrZero(_ k: Int) -> Variable {
+        gradOutputs[k] ?? Variable(constant: Tensor.zeros(node.outputValue(k).shape))
+    }
+}
+
+final class Node {
+    enum Kind {
+        case leaf
+        case op(BackwardFunction)
+        case checkpoint(([Variable]) -> [Variable])
+    }
+
+    /// Input slot (-1 for a constant) and value.
+    struct Input {
+        let id: Int
+        let value: Tensor
+    }
+
+    let name: StaticString
+    let inputs: [Input]
+    let firstOutput: Int
+    // The first output is stored inline: most nodes have exactly one, and this saves an allocation per node.
+    let output0: Tensor
+    let moreOutputs: [Tensor]
+    let kind: Kind
+
+    init(name: StaticString, inputs: [Input], firstOutput: Int, output0: Tensor, moreOutputs: [Tensor], kind: Kind) {
+        self.name = name
+        self.inputs = inputs
+        self.firstOutput = firstOutput
+        self.output0 = output0
+        self.moreOutputs = moreOutputs
+        self.kind = kind
+    }
+
+    var outputCount: Int { 1 + moreOutputs.count }
+    func outputValue(_ k: Int) -> Tensor { k == 0 ? output0 : moreOutputs[k - 1] }
+    var inputValues: [Tensor] { inputs.map(\.value) }
+}
+
+/// A tensor value, possibly tracked on a tape.
+public struct Variable {
+    public let value: Tensor
+    /// Slot on the tape, -1 for constants.
+    public let id: Int
+    public let tape: Tape?
+
+    init(value: Tensor, id: Int, tape: Tape?) {
+        self.value = value
+        self.id = id
+        self.tape = id >= 0 ? tape : nil
+    }
+
+    /// An untracked value.
+    public init(constant value: Tensor) {
+        self.value = value
+        id = -1
+        tape = nil
+    }
+
+    public init(constant scalar: Double) { self.init(constant: Tensor(scalar: scalar)) }
+
+    public var isTracked: Bool { id >= 0 }
+    public var shape: [Int] { value.shape }
+    public var rank: Int { value.rank }
+    public var count: Int { value.count }
+    public var scalar: Double { value.scalar }
+
+    /// The same value, untracked (no gradient flows through it).
+    public var detached: Variable { Variable(constant: value) }
+}
+
+public final class Tape {
+    /// When false, operations produce constants and nothing is recorded.
+    public var isRecording = true
+    /// Hint to code that computes gradients inside a forward pass (forces): whether the values computed now
+    /// will be differentiated again, i.e. whether to pass `createGraph: true`. A checkpoint's first, discarded
+    /// forward pass sets it to false.
+    public var needsHigherOrder = true
+
+    var nodes: [Node] = []
+    /// slot id → node index; -1 for slots of discarded nodes. Slot ids are never reused.
+    var slotNode: [Int32] = []
+
+    public init() {}
+
+    /// Number of recorded nodes.
+    public var nodeCount: Int { nodes.count }
+    /// Number of slots ever allocated.
+    public var slotCount: Int { slotNode.count }
+
+    /// Drops every node (and breaks any reference cycle through checkpoint bodies). Variables of this tape
+    /// must not be used afterwards.
+    public func reset() {
+        nodes.removeAll(keepingCapacity: false)
+        for i in 0..<slotNode.count { slotNode[i] = -1 }
+    }
+
+    /// A new leaf (independent variable).
+    public func variable(_ value: Tensor) -> Variable {
+        record(name: "leaf", inputs: [], output: value, kind: .leaf)
+    }
+
+    public func variable(_ scalar: Double) -> Variable { variable(Tensor(scalar: scalar)) }
+
+    /// Runs `body` without recording.
+    public func withoutRecording<R>(_ body: () throws -> R) rethrows -> R {
+        let was = isRecording
+        isRecording = false
+        defer { isRecording = was }
+        return try body()
+    }
+
+    private func nodeInputs(_ name: StaticString, _ inputs: [Variable]) -> [Node.Input] {
+        var ins = [Node.Input]()
+        ins.reserveCapacity(inputs.count)
+        for v in inputs {
+            if v.id >= 0 {
+                precondition(slotNode[v.id] >= 0, "\(name): an input variable belongs to a discarded part of the tape")
+            }
+            ins.append(Node.Input(id: v.id, value: v.value))
+        }
+        return ins
+    }
+
+    func record(name: StaticString, inputs: [Variable], output: Tensor, kind: Node.Kind) -> Variable {
+        let first = slotNode.count
+        slotNode.append(Int32(nodes.count))
+        nodes.append(Node(name: name, inputs: nodeInputs(name, inputs), firstOutput: first, output0: output, moreOutputs: [], kind: kind))
+        return Variable(value: output, id: first, tape: self)
+    }
+
+    func record(name: StaticString, inputs: [Variable], outputs: [Tensor], kind: Node.Kind) -> [Variable] {
+        precondition(!outputs.isEmpty, "\(name): a node needs at least one output")
+        let first = slotNode.count
+        let nodeIndex = Int32(nodes.count)
+        for _ in outputs { slotNode.append(nodeIndex) }
+        nodes.append(Node(name: name, inputs: nodeInputs(name, inputs), firstOutput: first, output0: outputs[0],
+                          moreOutputs: Array(outputs.dropFirst()), kind: kind))
+        return outputs.enumerated().map { k, o in Variable(value: o, id: first + k, tape: self) }
+    }
+
+    func truncate(toNodeCount n: Int) {
+        guard n < nodes.count else { return }
+        for node in nodes[n...] {
+            for k in 0..<node.outputCount { slotNode[node.firstOutput + k] = -1 }
+        }
+        nodes.removeSubrange(n...)
+    }
+
+    /// Node counts by operation name (for profiling).
+    public func profile() -> [(name: String, count: Int)] {
+        var c: [String: Int] = [:]
+        for n in nodes { c["\(n.name)", default: 0] += 1 }
+        return c.sorted { $0.value > $1.value }.map { ($0.key, $0.value) }
+    }
+}
+
+// MARK: - Recording operations
+
+/// The tape that records an operation on `inputs`: the tape of its tracked inputs, if it is recording.
+@inline(__always)
+func recordingTape(_ inputs: [Variable]) -> Tape? {
+    var tape: Tape?
+    for v in inputs where v.id >= 0 {
+        if let t = tape {
+            precondition(t === v.tape!, "operation on variables of two different tapes")
+        } else {
+            tape = v.tape
+        }
+    }
+    guard let t = tape, t.isRecording else { return nil }
+    return t
+}
+
+/// Records a single-output operation (or returns a constant when no input is tracked on a recording tape).
+/// `backward` returns one gradient per input, with the input's shape, or nil where `needs` is false.
+public func makeOp(_ name: StaticString, _ inputs: [Variable], _ value: Tensor, _ backward: @escaping BackwardFunction) -> Variable {
+    guard let tape = recordingTape(inputs) else { return Variable(constant: value) }
+    return tape.record(name: name, inputs: inputs, output: value, kind: .op(backward))
+}
+
+/// Records an operation with several outputs.
+public func makeMultiOp(_ name: StaticString, _ inputs: [Variable], _ values: [Tensor], _ backward: @escaping BackwardFunction) -> [Variable] {
+    guard let tape = recordingTape(inputs) else { return values.map { Variable(constant: $0) } }
+    return tape.record(name: name, inputs: inputs, outputs: values, kind: .op(backward))
+}
+
+// MARK: - Gradients
+
+extension Tape {
+    /// ∂y/∂x for each x in `wrt` (y must be a scalar unless `seed` is given), in the spirit of
+    /// `torch.autograd.grad`. With `createGraph: true` the backward pass is recorded, so the returned
+    /// gradients are differentiable again. Variables that y does not depend on get zero gradients.
+    public func gradient(of y: Variable, wrt xs: [Variable], seed: Tensor? = nil, createGraph: Bool = false) -> [Variable] {
+        let s = seed ?? {
+            precondition(y.count == 1, "gradient(of:) needs a scalar or an explicit seed; got shape \(y.shape)")
+            return Tensor(shape: y.shape, repeating: 1)
+        }()
+        return vjp(of: [y], seeds: [Variable(constant: s)], wrt: xs, createGraph: createGraph)
+    }
+
+    /// Vector-Jacobian product: Σ_k seeds[k]·∂ys[k]/∂x for each x. Seeds may be tracked (their own
+    /// derivatives then flow when `createGraph` is true).
+    public func vjp(of ys: [Variable], seeds: [Variable], wrt xs: [Variable], createGraph: Bool = false) -> [Variable] {
+        precondition(ys.count == seeds.count, "vjp: \(ys.count) outputs but \(seeds.count) seeds")
+        var sweep = Sweep(tape: self, createGraph: createGraph)
+        for x in xs where x.id >= 0 {
+            precondition(x.tape === self, "gradient with respect to a variable of another tape")
+            precondition(slotNode[x.id] >= 0, "gradient with respect to a discarded variable")
+            sweep.targets.insert(x.id)
+        }
+        var hi = -1
+        for (y, s) in zip(ys, seeds) where y.id >= 0 {
+            precondition(y.tape === self, "gradient of a variable of another tape")
+            precondition(y.shape == s.shape, "seed shape \(s.shape) differs from output shape \(y.shape)")
+            hi = Swift.max(hi, Int(slotNode[y.id]))
+        }
+        let lo = sweep.targets.map { Int(slotNode[$0]) }.min() ?? Int.max
+        if hi >= 0 && lo <= hi {
+            sweep.slotBase = nodes[lo].firstOutput
+            sweep.markRelevant(nodes: lo..<(hi + 1))
+            let wasRecording = isRecording
+            isRecording = createGraph
+            defer { isRecording = wasRecording }
+            for (y, s) in zip(ys, seeds) where y.id >= 0 && sweep.isRelevant(y.id) { sweep.accumulate(y.id, s) }
+            sweep.run(nodes: lo..<(hi + 1))
+        }
+        return xs.map { x in
+            if x.id >= 0, let g = sweep.grads[x.id] { return g }
+            return Variable(constant: Tensor.zeros(x.shape))
+        }
+    }
+
+    /// Hessian-vector product (∂²f/∂x²)·v by double backward.
+    public func hessianVectorProduct(of f: Variable, wrt x: Variable, vector v: Tensor, createGraph: Bool = false) -> Variable {
+        let g = gradient(of: f, wrt: [x], createGraph: true)[0]
+        let gv = (g * Variable(constant: v)).sum()
+        return gradient(of: gv, wrt: [x], createGraph: createGraph)[0]
+    }
+}
+
+/// State of one backward sweep.
+struct Sweep {
+    let tape: Tape
+    let createGraph: Bool
+    var targets = Set<Int>()
+    var grads: [Int: Variable] = [:]
+    var slotBase = 0
+    var relevant: [Bool] = []
+
+    init(tape: Tape, createGraph: Bool) {
+        self.tape = tape
+        self.createGraph = createGraph
+    }
+
+    func isRelevant(_ slot: Int) -> Bool {
+        let k = slot - slotBase
+        return k >= 0 && k < relevant.count && relevant[k]
+    }
+
+    /// Marks the outputs of nodes that depend on a target.
+    mutating func markRelevant(nodes range: Range<Int>) {
+        let end = tape.slotNode.count - slotBase
+        if relevant.count < end { relevant.append(contentsOf: repeatElement(false, count: end - relevant.count)) }
+        for n in range {
+            let node = tape.nodes[n]
+            var r = false
+            for k in 0..<node.outputCount where targets.contains(node.firstOutput + k) { r = true }
+            if !r { for i in node.inputs where i.id >= 0 && isRelevant(i.id) { r = true; break } }
+            if r { for k in 0..<node.outputCount { relevant[node.firstOutput + k - slotBase] = true } }
+        }
+    }
+
+    mutating func accumulate(_ slot: Int, _ g: Variable) {
+        if let old = grads[slot] {
+            precondition(old.shape == g.shape, "gradient shape \(g.shape) does not match \(old.shape)")
+            grads[slot] = old + g
+        } else {
+            grads[slot] = g
+        }
+    }
+
+    mutating func run(nodes range: Range<Int>) {
+        for n in range.reversed() {
+            let node = tape.nodes[n]
+            let nOut = node.outputCount
+            guard isRelevant(node.firstOutput) else { continue }
+            var gOut = [Variable?](repeating: nil, count: nOut)
+            var any = false
+            for k in 0..<nOut {
+                let s = node.firstOutput + k
+                if targets.contains(s) {
+                    gOut[k] = grads[s]
+                } else {
+                    gOut[k] = grads.removeValue(forKey: s)
+                }
+                if gOut[k] != nil { any = true }
+            }
+            guard any else { continue }
+            switch node.kind {
+            case .leaf:
+                break
+            case .op(let backward):
+                var needs = [Bool](repeating: false, count: node.inputs.count)
+                var anyNeed = false
+                for (k, i) in node.inputs.enumerated() where i.id >= 0 && isRelevant(i.id) { needs[k] = true; anyNeed = true }
+                guard anyNeed else { continue }
+                let ctx = BackwardContext(tape: tape, node: node, gradOutputs: gOut, needs: needs)
+                let gIn = backward(ctx)
+                precondition(gIn.count == node.inputs.count, "\(node.name): backward returned \(gIn.count) gradients for \(node.inputs.count) inputs")
+                for k in 0..<gIn.count where needs[k] {
+                    if let g = gIn[k] {
+                        precondition(g.shape == node.inputs[k].value.shape, "\(node.name): gradient of input \(k) has shape \(g.shape), expected \(node.inputs[k].value.shape)")
+                        accumulate(node.inputs[k].id, g)
+                    }
+                }
+            case .checkpoint(let body):
+                expandCheckpoint(node, body: body, gradOutputs: gOut)
+            }
+        }
+    }
+
+    /// Recomputes a checkpointed segment with recording and sweeps its nodes in place, accumulating into
+    /// the same gradient slots in the same order as if the segment had been recorded in the first place,
+    /// so gradients are bit-identical to the unrecorded-free version.
+    mutating func expandCheckpoint(_ node: Node, body: ([Variable]) -> [Variable], gradOutputs: [Variable?]) {
+        let start = tape.nodes.count
+        let firstNewSlot = tape.slotNode.count
+        let wasRecording = tape.isRecording, wasHigher = tape.needsHigherOrder
+        tape.isRecording = true
+        tape.needsHigherOrder = true
+        let inputs = node.inputs.map { i in Variable(value: i.value, id: i.id, tape: i.id >= 0 ? tape : nil) }
+        let outs = body(inputs)
+        tape.isRecording = wasRecording
+        tape.needsHigherOrder = wasHigher
+        precondition(outs.count == node.outputCount, "checkpoint body returned \(outs.count) outputs, expected \(node.outputCount)")
+        let end = tape.nodes.count
+        markRelevant(nodes: start..<end)
+        for (k, o) in outs.enumerated() {
+            guard let g = gradOutputs[k], o.id >= 0, isRelevant(o.id) else { continue }
+            accumulate(o.id, g)
+        }
+        run(nodes: start..<end)
+        if !createGraph {
+            tape.truncate(toNodeCount: start)
+            for key in grads.keys where key >= firstNewSlot && !targets.contains(key) { grads[key] = nil }
+        }
+    }
+}
+
+// MARK: - Checkpointing
+
+extension Tape {
+    /// Runs `body` on `inputs` without keeping its intermediate nodes; only the inputs and outputs are stored.
+    /// When a backward pass reaches the segment, it is recomputed with recording and differentiated in place,
+    /// so gradients are bit-identical to recording the segment directly. `body` must be deterministic, must
+    /// receive every tracked variable it depends on through `inputs`, and may be called more than once.
+    public func checkpoint(_ inputs: [Variable], _ body: @escaping ([Variable]) -> [Variable]) -> [Variable] {
+        guard isRecording, inputs.contains(where: { $0.id >= 0 && $0.tape === self }) else { return body(inputs) }
+        let start = nodes.count
+        let firstNewSlot = slotNode.count
+        let wasHigher = needsHigherOrder
+        needsHigherOrder = false
+        let outs = body(inputs)
+        needsHigherOrder = wasHigher
+        let allowed = Set(inputs.filter { $0.id >= 0 }.map(\.id))
+        for node in nodes[start...] {
+            for i in node.inputs where i.id >= 0 && i.id < firstNewSlot {
+                precondition(allowed.contains(i.id), "checkpoint body uses a tracked variable that is not among its inputs")
+            }
+        }
+        let values = outs.map(\.value)
+        truncate(toNodeCount: start)
+        return record(name: "checkpoint", inputs: inputs, outputs: values, kind: .checkpoint(body))
+    }
+}

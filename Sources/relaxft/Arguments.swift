@@ -1,0 +1,139 @@
+import Foundation
+
+/// A command-line option: `--name VALUE` (or `--name=VALUE`), or a flag when `value` is nil.
+struct OptionSpec: Sendable {
+    let names: [String]
+    let value: String?
+    let help: String
+    var defaultValue: String? = nil
+
+    init(_ names: String..., value: String? = nil, default defaultValue: String? = nil, help: String) {
+        self.names = names
+        self.value = value
+        self.help = help
+        self.defaultValue = defaultValue
+    }
+}
+
+struct CommandSpec: Sendable {
+    let name: String
+    let summary: String
+    let usage: String
+    let options: [OptionSpec]
+    var details: String = ""
+
+    var help: String {
+        var s = "usage: relaxft \(name) \(usage)\n\n\(summary)\n"
+        if !details.isEmpty { s += "\n\(details)\n" }
+        if !options.isEmpty {
+            s += "\noptions:\n"
+            let rows = options.map { o -> (String, String) in
+                let n = o.names.joined(separator: ", ") + (o.value.map { " \($0)" } ?? "")
+                let d = o.defaultValue.map { " (default: \($0))" } ?? ""
+                return (n, o.help + d)
+            } + [("-h, --help", "show this help")]
+            let w = min(rows.map(\.0.count).max() ?? 0, 34)
+            for (n, h) in rows {
+                if n.count > w { s += "  \(n)\n  \(String(repeating: " ", count: w))  \(h)\n" } else { s += "  \(n.padding(toLength: w, withPad: " ", startingAt: 0))  \(h)\n" }
+            }
+        }
+        return s
+    }
+}
+
+/// A usage error: printed with a pointer to --help, exit code 2.
+struct UsageError: Error, CustomStringConvertible {
+    let command: String
+    let message: String
+    var description: String { "relaxft \(command): \(message) (see 'relaxft \(command) --help')" }
+}
+
+struct ParsedArguments {
+    let command: String
+    var values: [String: [String]] = [:]
+    var flags: Set<String> = []
+    var positionals: [String] = []
+
+    func has(_ name: String) -> Bool { flags.contains(name) || values[name] != nil }
+
+    func string(_ name: String) -> String? { values[name]?.last }
+    func strings(_ name: String) -> [String] { values[name] ?? [] }
+
+    func double(_ name: String) throws -> Double? {
+        guard let s = string(name) else { return nil }
+        guard let v = Double(s), v.isFinite else { throw UsageError(command: command, message: "--\(name) expects a number, got '\(s)'") }
+        return v
+    }
+
+    func int(_ name: String) throws -> Int? {
+        guard let s = string(name) else { return nil }
+        guard let v = Int(s) else { throw UsageError(command: command, message: "--\(name) expects an integer, got '\(s)'") }
+        return v
+    }
+
+    func positiveInt(_ name: String) throws -> Int? {
+        guard let v = try int(name) else { return nil }
+        guard v > 0 else { throw UsageError(command: command, message: "--\(name) must be positive, got \(v)") }
+        return v
+    }
+
+    func positiveDouble(_ name: String) throws -> Double? {
+        guard let v = try double(name) else { return nil }
+        guard v > 0 else { throw UsageError(command: command, message: "--\(name) must be positive, got \(v)") }
+        return v
+    }
+}
+
+enum ArgumentParser {
+    /// Parses `args` against `spec`. Returns nil when help was requested (and printed).
+    static func parse(_ args: [String], _ spec: CommandSpec) throws -> ParsedArguments? {
+        var out = ParsedArguments(command: spec.name)
+        var byName: [String: OptionSpec] = [:]
+        for o in spec.options { for n in o.names { byName[n] = o } }
+        var i = 0
+        var onlyPositionals = false
+        while i < args.count {
+            let a = args[i]
+            i += 1
+            if onlyPositionals || !a.hasPrefix("-") || a == "-" || Double(a) != nil {
+                out.positionals.append(a)
+                continue
+            }
+            if a == "--" { onlyPositionals = true; continue }
+            if a == "-h" || a == "--help" { print(spec.help, terminator: ""); return nil }
+            var name = a, inline: String? = nil
+            if let eq = a.firstIndex(of: "="), a.hasPrefix("--") {
+                name = String(a[..<eq])
+                inline = String(a[a.index(after: eq)...])
+            }
+            guard let o = byName[name] else {
+                throw UsageError(command: spec.name, message: "unknown option '\(name)'")
+            }
+            let key = o.names.first { $0.hasPrefix("--") }.map { String($0.dropFirst(2)) } ?? String(o.names[0].dropFirst())
+            if o.value == nil {
+                if inline != nil { throw UsageError(command: spec.name, message: "option '\(name)' takes no value") }
+                out.flags.insert(key)
+            } else {
+                let v: String
+                if let inl = inline { v = inl } else {
+                    guard i < args.count else { throw UsageError(command: spec.name, message: "option '\(name)' needs a value \(o.value!)") }
+                    v = args[i]
+                    i += 1
+                }
+                out.values[key, default: []].append(v)
+            }
+        }
+        for o in spec.options {
+            if let d = o.defaultValue, let n = o.names.first(where: { $0.hasPrefix("--") }) {
+                let key = String(n.dropFirst(2))
+                if out.values[key] == nil { out.values[key] = [d] }
+            }
+        }
+        return out
+    }
+}
+
+/// Writes to standard error.
+func printError(_ s: String) {
+    FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+}

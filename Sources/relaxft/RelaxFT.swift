@@ -1,0 +1,55 @@
+import Foundation
+import Tape
+
+let relaxftVersion = "0.1.0-dev"
+
+/// A subcommand: its spec and what it runs. `run` returns the exit code.
+struct Command: Sendable {
+    let spec: CommandSpec
+    let run: @Sendable (ParsedArguments) throws -> Int32
+}
+
+let commands: [Command] = [demoCommand]
+
+let topLevelHelp = """
+    usage: relaxft <command> [options]
+
+    Differentiable structural relaxation: relax structures with classical or learned potentials, and fine-tune
+    potentials on relaxed structures by backpropagation through the relaxation.
+
+    commands:
+    \(commands.map { "  \($0.spec.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \($0.spec.summary)" }.joined(separator: "\n"))
+
+    Run 'relaxft <command> --help' for a command's options. 'relaxft --version' prints the version.
+    """
+
+@main
+struct RelaxFT {
+    static func main() {
+        BLAS.setThreads(ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"].flatMap(Int.init) ?? 1)
+        Allocator.keepLargeBuffersInHeap()
+        let args = Array(CommandLine.arguments.dropFirst())
+        guard let first = args.first, first != "--help", first != "-h", first != "help" else {
+            print(topLevelHelp)
+            exit(args.isEmpty ? 2 : 0)
+        }
+        if first == "--version" || first == "version" {
+            print("relaxft \(relaxftVersion)")
+            exit(0)
+        }
+        guard let cmd = commands.first(where: { $0.spec.name == first }) else {
+            printError("relaxft: unknown command '\(first)' (see 'relaxft --help')")
+            exit(2)
+        }
+        do {
+            guard let parsed = try ArgumentParser.parse(Array(args.dropFirst()), cmd.spec) else { exit(0) }
+            exit(try cmd.run(parsed))
+        } catch let e as UsageError {
+            printError(e.description)
+            exit(2)
+        } catch {
+            printError("relaxft \(first): \(error)")
+            exit(2)
+        }
+    }
+}
