@@ -7,15 +7,18 @@ let package = Package(
         .executable(name: "relaxft", targets: ["relaxft"]),
         .library(name: "Tape", targets: ["Tape"]),
         .library(name: "Atoms", targets: ["Atoms"]),
+        .library(name: "Potentials", targets: ["Potentials"]),
     ],
     targets: [
         // OpenBLAS (cblas.h) and LAPACKE from Debian's libopenblas-dev and liblapacke-dev.
         .systemLibrary(name: "CLinalg", path: "Sources/CLinalg", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
         .target(name: "Tape", dependencies: ["CLinalg"]),
         .target(name: "Atoms", dependencies: ["Tape"]),
-        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms"]),
-        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "CLinalg"], path: "Sources/Bench"),
+        .target(name: "Potentials", dependencies: ["Tape", "Atoms"]),
+        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials"]),
+        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"], path: "Sources/Bench"),
         .testTarget(name: "TapeTests", dependencies: ["Tape"]),
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"]),
+        .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
     ]
 )
