@@ -125,3 +125,43 @@ func relErr(_ a: Double, _ b: Double) -> Double { abs(a - b) / max(abs(b), 1e-30
         #expect(ev.stresses!.slice(axis: 0, 1..<2).reshaped([3, 3]).maxAbsDifference(eb.stresses!.reshaped([3, 3])) < 1e-12)
     }
 }
+
+@Suite struct ModelFileTests {
+    @Test func classicalModelsRoundTrip() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-model-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let sw = try PotentialSpec.parse("sw:sigma=2.116051,lambda=23.1,cos_epsilon=1e-7")
+        let path = dir.appendingPathComponent("sw.safetensors").path
+        try ModelFile.save(sw, to: path, extraMetadata: ["note": "test"])
+        let (back, meta) = try ModelFile.load(path)
+        #expect(back.kind == "sw")
+        #expect(meta["note"] == "test")
+        #expect(back.parameters == sw.parameters)
+        #expect((back as! StillingerWeber).cosEpsilon == 1e-7)
+        let lj = try PotentialSpec.parse("lj:sigma=2.0951,epsilon=1,rc=3.2,ro=2.8,smooth=true")
+        let lpath = dir.appendingPathComponent("lj.safetensors").path
+        try ModelFile.save(lj, to: lpath)
+        let lb = try ModelFile.load(lpath).potential as! LennardJones
+        #expect(lb.rc == 3.2 && lb.ro == 2.8 && lb.smooth)
+    }
+
+    @Test func badSpecsAreClearErrors() {
+        #expect(throws: PotentialSpecError.self) { try PotentialSpec.parse("sw:sigmaa=2") }
+        #expect(throws: PotentialSpecError.self) { try PotentialSpec.parse("sw:sigma=abc") }
+        #expect(throws: PotentialSpecError.self) { try PotentialSpec.parse("tersoff") }
+        #expect(throws: PotentialSpecError.self) { try PotentialSpec.parse("missing/model.safetensors") }
+    }
+
+    @Test func safetensorsHeaderIsAlignedAndParsable() throws {
+        let data = SafeTensors.serialize([("a", Tensor(shape: [2, 2], [1, 2, 3, 4])), ("b", Tensor(scalar: 0.1))], metadata: ["k": "v"])
+        var n: UInt64 = 0
+        for k in 0..<8 { n |= UInt64(data[k]) << (8 * UInt64(k)) }
+        #expect((8 + n) % 8 == 0)
+        let (t, m) = try SafeTensors.parse(data)
+        #expect(t.map(\.name) == ["a", "b"])
+        #expect(t[1].tensor.scalar == 0.1)
+        #expect(m == ["k": "v"])
+        #expect(throws: SafeTensors.FileError.self) { try SafeTensors.parse(Data([1, 2, 3])) }
+    }
+}

@@ -1,0 +1,116 @@
+import Atoms
+import Foundation
+import Tape
+
+public struct PotentialSpecError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// Model files: a potential's parameters as safetensors, with its kind (`relaxft_kind`) and hyperparameters
+/// in `__metadata__`, so that the file alone rebuilds the potential.
+public enum ModelFile {
+    public typealias Loader = @Sendable (OrderedDictionary<Tensor>, [String: String]) throws -> any Potential
+
+    /// Constructors by kind. Each potential kind registers here.
+    static let loaders: [String: Loader] = [
+        "lj": { p, m in
+            let rc = m["rc"].flatMap(Double.init), ro = m["ro"].flatMap(Double.init)
+            var lj = LennardJones(sigma: p["sigma"]?.scalar ?? 1, epsilon: p["epsilon"]?.scalar ?? 1, rc: rc, ro: ro, smooth: m["smooth"] == "true")
+            lj.parameters = p
+            return lj
+        },
+        "sw": { p, m in
+            func hyper(_ k: String, _ d: Double) -> Double { m[k].flatMap(Double.init) ?? d }
+            var sw = StillingerWeber(a: hyper("a", 1.8), p: hyper("p", 4), q: hyper("q", 0),
+                                     cosTheta0: hyper("cos_theta0", -1.0 / 3.0), cosEpsilon: hyper("cos_epsilon", 0))
+            for (k, v) in p { sw.parameters[k] = v }
+            return sw
+        },
+    ]
+
+    public static var knownKinds: [String] { loaders.keys.sorted() }
+
+    public static func save(_ potential: any Potential, to path: String, extraMetadata: [String: String] = [:]) throws {
+        var meta = potential.metadata
+        meta["relaxft_kind"] = potential.kind
+        for (k, v) in extraMetadata { meta[k] = v }
+        try SafeTensors.write(potential.parameters.map { ($0.key, $0.value) }, metadata: meta, to: path)
+    }
+
+    /// Loads a model file; the metadata is returned too (provenance, relaxer settings, …).
+    public static func load(_ path: String) throws -> (potential: any Potential, metadata: [String: String]) {
+        let (tensors, meta) = try SafeTensors.read(path)
+        guard let kind = meta["relaxft_kind"] else {
+            throw PotentialSpecError(message: "\(path): not a relaxft model file (no relaxft_kind in __metadata__)")
+        }
+        guard let loader = loaders[kind] else {
+            throw PotentialSpecError(message: "\(path): unknown model kind '\(kind)' (known: \(knownKinds.joined(separator: ", ")))")
+        }
+        var params = OrderedDictionary<Tensor>()
+        for (name, t) in tensors { params[name] = t }
+        return (try loader(params, meta), meta)
+    }
+}
+
+/// Potential specifications as accepted by the CLI: `lj`, `sw`, `sw:sigma=2.116,lambda=18.9`,
+/// `lj:sigma=2.0951,epsilon=1,rc=3.2,ro=2.8,smooth=true`, or a model file path (`*.safetensors`).
+public enum PotentialSpec {
+    public static func parse(_ spec: String) throws -> any Potential {
+        if spec.hasSuffix(".safetensors") || spec.contains("/") {
+            guard FileManager.default.fileExists(atPath: spec) else { throw PotentialSpecError(message: "model file '\(spec)' not found") }
+            return try ModelFile.load(spec).potential
+        }
+        let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+        var overrides: [(String, String)] = []
+        if parts.count == 2 {
+            for item in parts[1].split(separator: ",") {
+                let kv = item.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
+                guard kv.count == 2, !kv[0].isEmpty else { throw PotentialSpecError(message: "'\(item)' in '\(spec)' is not name=value") }
+                overrides.append((kv[0], kv[1]))
+            }
+        }
+        func number(_ k: String, _ v: String) throws -> Double {
+            guard let x = Double(v), x.isFinite else { throw PotentialSpecError(message: "\(parts[0]): value of \(k) must be a number, got '\(v)'") }
+            return x
+        }
+        switch parts[0] {
+        case "sw":
+            var sw = StillingerWeber()
+            let hyper = ["a", "p", "q", "cos_theta0", "cos_epsilon"]
+            for (k, v) in overrides {
+                let key = k == "lam" ? "lambda" : k
+                let x = try number(k, v)
+                if sw.parameters[key] != nil { sw.parameters[key] = Tensor(scalar: x); continue }
+                switch key {
+                case "a": sw.a = x
+                case "p": sw.p = x
+                case "q": sw.q = x
+                case "cos_theta0": sw.cosTheta0 = x
+                case "cos_epsilon": sw.cosEpsilon = x
+                default: throw PotentialSpecError(message: "sw has no parameter '\(k)' (parameters: \((sw.parameters.keys + hyper).joined(separator: ", ")))")
+                }
+            }
+            return sw
+        case "lj":
+            var vals: [String: Double] = [:]
+            var smooth = false
+            for (k, v) in overrides {
+                if k == "smooth" {
+                    guard let b = ["true": true, "false": false, "1": true, "0": false][v.lowercased()] else {
+                        throw PotentialSpecError(message: "lj: smooth must be true or false, got '\(v)'")
+                    }
+                    smooth = b
+                    continue
+                }
+                guard ["sigma", "epsilon", "rc", "ro"].contains(k) else {
+                    throw PotentialSpecError(message: "lj has no parameter '\(k)' (parameters: sigma, epsilon, rc, ro, smooth)")
+                }
+                vals[k] = try number(k, v)
+            }
+            return LennardJones(sigma: vals["sigma"] ?? 1, epsilon: vals["epsilon"] ?? 1, rc: vals["rc"], ro: vals["ro"], smooth: smooth)
+        default:
+            throw PotentialSpecError(message: "unknown potential '\(parts[0])' (use lj, sw, or a .safetensors model file)")
+        }
+    }
+}
