@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "Tape", targets: ["Tape"]),
         .library(name: "Atoms", targets: ["Atoms"]),
         .library(name: "Potentials", targets: ["Potentials"]),
+        .library(name: "Relax", targets: ["Relax"]),
+        .library(name: "FineTune", targets: ["FineTune"]),
     ],
     targets: [
         // OpenBLAS (cblas.h) and LAPACKE from Debian's libopenblas-dev and liblapacke-dev.
@@ -15,11 +17,13 @@ let package = Package(
         .target(name: "Tape", dependencies: ["CLinalg"]),
         .target(name: "Atoms", dependencies: ["Tape"]),
         .target(name: "Potentials", dependencies: ["Tape", "Atoms"]),
-        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials"]),
-        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "FineTune"]),
-        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"], path: "Sources/Bench"),
+        .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"]),
+        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax"]),
+        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "FineTune"]),
+        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "FineTune", "CLinalg"], path: "Sources/Bench"),
         .testTarget(name: "TapeTests", dependencies: ["Tape"]),
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
+        .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
     ]
 )
