@@ -61,6 +61,7 @@ public struct AtomicSystem: Sendable {
     public func pairVectors(positions: Variable, cells: Variable) -> Variable {
         let d = positions.gatherRows(pairs.second) - positions.gatherRows(pairs.first)
         guard pairs.hasShifts else { return d }
+        if structureCount == 1 && !cells.isTracked { return d + pairs.shiftVectors(cell: cells.value.reshaped([3, 3])) }
         let shifts = Variable(constant: pairs.shiftTensor)
         if structureCount == 1 { return d + matmul(shifts, cells.reshaped([3, 3])) }
         // Per-pair cell: Σ_k S_pk · cell_{s(p),k,:}
@@ -71,7 +72,8 @@ public struct AtomicSystem: Sendable {
     /// The system restricted to pairs shorter than `cutoff` at the given positions (values only: which
     /// pairs are kept is not differentiated; the pairs dropped contribute zero to cutoff potentials).
     public func within(_ cutoff: Double, positions: Tensor, cells: Tensor) -> AtomicSystem {
-        let r = pairVectors(positions: Variable(constant: positions), cells: Variable(constant: cells)).value
+        let r = structureCount == 1 ? pairs.pairVectors(positions: positions, cell: cells.reshaped([3, 3]))
+            : pairVectors(positions: Variable(constant: positions), cells: Variable(constant: cells)).value
         let rc2 = cutoff * cutoff
         var keep: [Int] = []
         keep.reserveCapacity(pairs.pairCount)
