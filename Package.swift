@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "Atoms", targets: ["Atoms"]),
         .library(name: "Potentials", targets: ["Potentials"]),
         .library(name: "Relax", targets: ["Relax"]),
+        .library(name: "Loss", targets: ["Loss"]),
         .library(name: "FineTune", targets: ["FineTune"]),
     ],
     targets: [
@@ -18,12 +19,14 @@ let package = Package(
         .target(name: "Atoms", dependencies: ["Tape"]),
         .target(name: "Potentials", dependencies: ["Tape", "Atoms"]),
         .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"]),
-        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax"]),
-        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "FineTune"]),
-        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "FineTune", "CLinalg"], path: "Sources/Bench"),
+        .target(name: "Loss", dependencies: ["Tape", "Atoms"]),
+        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss"]),
+        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune"]),
+        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "CLinalg"], path: "Sources/Bench"),
         .testTarget(name: "TapeTests", dependencies: ["Tape"]),
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
+        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss"]),
     ]
 )
