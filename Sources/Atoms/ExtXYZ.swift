@@ -325,8 +325,9 @@ enum ExtXYZ {
             case "positions":
                 positions = reals[k]
                 if let bad = positions.firstIndex(where: { !$0.isFinite }) {
-                    throw src.error(.nonFinite, at: atomLine(bad / 3), expected: "a finite coordinate in column \(col.offset + bad % 3 + 1) (pos)",
-                                    found: "\(positions[bad])")
+                    let column = col.offset + bad % 3
+                    throw src.error(.nonFinite, at: atomLine(bad / 3), expected: "a finite coordinate in column \(column + 1) (pos)",
+                                    found: quoted(src.lines[atomLine(bad / 3)].fields[column]))
                 }
             case "masses":
                 if let bad = reals[k].firstIndex(where: { !($0.isFinite && $0 > 0) }) {

@@ -84,7 +84,7 @@ enum POSCAR {
         if vasp5 {
             guard names.count == counts.count else {
                 throw src.error(.countMismatch, at: k, expected: "one count per element symbol (\(names.count) symbols on line \(k))",
-                                found: "\(counts.count) counts")
+                                found: "\(counts.count) count(s)")
             }
         } else if let hint {
             guard hint.count == counts.count else {

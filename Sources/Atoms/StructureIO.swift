@@ -258,6 +258,20 @@ func closePair(_ s: Structure, below d: Double) -> (i: Int, j: Int, distance: Do
     if n > 0, (0..<3).contains(where: { s.pbc[$0] && window[$0] >= 1 }), let r = nearest([0, 0, 0], selfImage: true) {
         return (0, 0, r)
     }
+    // Windows under half a cell: only the nearest image along each axis can be within d, so a pair is rejected
+    // or measured with a few scalar operations (a perfect crystal puts many atoms in each sweep window).
+    let nearestImageOnly = window.allSatisfy { $0 < 0.5 }
+    func pairDistance(_ i: Int, _ j: Int) -> Double? {
+        guard nearestImageOnly else { return nearest((0..<3).map { f[3 * j + $0] - f[3 * i + $0] }, selfImage: false) }
+        var g0 = f[3 * j] - f[3 * i], g1 = f[3 * j + 1] - f[3 * i + 1], g2 = f[3 * j + 2] - f[3 * i + 2]
+        if s.pbc[0] { g0 -= g0.rounded(.toNearestOrEven) }
+        if s.pbc[1] { g1 -= g1.rounded(.toNearestOrEven) }
+        if s.pbc[2] { g2 -= g2.rounded(.toNearestOrEven) }
+        guard Swift.abs(g0) < window[0], Swift.abs(g1) < window[1], Swift.abs(g2) < window[2] else { return nil }
+        let vx = g0 * c[0] + g1 * c[3] + g2 * c[6], vy = g0 * c[1] + g1 * c[4] + g2 * c[7], vz = g0 * c[2] + g1 * c[5] + g2 * c[8]
+        let r = (vx * vx + vy * vy + vz * vz).squareRoot()
+        return r < d ? r : nil
+    }
     let key = (0..<n).map { s.pbc[0] ? f[3 * $0] - f[3 * $0].rounded(.down) : f[3 * $0] }
     let order = (0..<n).sorted { key[$0] < key[$1] }
     let sweep = window[0] < 0.5  // else every pair is a candidate
@@ -271,7 +285,7 @@ func closePair(_ s: Structure, below d: Double) -> (i: Int, j: Int, distance: Do
                 let gap = key[j] - key[i] + (q >= n ? 1 : 0)
                 guard gap < window[0] else { break }
             }
-            if let r = nearest((0..<3).map { f[3 * j + $0] - f[3 * i + $0] }, selfImage: false) { return (min(i, j), max(i, j), r) }
+            if let r = pairDistance(i, j) { return (min(i, j), max(i, j), r) }
         }
     }
     return nil
