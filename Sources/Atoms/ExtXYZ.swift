@@ -412,7 +412,6 @@ enum ExtXYZ {
             guard !name.isEmpty, !name.contains(where: { $0 == ":" || $0.isWhitespace || "\"'{}[]\\=".contains($0) }) else {
                 throw fail("per-atom array names without ':', spaces, quotes or brackets", quoted(name))
             }
-            guard array.atomCount == n else { throw fail("\(n) rows in array '\(name)'", "\(array.atomCount)") }
             let w = array.width
             let file = fileName[name] ?? name
             switch array {

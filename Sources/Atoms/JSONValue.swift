@@ -95,37 +95,17 @@ enum JSONValue: Equatable, Sendable {
             switch bytes[i] {
             case UInt8(ascii: "{"):
                 i += 1
-                var members: [(String, JSONValue)] = []
-                skipSpace()
-                if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
-                while true {
-                    skipSpace()
-                    guard let key = string() else { return nil }
-                    skipSpace()
-                    guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { return nil }
-                    i += 1
-                    guard let v = value() else { return nil }
-                    members.append((key, v))
-                    skipSpace()
-                    guard i < bytes.count else { return nil }
-                    if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                    if bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
-                    return nil
-                }
+                return items(until: UInt8(ascii: "}")) { p -> (String, JSONValue)? in
+                    p.skipSpace()
+                    guard let key = p.string() else { return nil }
+                    p.skipSpace()
+                    guard p.i < p.bytes.count, p.bytes[p.i] == UInt8(ascii: ":") else { return nil }
+                    p.i += 1
+                    return p.value().map { (key, $0) }
+                }.map { .object($0) }
             case UInt8(ascii: "["):
                 i += 1
-                var items: [JSONValue] = []
-                skipSpace()
-                if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
-                while true {
-                    guard let v = value() else { return nil }
-                    items.append(v)
-                    skipSpace()
-                    guard i < bytes.count else { return nil }
-                    if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                    if bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
-                    return nil
-                }
+                return items(until: UInt8(ascii: "]")) { $0.value() }.map { .array($0) }
             case UInt8(ascii: "\""):
                 return string().map { .string($0) }
             default:
@@ -136,6 +116,22 @@ enum JSONValue: Equatable, Sendable {
                 if literal("Infinity") { return .number("Infinity") }
                 if literal("-Infinity") { return .number("-Infinity") }
                 return number()
+            }
+        }
+
+        /// Comma-separated items up to `close` (the opening bracket already read).
+        mutating func items<T>(until close: UInt8, _ item: (inout Parser) -> T?) -> [T]? {
+            var out: [T] = []
+            skipSpace()
+            if i < bytes.count, bytes[i] == close { i += 1; return out }
+            while true {
+                guard let v = item(&self) else { return nil }
+                out.append(v)
+                skipSpace()
+                guard i < bytes.count else { return nil }
+                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                if bytes[i] == close { i += 1; return out }
+                return nil
             }
         }
 

@@ -86,9 +86,6 @@ public enum StructureIO {
 
     /// The file text for structures; `path` only names the destination in error messages.
     public static func text(_ structures: [Structure], format: StructureFormat, path: String = "<text>", options: WriteOptions = WriteOptions()) throws -> String {
-        guard format.canWrite else {
-            throw StructureFileError(path: path, line: nil, kind: .unknownFormat, expected: "a format relaxft writes (extxyz, vasp)", found: "cif (read only)")
-        }
         guard !structures.isEmpty else {
             throw StructureFileError(path: path, line: nil, kind: .unwritableStructure, expected: "at least one structure", found: "none")
         }
@@ -96,6 +93,23 @@ public enum StructureIO {
             let frame = structures.count > 1 ? " (frame \(k + 1))" : ""
             func fail(_ expected: String, _ found: String) -> StructureFileError {
                 StructureFileError(path: path, line: nil, kind: .unwritableStructure, expected: expected, found: found + frame)
+            }
+            let n = s.count
+            guard s.positions.shape == [n, 3], s.cell.shape == [3, 3], s.pbc.count == 3 else {
+                throw fail("positions [\(n), 3], a 3×3 cell and 3 pbc flags", "positions \(s.positions.shape), cell \(s.cell.shape), \(s.pbc.count) pbc flags")
+            }
+            guard s.fixed.map({ $0.count == n }) ?? true, s.customMasses.map({ $0.count == n }) ?? true else {
+                throw fail("\(n) fixed flags and masses", "\(s.fixed?.count ?? n) fixed flags, \(s.customMasses?.count ?? n) masses")
+            }
+            for (name, array) in s.arrays {
+                let shapeOK: Bool
+                switch array {
+                case .doubles(let t): shapeOK = (t.rank == 1 || t.rank == 2) && t.shape[0] == n
+                case .ints(let v, let w): shapeOK = w >= 1 && v.count == n * w
+                case .bools(let v, let w): shapeOK = w >= 1 && v.count == n * w
+                case .strings(let v): shapeOK = v.count == n
+                }
+                guard shapeOK else { throw fail("\(n) rows in per-atom array '\(name)'", "another shape") }
             }
             guard s.positions.isFinite else { throw fail("finite positions", "a NaN or infinite coordinate") }
             guard s.cell.isFinite else { throw fail("a finite cell", "\(s.cell.array)") }
@@ -109,7 +123,8 @@ public enum StructureIO {
         switch format {
         case .extxyz: return try ExtXYZ.write(structures, path: path)
         case .vasp: return try POSCAR.write(structures, path: path, direct: options.vaspDirect)
-        case .cif: fatalError("unreachable: CIF is rejected above")
+        case .cif:
+            throw StructureFileError(path: path, line: nil, kind: .unknownFormat, expected: "a format relaxft writes (extxyz, vasp)", found: "cif (read only)")
         }
     }
 
@@ -146,9 +161,10 @@ public enum StructureIO {
         if stat(path, &existing) == 0 { _ = fchmod(fd, existing.st_mode & 0o7777) }  // keep the old file's permissions
         var bytes = Array(text.utf8)
         let written = bytes.withUnsafeMutableBytes { buffer -> Bool in
+            guard let base = buffer.baseAddress else { return true }  // nothing to write
             var offset = 0
             while offset < buffer.count {
-                let n = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                let n = Glibc.write(fd, base + offset, buffer.count - offset)
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { return false }
                 offset += n

@@ -36,21 +36,33 @@ struct SourceText {
 
 /// Decodes file bytes: UTF-8, else Latin-1 (the encoding CIF 1.1 prescribes; it accepts any byte sequence).
 func decodeText(_ data: Data) -> String {
-    String(data: data, encoding: .utf8) ?? String(decoding: data.map { UInt16($0) }, as: UTF16.self)
+    let text = String(data: data, encoding: .utf8) ?? String(decoding: data.map { UInt16($0) }, as: UTF16.self)
+    return text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text  // byte-order mark
 }
 
 @inline(__always) func isBlankByte(_ b: UInt8) -> Bool { b == 32 || (b >= 9 && b <= 13) }
 
 extension StringProtocol {
-    /// Whitespace-separated fields (ASCII whitespace, as str.split() sees in these ASCII formats).
-    var fields: [SubSequence] {
-        split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\u{0B}" || $0 == "\u{0C}" || $0 == "\r" || $0 == "\n" })
-    }
-
     var isBlank: Bool { utf8.allSatisfy(isBlankByte) }
 }
 
 extension Substring {
+    /// Whitespace-separated fields (ASCII whitespace, as str.split() sees it in these ASCII formats); scanned as
+    /// bytes, several times faster than splitting Characters.
+    var fields: [Substring] {
+        var out: [Substring] = []
+        let u = utf8
+        var i = u.startIndex
+        while true {
+            while i != u.endIndex, isBlankByte(u[i]) { i = u.index(after: i) }
+            guard i != u.endIndex else { return out }
+            var j = i
+            while j != u.endIndex, !isBlankByte(u[j]) { j = u.index(after: j) }
+            out.append(self[i..<j])
+            i = j
+        }
+    }
+
     /// Without leading and trailing ASCII whitespace.
     var trimmed: Substring {
         let u = utf8

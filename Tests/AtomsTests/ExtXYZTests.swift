@@ -42,7 +42,7 @@ import Testing
     }
 
     static func sample() -> Structure {
-        var s = Structure(numbers: [1, 8, 1], positions: Tensor(shape: [3, 3], [0.1, 1e-300, -0.0, 0.7, 2.0 / 3.0, 1e10, 1.0 / 7.0, -5e-324, 123456789.123]))
+        var s = Structure(numbers: [1, 8, 1], positions: Tensor(shape: [3, 3], [0.1, 1e-300, -0.0, 0.7, 2.0 / 3.0, 1e10, 1.0 / 7.0, -Double.leastNonzeroMagnitude, 123456789.123]))
         s.info["text"] = .string("a \"quoted\" \\ value, with = signs")
         s.info["number_like"] = .string("12")
         s.info["bool_like"] = .string("T")
@@ -55,7 +55,7 @@ import Testing
         s.info["no_ints"] = .ints([])
         s.info["names"] = .strings(["a b", "c"])
         s.info["nan"] = .double(.nan)
-        s.info["tiny"] = .double(5e-324)
+        s.info["tiny"] = .double(.leastNonzeroMagnitude)
         s.info["flags"] = .bools([true, false])
         s.info["virial"] = .doubles([1, 2, 3, 4, 5, 6, 7, 8, 9])  // not symmetric: the transpose must be undone
         s.info["key with spaces"] = .int(-7)
@@ -110,7 +110,16 @@ import Testing
         fails(s, "'positions'")
         s = base
         s.arrays["short"] = .ints([1], width: 1)
-        fails(s, "2 rows in array 'short'")
+        fails(s, "2 rows in per-atom array 'short'")
+        s = base
+        s.arrays["zero_width"] = .ints([], width: 0)
+        fails(s, "per-atom array 'zero_width'")
+        s = base
+        s.fixed = [true]
+        fails(s, "2 fixed flags and masses")
+        s = base
+        s.positions = .zeros([3, 3])
+        fails(s, "positions [2, 3]")
         s = base
         s.arrays["names"] = .strings(["a b", "c"])
         fails(s, "'a b'")
