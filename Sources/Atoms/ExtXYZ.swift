@@ -170,8 +170,8 @@ enum ExtXYZ {
         var offset = 0
         for k in stride(from: 0, to: fields.count, by: 3) {
             let (name, type, width) = (fields[k], fields[k + 1], fields[k + 2])
-            guard !name.isEmpty, ["R", "I", "S", "L"].contains(type), let w = PyNumber.int(width), w >= 1 else {
-                throw src.error(.badProperties, at: line, expected: "name:type:width with type R, I, S or L and width ≥ 1",
+            guard !name.isEmpty, ["R", "I", "S", "L"].contains(type), let w = PyNumber.int(width), w >= 1, w <= 100_000 else {
+                throw src.error(.badProperties, at: line, expected: "name:type:width with type R, I, S or L and width from 1 to 100000",
                                 found: quoted("\(name):\(type):\(width)"))
             }
             let canonical = aseName[name] ?? name
@@ -264,14 +264,6 @@ enum ExtXYZ {
         var ints = [[Int]](repeating: [], count: cols.count)
         var bools = [[Bool]](repeating: [], count: cols.count)
         var strings = [[String]](repeating: [], count: cols.count)
-        for (k, col) in cols.enumerated() {
-            switch col.type {
-            case "R": reals[k].reserveCapacity(n * col.width)
-            case "I": ints[k].reserveCapacity(n * col.width)
-            case "L": bools[k].reserveCapacity(n * col.width)
-            default: strings[k].reserveCapacity(n)
-            }
-        }
         for a in 0..<n {
             let li = h + 2 + a
             let f = src.lines[li].fields

@@ -81,6 +81,12 @@ enum POSCAR {
             counts.append(c)
         }
         guard !counts.isEmpty else { throw src.error(.syntax, at: k, expected: "atom counts", found: quoted(lines[k].trimmed)) }
+        // Each atom needs a line: absurd counts fail here, before anything is allocated for them.
+        let total = counts.reduce(0) { $0 > lines.count ? $0 : $0 + min($1, lines.count + 1) }
+        guard total <= lines.count else {
+            throw src.error(.truncatedFrame, at: k, expected: "one line per atom (counts \(counts.map(String.init).joined(separator: " ")))",
+                            found: "\(lines.count) lines in the whole file")
+        }
         if vasp5 {
             guard names.count == counts.count else {
                 throw src.error(.countMismatch, at: k, expected: "one count per element symbol (\(names.count) symbols on line \(k))",

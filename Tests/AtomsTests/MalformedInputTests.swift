@@ -1,4 +1,5 @@
 import Foundation
+import Tape
 import Testing
 @testable import Atoms
 
@@ -43,6 +44,7 @@ struct MalformedCase: Sendable, CustomTestStringConvertible {
         .init(file: "bad_json.xyz", kind: .badValue, line: 2, expected: "valid JSON after '_JSON' in 'meta'", found: "'_JSON {\"a\": '"),
         .init(file: "bad_stress.xyz", kind: .badValue, line: 2, expected: "9 numbers (a 3×3 matrix) or 6 Voigt values for 'stress'", found: "'1 2 3'"),
         .init(file: "key_without_name.xyz", kind: .syntax, line: 2, expected: "key=value pairs", found: "'=' without a key"),
+        .init(file: "absurd_column_width.xyz", kind: .badProperties, line: 2, expected: "width from 1 to 100000", found: "'x:R:9223372036854775807'"),
         // VASP POSCAR
         .init(file: "count_mismatch.vasp", kind: .countMismatch, line: 7, expected: "one count per element symbol (2 symbols on line 6)", found: "1 count(s)"),
         .init(file: "truncated_atoms.vasp", kind: .truncatedFrame, line: 7, expected: "8 atom lines (counts 8)", found: "3 before the end of the file"),
@@ -55,6 +57,7 @@ struct MalformedCase: Sendable, CustomTestStringConvertible {
         .init(file: "short_lattice_vector.vasp", kind: .badLattice, line: 4, expected: "3 numbers (lattice vector 2)", found: "'0.0 5.43'"),
         .init(file: "nan_coordinate.vasp", kind: .nonFinite, line: 10, expected: "a finite coordinate in column 2", found: "'NaN'"),
         .init(file: "missing_selective_flags.vasp", kind: .wrongColumnCount, line: 11, expected: "3 coordinates and 3 selective-dynamics flags", found: "3 columns"),
+        .init(file: "absurd_atom_count.vasp", kind: .truncatedFrame, line: 7, expected: "one line per atom (counts 1000000000000 9223372036854775807)", found: "9 lines in the whole file"),
         .init(file: "atoms_too_close.vasp", kind: .atomsTooClose, line: 10, expected: "at least 0.1 Å apart", found: "atoms 1 and 2 (lines 9 and 10) 0.00543 Å apart"),
         // CIF
         .init(file: "partial_occupancy.cif", kind: .unsupported, line: 15, expected: "partial occupancy", found: "occupancy 0.5 for site 'Au1'"),
@@ -94,5 +97,41 @@ struct MalformedCase: Sendable, CustomTestStringConvertible {
         } catch {
             Issue.record("\(c.file): not a StructureFileError: \(error)")
         }
+    }
+}
+
+@Suite struct MutationTests {
+    /// Randomly damaged fixtures (lines dropped, duplicated or swapped, characters replaced, text cut) are read or
+    /// rejected with a StructureFileError; nothing else (a crash would end the test process).
+    @Test(arguments: Repo.fixtureNames)
+    func damagedFilesAreReadOrRejected(name: String) throws {
+        let format = try #require(StructureFormat(path: name))
+        let original = try String(contentsOfFile: Repo.structure(name), encoding: .utf8)
+        var rng = SeededGenerator(seed: UInt64(name.utf8.reduce(0) { $0 &* 31 &+ Int($1) }.magnitude))
+        let alphabet = Array("0123456789 .-+eEnaNTF:=\"'{}[]_;#\tXx\n")
+        var rejected = 0
+        for _ in 0..<150 {
+            var lines = original.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            for _ in 0..<(1 + rng.int(below: 3)) {
+                let k = rng.int(below: lines.count)
+                switch rng.int(below: 5) {
+                case 0: lines.remove(at: k)
+                case 1: lines.insert(lines[k], at: k)
+                case 2: lines.swapAt(k, rng.int(below: lines.count))
+                case 3:
+                    var chars = Array(lines[k])
+                    if !chars.isEmpty { chars[rng.int(below: chars.count)] = alphabet[rng.int(below: alphabet.count)] }
+                    lines[k] = String(chars)
+                default: lines = Array(lines.prefix(k)) + [String(lines[k].prefix(rng.int(below: lines[k].count + 1)))]
+                }
+                if lines.isEmpty { lines = [""] }
+            }
+            do {
+                _ = try StructureIO.parse(lines.joined(separator: "\n"), format: format, path: name)
+            } catch is StructureFileError {
+                rejected += 1
+            }
+        }
+        #expect(rejected > 0)
     }
 }
