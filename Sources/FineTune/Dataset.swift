@@ -40,7 +40,7 @@ public enum RelaxationDataset {
                 throw DatasetError(message: "frame \(k): \(a.count) atoms in \(initialSource) but \(b.count) in \(targetSource)")
             }
             guard a.numbers == b.numbers else {
-                let i = zip(a.numbers, b.numbers).firstIndex { $0 != $1 }!
+                let i = a.numbers.indices.first { a.numbers[$0] != b.numbers[$0] }!
                 throw DatasetError(message: "frame \(k), atom \(i): species \(Elements.symbols[a.numbers[i]]) in \(initialSource) but \(Elements.symbols[b.numbers[i]]) in \(targetSource)")
             }
             guard a.cell.maxAbsDifference(b.cell) < 1e-8 else {
