@@ -58,19 +58,23 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     }
     let threads = try a.positiveInt("threads") ?? defaultThreadCount
     let overrides = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
+    // One relaxation protocol for every model, so that a comparison is fair: the last model file's training
+    // settings when it has them (the fine-tuned model in a before/after comparison), else FIRE to fmax 0.01;
+    // options override.
+    let potentials = try models.map { try PotentialSpec.parse($0) }
+    var proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 1000, stopFmax: 0.01)
+    for spec in models where spec.hasSuffix(".safetensors") {
+        if let p = RelaxationProtocol.fromMetadata(try ModelFile.load(spec).metadata) { proto = p }
+    }
+    if let r = a.string("relaxer") { proto.relaxer = r; proto.hyperparameters = [:] }
+    for (k, v) in overrides { proto.hyperparameters[k] = v }
+    if let s = try a.positiveInt("steps") { proto.steps = s }
+    if let f = try a.positiveDouble("fmax") { proto.stopFmax = f }
+    proto.convergedFmax = proto.stopFmax ?? 0.05
+    _ = try proto.makeRelaxer()
     var reports: [ModelReport] = []
     var perStructure: [[ExampleEvaluation]] = []
-    for spec in models {
-        let potential = try PotentialSpec.parse(spec)
-        var meta: [String: String] = [:]
-        if spec.hasSuffix(".safetensors") { meta = try ModelFile.load(spec).metadata }
-        var proto = RelaxationProtocol.fromMetadata(meta) ?? RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 1000, stopFmax: 0.01)
-        if let r = a.string("relaxer") { proto.relaxer = r; proto.hyperparameters = [:] }
-        for (k, v) in overrides { proto.hyperparameters[k] = v }
-        if let s = try a.positiveInt("steps") { proto.steps = s }
-        if let f = try a.positiveDouble("fmax") { proto.stopFmax = f }
-        proto.convergedFmax = proto.stopFmax ?? 0.05
-        _ = try proto.makeRelaxer()
+    for (spec, potential) in zip(models, potentials) {
         let t0 = Date()
         let evals = try evaluateRelaxations(examples, potential: potential, protocol: proto, threads: threads)
         let dq = ErrorSummary(evals.map(\.deltaQ), thresholds: thresholds)
