@@ -143,7 +143,9 @@ public final class FineTuner {
     /// Restores the state and weights saved by an interrupted run.
     public func resume() throws {
         let data = try Data(contentsOf: URL(fileURLWithPath: statePath))
-        state = try JSONDecoder().decode(TrainerState.self, from: data)
+        let d = JSONDecoder()
+        d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        state = try d.decode(TrainerState.self, from: data)
         let (p, _) = try ModelFile.load(lastModelPath)
         potential.parameters = p.parameters
     }
@@ -175,11 +177,13 @@ public final class FineTuner {
 
     func saveState() throws {
         let e = JSONEncoder.sorted
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try AtomicFile.write(try e.encode(state), to: statePath)
     }
 
-    /// Runs (or continues) the training; `progress` gets a line per epoch.
-    public func run(progress: (EpochMetrics, _ eta: Double) -> Void = { _, _ in }) throws -> FineTuneSummary {
+    /// Runs (or continues) the training; `progress` gets a line per epoch. `stopAfterEpoch` ends the run early
+    /// at that epoch, as an interruption would (state and checkpoints are saved after every epoch).
+    public func run(stopAfterEpoch: Int? = nil, progress: (EpochMetrics, _ eta: Double) -> Void = { _, _ in }) throws -> FineTuneSummary {
         let mode = try GradientMode.parse(config.gradient)
         if state.nextEpoch == 0 && state.history.isEmpty {
             let tr = try evaluate(train), va = try evaluate(validation)
@@ -196,7 +200,7 @@ public final class FineTuner {
             try saveState()
         }
         let relaxerRate = config.relaxerLearningRate ?? config.learningRate
-        while state.nextEpoch < config.epochs && !state.stoppedEarly {
+        while state.nextEpoch < Swift.min(config.epochs, stopAfterEpoch ?? .max) && !state.stoppedEarly {
             let epoch = state.nextEpoch
             let t0 = Date()
             var order = Array(0..<train.count)
