@@ -82,6 +82,8 @@ public struct BPTTSettings: Sendable {
     public var implicitFmax: Double = 1e-6
     public var implicitMaxSteps: Int = 5000
     public var cgTolerance: Double = 1e-10
+    /// Weight of the per-atom energy error at the final structure (0: ΔQ only; unrolled modes only).
+    public var energyWeight: Double = 0
 
     public init(relaxer: any Relaxer, steps: Int) {
         self.relaxer = relaxer
@@ -239,7 +241,13 @@ func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any P
         }
     }
     let s = example.initial
-    let loss = StructureLoss.deltaQ(state.positions, target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc)
+    var loss = StructureLoss.deltaQ(state.positions, target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc)
+    if settings.energyWeight > 0, let eRef = example.targetEnergy {
+        // Energy term w·|E(x_T) − E_ref|/N (eV/atom): meaningful when the reference energies share the
+        // model's energy zero (e.g. the model was pretrained on the same DFT code).
+        let (e, _) = evaluator.evaluate(positions: state.positions, parameters: paramLeaves)
+        loss = loss + ((e - eRef) * (1 / Double(s.count))).abs() * settings.energyWeight
+    }
     let trainable = hyperNames.filter { settings.trainableHyper.contains($0) }
     let wrt = paramNames.map { paramLeaves[$0]! } + trainable.map { hyperVars[$0]! }
     let nodes = tape.nodeCount

@@ -35,6 +35,8 @@ public struct FineTuneConfig: Codable, Sendable {
     /// Learning rate relative to each parameter's initial RMS magnitude (natural for classical potentials,
     /// whose parameters have different units and scales) instead of absolute.
     public var relativeLearningRate = false
+    /// Weight of the per-atom energy error at the relaxed structure in the loss (needs energy_relaxed).
+    public var energyWeight: Double = 0
 
     public init(pretrained: String) { self.pretrained = pretrained }
 }
@@ -157,6 +159,7 @@ public final class FineTuner {
         s.mode = mode
         s.stopFmax = config.stopFmax
         s.trainableHyper = config.trainRelaxer
+        s.energyWeight = config.energyWeight
         return s
     }
 

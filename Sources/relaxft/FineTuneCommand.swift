@@ -22,6 +22,7 @@ let finetuneCommand = Command(
             OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K or implicit"),
             OptionSpec("--train-relaxer", value: "NAMES", help: "relaxer hyperparameters to train, e.g. eta or dt,dtmax"),
             OptionSpec("--train-params", value: "NAMES", help: "potential parameters to train (default: all)"),
+            OptionSpec("--energy-weight", value: "W", default: "0", help: "add W·|E − E_ref|/N (eV/atom) at the relaxed structure to the loss (needs energy_relaxed)"),
             OptionSpec("--epochs", value: "N", default: "30", help: "training epochs"),
             OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
             OptionSpec("--relaxer-lr", value: "RATE", help: "learning rate of relaxer hyperparameters (default: --lr)"),
@@ -105,6 +106,11 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.trainRelaxer = parseList(a.string("train-relaxer"))
         let tp = parseList(a.string("train-params"))
         config.trainParameters = tp.isEmpty ? nil : tp
+        config.energyWeight = try a.double("energy-weight")!
+        guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
+        if config.energyWeight > 0 && config.gradient == "implicit" {
+            throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
+        }
         config.epochs = try a.positiveInt("epochs")!
         config.learningRate = try a.positiveDouble("lr")!
         config.relaxerLearningRate = try a.positiveDouble("relaxer-lr")

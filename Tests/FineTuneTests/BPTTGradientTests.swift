@@ -208,3 +208,31 @@ struct BPTTGradientTests {
         }
     }
 }
+
+@Suite struct EnergyTermTests {
+    @Test func energyTermGradientMatchesFiniteDifferences() throws {
+        var ex = try recoveryExamples("train")[0]
+        ex.targetEnergy = (ex.targetEnergy ?? 0) + 0.3
+        let pot = try PotentialSpec.parse("sw:sigma=2.12")
+        var settings = BPTTSettings(relaxer: FIRE(), steps: 10)
+        settings.mode = .checkpoint(every: 3)
+        settings.energyWeight = 2
+        let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
+        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
+        let r = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: settings)
+        var noEnergy = settings
+        noEnergy.energyWeight = 0
+        #expect(relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: noEnergy).loss < r.loss)
+        for name in ["sigma", "epsilon"] {
+            let v = params[name]!.scalar, h = 1e-5 * v
+            func f(_ d: Double) -> Double {
+                var p = params
+                p[name] = Tensor(scalar: v + d)
+                return relaxationLossAndGradient(ex, potential: pot, parameters: p, hyper: hyper, settings: settings).loss
+            }
+            let fd = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+            let a = r.gradients[name]!.scalar
+            #expect(abs(a - fd) <= 1e-5 * max(abs(a), abs(fd)), "∂L/∂\(name): \(a) vs \(fd)")
+        }
+    }
+}
