@@ -9,7 +9,7 @@ struct Command: Sendable {
     let run: @Sendable (ParsedArguments) throws -> Int32
 }
 
-let commands: [Command] = [demoCommand, convertCommand]
+let commands: [Command] = [demoCommand, convertCommand, relaxCommand]
 
 let topLevelHelp = """
     usage: relaxft <command> [options]
