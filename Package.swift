@@ -28,5 +28,7 @@ let package = Package(
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
         .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss"]),
+        // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
+        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Tape"]),
     ]
 )

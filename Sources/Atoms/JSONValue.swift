@@ -180,3 +180,8 @@ enum JSONValue: Equatable, Sendable {
         }
     }
 }
+
+/// JSON text for other writers (the CLI's JSON output), spelled as the extxyz writer spells `_JSON` values.
+public enum JSONText {
+    public static func string(_ s: String) -> String { JSONValue.encode(s) }
+}

@@ -185,6 +185,18 @@ public struct Structure: Sendable, Equatable {
         set { info["stress"] = newValue.map { .doubles($0.array) } }
     }
 
+    /// Per-frame and per-atom keys under which ASE's extxyz stores a calculator's results (its
+    /// `per_config_properties` and `per_atom_properties`, and `virial`).
+    public static let calculatorInfoKeys = ["energy", "free_energy", "stress", "virial", "dipole", "magmom"]
+    public static let calculatorArrayKeys = ["forces", "stresses", "charges", "magmoms", "energies"]
+
+    /// Removes calculator results, which belong to the geometry they were computed for (so that a moved
+    /// structure does not carry another geometry's energy, forces or stress).
+    public mutating func removeCalculatorResults() {
+        for k in Self.calculatorInfoKeys { info[k] = nil }
+        for k in Self.calculatorArrayKeys { arrays[k] = nil }
+    }
+
     /// Reciprocal-free fractional coordinates x·cell⁻¹ (cell must be non-singular).
     public func fractionalPositions() -> Tensor? {
         guard let inv = cell.inverse3x3() else { return nil }

@@ -28,7 +28,8 @@ public struct RelaxationStep {
 }
 
 public struct RelaxationResult: Sendable {
-    /// Final structure with `energy`, `forces` (and `stress` for cell relaxation) set.
+    /// Final structure with `energy`, `forces` (and `stress` for cell relaxation) set; other calculator results
+    /// the input carried are removed.
     public var structure: Structure
     public var converged: Bool
     public var steps: Int
@@ -96,6 +97,7 @@ public func relax<R: Relaxer>(_ structure: Structure, potential: any Potential, 
         step += 1
     }
     var final = structure
+    final.removeCalculatorResults()  // the input's results (say, a stress) belong to the initial geometry
     final.positions = current.positions
     final.cell = current.cell
     final.energy = lastAtomEnergy

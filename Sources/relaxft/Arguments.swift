@@ -23,7 +23,7 @@ struct CommandSpec: Sendable {
     var details: String = ""
 
     var help: String {
-        var s = "usage: relaxft \(name) \(usage)\n\n\(summary)\n"
+        var s = wrapped("usage: relaxft \(name) \(usage)", width: 112).joined(separator: "\n    ") + "\n\n\(summary)\n"
         if !details.isEmpty { s += "\n\(details)\n" }
         if !options.isEmpty {
             s += "\noptions:\n"
@@ -33,12 +33,27 @@ struct CommandSpec: Sendable {
                 return (n, o.help + d)
             } + [("-h, --help", "show this help")]
             let w = min(rows.map(\.0.count).max() ?? 0, 34)
+            let indent = "\n  " + String(repeating: " ", count: w) + "  "
             for (n, h) in rows {
-                if n.count > w { s += "  \(n)\n  \(String(repeating: " ", count: w))  \(h)\n" } else { s += "  \(n.padding(toLength: w, withPad: " ", startingAt: 0))  \(h)\n" }
+                let text = wrapped(h, width: max(40, 112 - w - 4)).joined(separator: indent)
+                if n.count > w { s += "  \(n)\(indent)\(text)\n" } else { s += "  \(n.padding(toLength: w, withPad: " ", startingAt: 0))  \(text)\n" }
             }
         }
         return s
     }
+}
+
+/// Words of `text` in lines of at most `width` characters (a longer word gets a line of its own).
+func wrapped(_ text: String, width: Int) -> [String] {
+    var lines: [String] = [], line = ""
+    for word in text.split(separator: " ") {
+        if !line.isEmpty && line.count + 1 + word.count > width {
+            lines.append(line)
+            line = ""
+        }
+        line += (line.isEmpty ? "" : " ") + word
+    }
+    return lines + [line]
 }
 
 /// A usage error: printed with a pointer to --help, exit code 2.

@@ -9,7 +9,7 @@ struct Command: Sendable {
     let run: @Sendable (ParsedArguments) throws -> Int32
 }
 
-let commands: [Command] = [demoCommand, convertCommand, finetuneCommand, evaluateCommand]
+let commands: [Command] = [relaxCommand, finetuneCommand, evaluateCommand, convertCommand, demoCommand]
 
 let topLevelHelp = """
     usage: relaxft <command> [options]

@@ -114,6 +114,34 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["keep.xyz"])
     }
 
+    /// A file written in pieces appears only on commit; discarding (or dropping the writer) leaves the old one.
+    @Test func piecewiseWritesAppearOnlyWhenCommitted() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-pieces-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("traj.xyz").path
+        try "old\n".write(toFile: path, atomically: false, encoding: .utf8)
+        do {
+            let w = try AtomicFileWriter(path: path)
+            try w.append("new ")
+            w.discard()
+        }
+        do {
+            let w = try AtomicFileWriter(path: path)
+            try w.append("new ")
+            _ = w  // dropped without commit
+        }
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "old\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["traj.xyz"])
+        let w = try AtomicFileWriter(path: path)
+        try w.append("new ")
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "old\n")
+        try w.append("text\n")
+        try w.commit()
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "new text\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["traj.xyz"])
+    }
+
     @Test func numbersFollowPythonsGrammar() {
         #expect(PyNumber.double("1e5") == 1e5 && PyNumber.double(".5") == 0.5 && PyNumber.double("5.") == 5 && PyNumber.double("-Infinity") == -.infinity)
         #expect(PyNumber.double("1_0.5") == 10.5)

@@ -1,0 +1,384 @@
+import Atoms
+import Foundation
+import Potentials
+import Relax
+import Tape
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// ASE's unit: 1 GPa in eV/Å³ (CODATA 2014, ASE's default).
+let gigapascal = 1 / 160.21766208
+
+let relaxCommand = Command(
+    spec: CommandSpec(
+        name: "relax", summary: "relax structures (positions, optionally the cell) with a classical potential or a model file",
+        usage: "STRUCTURE [--potential SPEC] [--relaxer NAME] [--relaxer-param name=value,…] [--fmax F] [--steps N] "
+            + "[--relax-cell [--pressure P]] [-o OUT] [--trajectory TRAJ] [--frames SLICE] [--format FMT] [--json] [--quiet]",
+        options: [
+            OptionSpec("--potential", value: "SPEC", default: "sw", help: "sw, lj, either with overrides (sw:sigma=2.116,lambda=18.9), or a relaxft model file (.safetensors); see below"),
+            OptionSpec("--relaxer", value: "NAME", default: "fire", help: "fire, fire-jaxmd, bfgs, lbfgs or frame; see below"),
+            OptionSpec("--relaxer-param", value: "name=value,…", help: "set the relaxer's hyperparameters (repeatable); see below"),
+            OptionSpec("--fmax", value: "F", default: "0.01", help: "converged when the force on every atom is below F (eV/Å)"),
+            OptionSpec("--steps", value: "N", default: "500", help: "at most N relaxer steps per frame (0: evaluate only)"),
+            OptionSpec("--relax-cell", help: "relax the cell too, as ASE's FrechetCellFilter (needs pbc T T T)"),
+            OptionSpec("--pressure", value: "P", help: "external pressure for --relax-cell, GPa, positive compresses (default: 0)"),
+            OptionSpec("-o", "--output", value: "OUT", help: "the relaxed frames (default: STRUCTURE's name with -relaxed, next to it; see below)"),
+            OptionSpec("--trajectory", value: "TRAJ", help: "write every logged step of every frame to TRAJ (extended XYZ)"),
+            OptionSpec("--frames", value: "SLICE", help: "frames of STRUCTURE to relax, a Python index or slice: 3, -1, 0:10:2 (default: all)"),
+            OptionSpec("--format", value: "FMT", help: "format of OUT: extxyz or vasp (default: from OUT's name, else STRUCTURE's format)"),
+            OptionSpec("--from", value: "FMT", help: "format of STRUCTURE: extxyz, vasp or cif (default: from its name)"),
+            OptionSpec("--json", help: "one JSON object per frame on stdout; the log and summaries go to stderr"),
+            OptionSpec("--quiet", help: "no per-step log (summaries, warnings and errors are still printed)"),
+        ],
+        details: """
+            Relaxes every frame of STRUCTURE (or those --frames selects) until the force on every atom is below
+            --fmax or --steps steps were taken. Per step it prints ASE's log line (optimizer, step, time, energy in
+            eV, fmax in eV/Å), per frame a summary: converged or not, steps, energy change, largest displacement of
+            an atom (minimum image), force calls, time. With --relax-cell the log's energy is the enthalpy E + pV
+            and fmax includes the cell's generalised forces, as in ASE. Log and summaries go to stdout, or to
+            stderr with --json.
+
+            Output: OUT (default: si.xyz -> si-relaxed.xyz, POSCAR -> POSCAR-relaxed, CIF input -> .extxyz; an
+            existing file of that name is replaced, the input never: naming it is an error) holds the relaxed frames
+            with energy (eV), forces (eV/Å), for --relax-cell the stress (eV/Å³, ASE's sign), and the info keys
+            converged, steps and fmax; calculator results the input carried are dropped. A POSCAR holds positions
+            and cell only (and one frame): use --json or an .xyz OUT to keep energies and forces. TRAJ has every
+            logged step as an extended XYZ frame: positions, cell, forces, energy (eV, without pV) and the info
+            keys frame (index in STRUCTURE), step and fmax.
+
+            Potentials: sw is Stillinger-Weber silicon (1985; epsilon 2.16826 eV, sigma 2.0951 Å; also A, B,
+            lambda, gamma, a, p, q, cos_theta0, cos_epsilon), lj is ASE's LennardJones (sigma 1 Å, epsilon 1 eV,
+            rc 3 sigma, shifted; rc, ro in Å, smooth=true for ASE's smooth cutoff), e.g.
+            lj:sigma=2.3,epsilon=0.1,rc=5.5,ro=4.5,smooth=true. Both treat every atom alike, whatever its element:
+            sw refuses structures with more than one element and warns for one other than Si; lj warns for more
+            than one element.
+
+            Relaxers and their --relaxer-param names (defaults as in the references): fire, ASE's FIRE: dt,
+            maxstep, dtmax, finc, fdec, astart, fa; fire-jaxmd, JAX-MD's fire_descent: dt_start, dt_max, f_inc,
+            f_dec, alpha_start, f_alpha; bfgs, ASE's BFGS: maxstep, alpha; lbfgs, ASE's LBFGS: maxstep, damping,
+            alpha; frame, force following x += eta·F: eta, maxstep (≤ 0: no clamp). maxstep in Å, dt in ASE's
+            time unit (Å·√(u/eV), about 10.18 fs), alpha in eV/Å², eta in Å²/eV.
+
+            --json prints per frame, once OUT is written: frame, atoms, converged, steps, energy and
+            initial_energy (eV), fmax (eV/Å), max_displacement (Å), force_calls, seconds, relaxer,
+            relaxer_parameters, potential; with --relax-cell also enthalpy and initial_enthalpy (eV), pressure
+            (GPa), volume and initial_volume (Å³).
+
+            Exit codes: 0 when every frame converged; 1 when some frame did not converge within --steps (its
+            structure is written all the same); 2 for bad options or input, with a message naming the option or
+            the file and line, and nothing written (OUT and TRAJ go to temporary files renamed into place at the
+            end).
+            """),
+    run: runRelax)
+
+/// Where the log and summaries go: stdout, or stderr with --json so that stdout carries only JSON.
+struct Terminal {
+    let handle: FileHandle
+    func line(_ s: String) { handle.write(Data((s + "\n").utf8)) }
+}
+
+func runRelax(_ args: ParsedArguments) throws -> Int32 {
+    func usage(_ message: String) -> UsageError { UsageError(command: "relax", message: message) }
+    guard args.positionals.count == 1 else {
+        throw usage("expects one STRUCTURE file, got \(args.positionals.count) argument(s)")
+    }
+    let input = args.positionals[0]
+
+    // Options first, so that mistakes are reported before any work.
+    func format(_ option: String) throws -> StructureFormat? {
+        guard let name = args.string(option) else { return nil }
+        guard let f = StructureFormat(name: name) else { throw usage("--\(option) expects extxyz, vasp or cif, got '\(name)'") }
+        return f
+    }
+    let inFormatOption = try format("from"), outFormatOption = try format("format")
+    if outFormatOption == .cif { throw usage("--format cif: CIF is read only (write extxyz or vasp)") }
+    var settings = RelaxationSettings()
+    settings.fmax = try args.positiveDouble("fmax") ?? 0.01
+    let steps = try args.int("steps") ?? 500
+    guard steps >= 0 else { throw usage("--steps must be 0 or more, got \(steps)") }
+    settings.maxSteps = steps
+    settings.relaxCell = args.has("relax-cell")
+    let pressureGPa = try args.double("pressure") ?? 0
+    if args.has("pressure") && !settings.relaxCell { throw usage("--pressure applies to cell relaxations: add --relax-cell") }
+    settings.pressure = pressureGPa * gigapascal
+    var selection = FrameSelection.all
+    if let text = args.string("frames") {
+        guard let s = FrameSelection(text) else { throw usage("--frames expects an index or a slice such as 3, -1 or 0:10:2, got '\(text)'") }
+        selection = s
+    }
+
+    let potentialSpec = args.string("potential") ?? "sw"
+    let potential: any Potential
+    do { potential = try PotentialSpec.parse(potentialSpec) } catch let e as PotentialSpecError {
+        throw usage("--potential: \(e.message)")
+    } catch {
+        throw usage("--potential \(potentialSpec): \(error)")  // an unreadable model file
+    }
+    let relaxerName = args.string("relaxer") ?? "fire"
+    let relaxer: any Relaxer
+    do {
+        relaxer = try RelaxerFactory.make(relaxerName, overrides: try relaxerOverrides(args.strings("relaxer-param")))
+    } catch let e as RelaxerFactory.UnknownRelaxer {
+        throw usage(RelaxerFactory.names.contains(relaxerName) ? "--relaxer-param: \(e.message)" : "--relaxer: \(e.message)")
+    }
+
+    // Where the results go: checked before relaxing, so that a long run does not end in an unwritable path.
+    guard let inFormat = inFormatOption ?? StructureFormat(path: input) else {
+        throw usage("cannot tell the format of '\(input)' from its name; use --from extxyz, vasp or cif")
+    }
+    let output: String
+    let outFormat: StructureFormat
+    if let o = args.string("output") {
+        guard let f = outFormatOption ?? StructureFormat(path: o) else {
+            throw usage("cannot tell the format of '\(o)' from its name; use --format extxyz or --format vasp")
+        }
+        if f == .cif { throw usage("-o \(o): CIF is read only (write extxyz or vasp)") }
+        (output, outFormat) = (o, f)
+    } else {
+        outFormat = outFormatOption ?? (inFormat == .cif ? .extxyz : inFormat)
+        output = defaultOutputPath(input: input, inputFormat: inFormat, outputFormat: outFormat)
+    }
+    if sameFile(output, input) { throw usage("the output \(output) would overwrite the input; name another with -o") }
+    try requireWritableDirectory(output, option: "-o")
+    let trajectoryPath = args.string("trajectory")
+    if let t = trajectoryPath {
+        if let f = StructureFormat(path: t), f != .extxyz {
+            throw usage("--trajectory \(t): trajectories are extended XYZ; name the file .xyz or .extxyz")
+        }
+        if sameFile(t, input) || sameFile(t, output) {
+            throw usage("--trajectory \(t) is also the \(sameFile(t, input) ? "input" : "output"); name another file")
+        }
+        try requireWritableDirectory(t, option: "--trajectory")
+    }
+
+    let structures = try StructureIO.read(input, format: inFormat)
+    guard let picked = selection.indices(count: structures.count), !picked.isEmpty else {
+        throw usage("--frames \(args.string("frames") ?? "") selects no frame of \(input) (\(structures.count) frame(s))")
+    }
+    if outFormat == .vasp && picked.count > 1 {
+        throw usage("a POSCAR holds one structure and \(picked.count) frames are selected; pick one with --frames or write extended XYZ (-o NAME.xyz)")
+    }
+    var warnings: [String] = []
+    for k in picked {
+        let s = structures[k]
+        let which = structures.count > 1 ? "frame \(k) of \(input)" : input
+        guard s.count > 0 else { throw usage("\(which) has no atoms") }
+        if outFormat == .vasp && !s.hasCell { throw usage("a POSCAR needs a cell and \(which) has none; write extended XYZ (-o NAME.xyz)") }
+        if settings.relaxCell && s.pbc != [true, true, true] {
+            throw usage("--relax-cell needs a structure periodic along all three axes; \(which) has pbc \(s.pbc.map { $0 ? "T" : "F" }.joined(separator: " "))")
+        }
+        switch try speciesCheck(potential, spec: potentialSpec, structure: s, name: which) {
+        case let w? where !warnings.contains(w): warnings.append(w)
+        default: break
+        }
+    }
+    for w in warnings { printError("relaxft relax: warning: \(w)") }
+
+    let json = args.has("json")
+    let terminal = Terminal(handle: json ? FileHandle.standardError : FileHandle.standardOutput)
+    let logSteps = !args.has("quiet")
+    let trajectory = try trajectoryPath.map { try AtomicFileWriter(path: $0) }
+    var trajectoryFrames = 0
+    let logName = relaxer.name.uppercased()
+    let hyper = relaxer.hyperparameters.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+    if logSteps {
+        terminal.line("relaxft relax: \(input), \(picked.count) frame(s); potential \(potentialSpec); relaxer \(relaxer.name) (\(hyper)); "
+                      + "fmax \(settings.fmax) eV/Å, at most \(steps) steps" + (settings.relaxCell ? "; cell relaxed at \(pressureGPa) GPa" : ""))
+    }
+
+    var relaxed: [Structure] = []
+    var reports: [String] = []
+    var allConverged = true
+    for k in picked {
+        var s = structures[k]
+        s.removeCalculatorResults()  // they belong to the input geometry, not to the steps or the result
+        if logSteps {
+            if picked.count > 1 { terminal.line("frame \(k): \(s.count) atoms, \(formula(s))") }
+            let pad = String(repeating: " ", count: logName.count)
+            terminal.line(pad + "  " + leftPadded("Step", 4) + " " + leftPadded("Time", 8) + " " + leftPadded("Energy", 15) + " " + leftPadded("fmax", 15))
+        }
+        var trajectoryError: Error?
+        let result = relax(s, potential: potential, relaxer: relaxer, settings: settings) { step in
+            if logSteps {
+                terminal.line(logName + ":  " + cFormat("%3ld ", step.step) + clockTime() + cFormat(" %15.6f %15.6f", step.energy, step.fmax))
+            }
+            guard let trajectory, trajectoryError == nil else { return }
+            var frame = s
+            frame.positions = step.positions
+            frame.cell = step.cell
+            frame.energy = step.energy - settings.pressure * Swift.abs(step.cell.determinant3x3)
+            frame.forces = step.forces
+            frame.info["frame"] = .int(k)
+            frame.info["step"] = .int(step.step)
+            frame.info["fmax"] = .double(step.fmax)
+            do {
+                try trajectory.append(try StructureIO.text([frame], format: .extxyz, path: trajectory.path))
+                trajectoryFrames += 1
+            } catch { trajectoryError = error }
+        }
+        if let e = trajectoryError { throw e }
+        guard result.finalEnergy.isFinite, result.fmax.isFinite else {
+            throw RelaxError(message: "frame \(k) of \(input): the potential gave a non-finite energy or force (atoms too close?); nothing written")
+        }
+        allConverged = allConverged && result.converged
+        var out = result.structure
+        out.info["converged"] = .bool(result.converged)
+        out.info["steps"] = .int(result.steps)
+        out.info["fmax"] = .double(result.fmax)
+        relaxed.append(out)
+        let initialVolume = structures[k].volume, volume = result.structure.volume
+        let e0 = result.initialEnergy - settings.pressure * initialVolume, e1 = result.structure.energy ?? .nan
+        terminal.line(summary(frame: k, result: result, fmaxTarget: settings.fmax, initialEnergy: e0,
+                              volumes: settings.relaxCell ? (initialVolume, volume) : nil,
+                              enthalpies: settings.relaxCell && settings.pressure != 0 ? (result.initialEnergy, result.finalEnergy) : nil))
+        var fields: [(String, String)] = [
+            ("frame", "\(k)"), ("atoms", "\(s.count)"), ("converged", "\(result.converged)"), ("steps", "\(result.steps)"),
+            ("energy", jsonNumber(e1)), ("initial_energy", jsonNumber(e0)), ("fmax", jsonNumber(result.fmax)),
+            ("max_displacement", jsonNumber(result.maxDisplacement)), ("force_calls", "\(result.forceCalls)"),
+            ("seconds", jsonNumber(result.seconds)), ("relaxer", jsonString(relaxer.name)),
+            ("relaxer_parameters", "{" + relaxer.hyperparameters.map { "\(jsonString($0.key)): \(jsonNumber($0.value))" }.joined(separator: ", ") + "}"),
+            ("potential", jsonString(potentialSpec)),
+        ]
+        if settings.relaxCell {
+            fields += [("enthalpy", jsonNumber(result.finalEnergy)), ("initial_enthalpy", jsonNumber(result.initialEnergy)),
+                       ("pressure", jsonNumber(pressureGPa)), ("volume", jsonNumber(volume)), ("initial_volume", jsonNumber(initialVolume))]
+        }
+        reports.append("{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}")
+    }
+
+    // The structures first (their writer checks them), then the trajectory, whose text is already on disk:
+    // only a failed rename could leave one without the other, and neither is ever half-written.
+    try StructureIO.write(relaxed, output, format: outFormat)
+    try trajectory?.commit()
+    let converged = relaxed.filter { $0.info["converged"] == .bool(true) }.count
+    let kept = outFormat == .vasp ? "vasp: positions and cell only" : settings.relaxCell ? "extxyz, with energy, forces and stress" : "extxyz, with energy and forces"
+    var done = "relaxft relax: \(converged) of \(relaxed.count) frame(s) converged; wrote \(output) (\(kept))"
+    if let t = trajectoryPath { done += "; trajectory \(t) (\(trajectoryFrames) frames)" }
+    if !allConverged { done += "; exit code 1: not every frame converged within \(steps) steps" }
+    terminal.line(done)
+    if json { for r in reports { print(r) } }
+    return allConverged ? 0 : 1
+}
+
+/// A failure during the run (not a usage error): printed as `relaxft relax: message`, exit code 2.
+struct RelaxError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// `--relaxer-param` values: comma-separated name=value pairs, numbers only (later ones win).
+func relaxerOverrides(_ values: [String]) throws -> [String: Double] {
+    var overrides: [String: Double] = [:]
+    for item in values.flatMap({ $0.split(separator: ",") }) {
+        let kv = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard kv.count == 2, !kv[0].isEmpty else {
+            throw UsageError(command: "relax", message: "--relaxer-param expects name=value, got '\(item)'")
+        }
+        guard let v = Double(kv[1]), v.isFinite else {
+            throw UsageError(command: "relax", message: "--relaxer-param \(kv[0]): expects a number, got '\(kv[1])'")
+        }
+        overrides[kv[0]] = v
+    }
+    return overrides
+}
+
+/// sw and lj have no per-element parameters: every atom is treated alike. Returns a warning to print, or
+/// throws when the structure cannot be meant for the potential (sw with several elements).
+func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String) throws -> String? {
+    var elements: [Int] = []
+    for z in s.numbers where !elements.contains(z) { elements.append(z) }
+    let symbols = elements.map { Elements.symbols[$0] }.joined(separator: ", ")
+    switch potential.kind {
+    case "sw":
+        if elements.count > 1 {
+            throw UsageError(command: "relax", message: "--potential \(spec): Stillinger-Weber here has one set of parameters (silicon's) for "
+                             + "every atom; \(name) has \(symbols)")
+        }
+        if elements != [14] {
+            return "--potential \(spec) has silicon's parameters unless overridden (sw:epsilon=…,sigma=…); treating \(symbols) with them"
+        }
+    case "lj" where elements.count > 1:
+        return "--potential \(spec) uses one sigma and epsilon for every pair of atoms (as ASE's LennardJones); \(name) has \(symbols)"
+    default:
+        break
+    }
+    return nil
+}
+
+/// `<stem>-relaxed.<ext>` next to the input: the input's extension when the format is kept, else .extxyz / .vasp.
+func defaultOutputPath(input: String, inputFormat: StructureFormat, outputFormat: StructureFormat) -> String {
+    let slash = input.lastIndex(of: "/").map { input.index(after: $0) } ?? input.startIndex
+    let directory = input[..<slash], name = input[slash...]
+    var stem = name[...], ext = ""
+    if let dot = name.lastIndex(of: "."), dot != name.startIndex {
+        stem = name[..<dot]
+        ext = String(name[name.index(after: dot)...])
+    }
+    if outputFormat != inputFormat { ext = outputFormat == .extxyz ? "extxyz" : "vasp" }
+    return directory + stem + "-relaxed" + (ext.isEmpty ? "" : "." + ext)
+}
+
+/// Whether two paths name the same file (same inode when both exist, else the same resolved path).
+func sameFile(_ a: String, _ b: String) -> Bool {
+    var sa = stat(), sb = stat()
+    if stat(a, &sa) == 0 && stat(b, &sb) == 0 { return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino }
+    func resolved(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.resolvingSymlinksInPath().path }
+    return resolved(a) == resolved(b)
+}
+
+func requireWritableDirectory(_ path: String, option: String) throws {
+    let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+        throw UsageError(command: "relax", message: "\(option) \(path): no directory \(directory)")
+    }
+    guard FileManager.default.isWritableFile(atPath: directory) else {
+        throw UsageError(command: "relax", message: "\(option) \(path): directory \(directory) is not writable")
+    }
+}
+
+/// One summary line per frame.
+func summary(frame k: Int, result r: RelaxationResult, fmaxTarget: Double, initialEnergy e0: Double,
+             volumes: (Double, Double)?, enthalpies: (Double, Double)?) -> String {
+    let e1 = r.structure.energy ?? .nan
+    var s = "frame \(k): " + (r.converged ? "converged in \(r.steps) steps (fmax \(cFormat("%.4g", r.fmax)) < \(fmaxTarget) eV/Å)"
+                                         : "NOT converged in \(r.steps) steps (fmax \(cFormat("%.4g", r.fmax)) ≥ \(fmaxTarget) eV/Å)")
+    s += cFormat("; energy %.6f -> %.6f eV (change %+.6f eV)", e0, e1, e1 - e0)
+    if let (h0, h1) = enthalpies { s += cFormat("; enthalpy %.6f -> %.6f eV", h0, h1) }
+    if let (v0, v1) = volumes { s += cFormat("; volume %.4f -> %.4f Å³", v0, v1) }
+    s += cFormat("; max displacement %.4f Å; %ld force calls; %.3f s", r.maxDisplacement, r.forceCalls, r.seconds)
+    return s
+}
+
+/// Chemical formula in order of first appearance (Si63, Cu6Al2).
+func formula(_ s: Structure) -> String {
+    var order: [Int] = [], counts: [Int: Int] = [:]
+    for z in s.numbers {
+        if counts[z] == nil { order.append(z) }
+        counts[z, default: 0] += 1
+    }
+    return order.map { Elements.symbols[$0] + (counts[$0] == 1 ? "" : "\(counts[$0]!)") }.joined()
+}
+
+/// printf-style formatting (String(format:) with the C locale).
+func cFormat(_ format: String, _ args: any CVarArg...) -> String {
+    String(format: format, arguments: args)
+}
+
+func leftPadded(_ s: String, _ width: Int) -> String {
+    String(repeating: " ", count: max(0, width - s.count)) + s
+}
+
+/// Local time as HH:MM:SS, as ASE's log prints it.
+func clockTime() -> String {
+    var now = time(nil)
+    var t = tm()
+    localtime_r(&now, &t)
+    return cFormat("%02d:%02d:%02d", t.tm_hour, t.tm_min, t.tm_sec)
+}
+
+/// A JSON number in shortest round-trip form (null for NaN and infinities, which JSON lacks).
+func jsonNumber(_ x: Double) -> String { x.isFinite ? "\(x)" : "null" }
+
+func jsonString(_ s: String) -> String { JSONText.string(s) }
