@@ -160,6 +160,9 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         if let b = summary.val_dq_mean_before, let c = summary.val_dq_mean_after { s += String(format: ", validation ΔQ %.4g → %.4g", b, c) }
         s += " (best epoch \(summary.best_epoch ?? 0)); model: \(runDir)/best.safetensors"
         log(s)
+        if let p = summary.parameters, let names = config.trainParameters {
+            log("trained parameters: " + names.map { "\($0) = \(p[$0].map { $0.map { String(format: "%.6g", $0) }.joined(separator: " ") } ?? "?")" }.joined(separator: ", "))
+        }
     }
     return 0
 }
