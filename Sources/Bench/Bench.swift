@@ -11,6 +11,7 @@ struct Bench {
         }
         let args = Array(CommandLine.arguments.dropFirst())
         if args.first == "bptt-one" { BPTTBench.one(Array(args.dropFirst())); return }
+        if args.first == "profile" { Profile.run(Array(args.dropFirst())); return }
         let all: [(String, () -> Void)] = [("tape", TapeBench.run), ("neighbors", AtomsBench.neighbors), ("relax", RelaxBench.run), ("bptt", BPTTBench.run)]
         let chosen = args.isEmpty ? all.map(\.0) : args
         for name in chosen {

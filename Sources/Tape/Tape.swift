@@ -243,11 +243,11 @@ extension Tape {
     /// derivatives then flow when `createGraph` is true).
     public func vjp(of ys: [Variable], seeds: [Variable], wrt xs: [Variable], createGraph: Bool = false) -> [Variable] {
         precondition(ys.count == seeds.count, "vjp: \(ys.count) outputs but \(seeds.count) seeds")
-        var sweep = Sweep(tape: self, createGraph: createGraph)
+        var lo = Int.max
         for x in xs where x.id >= 0 {
             precondition(x.tape === self, "gradient with respect to a variable of another tape")
             precondition(slotNode[x.id] >= 0, "gradient with respect to a discarded variable")
-            sweep.targets.insert(x.id)
+            lo = Swift.min(lo, Int(slotNode[x.id]))
         }
         var hi = -1
         for (y, s) in zip(ys, seeds) where y.id >= 0 {
@@ -255,18 +255,17 @@ extension Tape {
             precondition(y.shape == s.shape, "seed shape \(s.shape) differs from output shape \(y.shape)")
             hi = Swift.max(hi, Int(slotNode[y.id]))
         }
-        let lo = sweep.targets.map { Int(slotNode[$0]) }.min() ?? Int.max
-        if hi >= 0 && lo <= hi {
-            sweep.slotBase = nodes[lo].firstOutput
-            sweep.markRelevant(nodes: lo..<(hi + 1))
-            let wasRecording = isRecording
-            isRecording = createGraph
-            defer { isRecording = wasRecording }
-            for (y, s) in zip(ys, seeds) where y.id >= 0 && sweep.isRelevant(y.id) { sweep.accumulate(y.id, s) }
-            sweep.run(nodes: lo..<(hi + 1))
-        }
+        guard hi >= 0 && lo <= hi else { return xs.map { Variable(constant: Tensor.zeros($0.shape)) } }
+        var sweep = Sweep(tape: self, createGraph: createGraph, slotBase: nodes[lo].firstOutput)
+        for x in xs where x.id >= 0 { sweep.markTarget(x.id) }
+        sweep.markRelevant(nodes: lo..<(hi + 1))
+        let wasRecording = isRecording
+        isRecording = createGraph
+        defer { isRecording = wasRecording }
+        for (y, s) in zip(ys, seeds) where y.id >= 0 && sweep.isRelevant(y.id) { sweep.accumulate(y.id, s) }
+        sweep.run(nodes: lo..<(hi + 1))
         return xs.map { x in
-            if x.id >= 0, let g = sweep.grads[x.id] { return g }
+            if x.id >= 0, let g = sweep.gradient(x.id) { return g }
             return Variable(constant: Tensor.zeros(x.shape))
         }
     }
@@ -279,18 +278,42 @@ extension Tape {
     }
 }
 
-/// State of one backward sweep.
+/// State of one backward sweep. Per-slot state lives in arrays indexed from `slotBase` (slots are allocated in
+/// node order, so the sweep's slots are contiguous, extended when checkpointed segments are recomputed).
 struct Sweep {
     let tape: Tape
     let createGraph: Bool
-    var targets = Set<Int>()
-    var grads: [Int: Variable] = [:]
-    var slotBase = 0
+    let slotBase: Int
+    var grads: [Variable?] = []
     var relevant: [Bool] = []
+    var target: [Bool] = []
+    // Scratch buffers reused for every node (no allocation per node).
+    var gradScratch: [Variable?] = []
+    var needsScratch: [Bool] = []
 
-    init(tape: Tape, createGraph: Bool) {
+    init(tape: Tape, createGraph: Bool, slotBase: Int) {
         self.tape = tape
         self.createGraph = createGraph
+        self.slotBase = slotBase
+        extend()
+    }
+
+    /// Grows the per-slot arrays to cover every slot allocated so far.
+    mutating func extend() {
+        let n = tape.slotNode.count - slotBase
+        if relevant.count < n {
+            let extra = n - relevant.count
+            relevant.append(contentsOf: repeatElement(false, count: extra))
+            target.append(contentsOf: repeatElement(false, count: extra))
+            grads.append(contentsOf: repeatElement(nil, count: extra))
+        }
+    }
+
+    mutating func markTarget(_ slot: Int) { target[slot - slotBase] = true }
+
+    func isTarget(_ slot: Int) -> Bool {
+        let k = slot - slotBase
+        return k >= 0 && k < target.count && target[k]
     }
 
     func isRelevant(_ slot: Int) -> Bool {
@@ -298,25 +321,30 @@ struct Sweep {
         return k >= 0 && k < relevant.count && relevant[k]
     }
 
+    func gradient(_ slot: Int) -> Variable? {
+        let k = slot - slotBase
+        return k >= 0 && k < grads.count ? grads[k] : nil
+    }
+
     /// Marks the outputs of nodes that depend on a target.
     mutating func markRelevant(nodes range: Range<Int>) {
-        let end = tape.slotNode.count - slotBase
-        if relevant.count < end { relevant.append(contentsOf: repeatElement(false, count: end - relevant.count)) }
+        extend()
         for n in range {
             let node = tape.nodes[n]
             var r = false
-            for k in 0..<node.outputCount where targets.contains(node.firstOutput + k) { r = true }
+            for k in 0..<node.outputCount where isTarget(node.firstOutput + k) { r = true }
             if !r { for i in node.inputs where i.id >= 0 && isRelevant(i.id) { r = true; break } }
             if r { for k in 0..<node.outputCount { relevant[node.firstOutput + k - slotBase] = true } }
         }
     }
 
     mutating func accumulate(_ slot: Int, _ g: Variable) {
-        if let old = grads[slot] {
+        let k = slot - slotBase
+        if let old = grads[k] {
             precondition(old.shape == g.shape, "gradient shape \(g.shape) does not match \(old.shape)")
-            grads[slot] = old + g
+            grads[k] = old + g
         } else {
-            grads[slot] = g
+            grads[k] = g
         }
     }
 
@@ -325,36 +353,40 @@ struct Sweep {
             let node = tape.nodes[n]
             let nOut = node.outputCount
             guard isRelevant(node.firstOutput) else { continue }
-            var gOut = [Variable?](repeating: nil, count: nOut)
+            gradScratch.removeAll(keepingCapacity: true)
             var any = false
             for k in 0..<nOut {
-                let s = node.firstOutput + k
-                if targets.contains(s) {
-                    gOut[k] = grads[s]
-                } else {
-                    gOut[k] = grads.removeValue(forKey: s)
-                }
-                if gOut[k] != nil { any = true }
+                let s = node.firstOutput + k - slotBase
+                let g = grads[s]
+                // An intermediate's gradient is complete once its producer is reached: release it.
+                if !target[s] { grads[s] = nil }
+                gradScratch.append(g)
+                if g != nil { any = true }
             }
             guard any else { continue }
             switch node.kind {
             case .leaf:
                 break
             case .op(let backward):
-                var needs = [Bool](repeating: false, count: node.inputs.count)
+                needsScratch.removeAll(keepingCapacity: true)
                 var anyNeed = false
-                for (k, i) in node.inputs.enumerated() where i.id >= 0 && isRelevant(i.id) { needs[k] = true; anyNeed = true }
+                for i in node.inputs {
+                    let need = i.id >= 0 && isRelevant(i.id)
+                    needsScratch.append(need)
+                    if need { anyNeed = true }
+                }
                 guard anyNeed else { continue }
-                let ctx = BackwardContext(tape: tape, node: node, gradOutputs: gOut, needs: needs)
+                let ctx = BackwardContext(tape: tape, node: node, gradOutputs: gradScratch, needs: needsScratch)
                 let gIn = backward(ctx)
                 precondition(gIn.count == node.inputs.count, "\(node.name): backward returned \(gIn.count) gradients for \(node.inputs.count) inputs")
-                for k in 0..<gIn.count where needs[k] {
+                for k in 0..<gIn.count where needsScratch[k] {
                     if let g = gIn[k] {
                         precondition(g.shape == node.inputs[k].value.shape, "\(node.name): gradient of input \(k) has shape \(g.shape), expected \(node.inputs[k].value.shape)")
                         accumulate(node.inputs[k].id, g)
                     }
                 }
             case .checkpoint(let body, let outputIndices):
+                let gOut = gradScratch
                 expandCheckpoint(node, body: body, outputIndices: outputIndices, gradOutputs: gOut)
             }
         }
@@ -384,7 +416,7 @@ struct Sweep {
         run(nodes: start..<end)
         if !createGraph {
             tape.truncate(toNodeCount: start)
-            for key in grads.keys where key >= firstNewSlot && !targets.contains(key) { grads[key] = nil }
+            for k in (firstNewSlot - slotBase)..<grads.count where !target[k] { grads[k] = nil }
         }
     }
 }

@@ -4,16 +4,25 @@
 // (copy-on-write). Kernels work on raw pointers taken once per call: indexing a class-held array per
 // element costs 30-70x in Swift (exclusivity and uniqueness checks), so no kernel does that.
 
-/// Owned, fixed-size buffer of Doubles. Immutable after a kernel has filled it, except through
-/// `Tensor`'s copy-on-write mutators.
-public final class TensorStorage: @unchecked Sendable {
-    public let count: Int
-    public let pointer: UnsafeMutablePointer<Double>
+/// Owned, fixed-size buffer of Doubles, allocated together with its header (one allocation per tensor).
+/// Immutable after a kernel has filled it, except through `Tensor`'s copy-on-write mutators.
+public final class TensorStorage: ManagedBuffer<Int, Double> {
+    /// Number of elements.
+    public var count: Int { header }
 
-    init(count: Int) {
+    /// The elements. Valid while the storage is alive (which any Tensor holding it guarantees).
+    public var pointer: UnsafeMutablePointer<Double> { withUnsafeMutablePointerToElements { $0 } }
+
+    static func make(count: Int) -> TensorStorage {
         _ = TensorStorage.allocatorConfigured
-        self.count = count
-        pointer = .allocate(capacity: Swift.max(count, 1))
+        let b = TensorStorage.create(minimumCapacity: Swift.max(count, 1)) { _ in count }
+        return unsafeDowncast(b, to: TensorStorage.self)
+    }
+
+    static func make(count: Int, repeating value: Double) -> TensorStorage {
+        let s = make(count: count)
+        s.pointer.initialize(repeating: value, count: count)
+        return s
     }
 
     /// Large tensor buffers would otherwise be mmap'ed and unmapped by glibc on every allocation (page
@@ -22,24 +31,18 @@ public final class TensorStorage: @unchecked Sendable {
         Allocator.keepLargeBuffersInHeap()
         return true
     }()
-
-    convenience init(count: Int, repeating value: Double) {
-        self.init(count: count)
-        pointer.initialize(repeating: value, count: count)
-    }
-
-    deinit { pointer.deallocate() }
 }
 
 public struct Tensor: Sendable, CustomStringConvertible {
     public private(set) var shape: [Int]
-    internal var storage: TensorStorage
+    // Immutable once shared (mutation copies first), so sharing across threads is safe.
+    nonisolated(unsafe) internal var storage: TensorStorage
 
     /// Uninitialized tensor: every caller must write all elements before reading.
 
     internal init(uninitializedShape shape: [Int]) {
         self.shape = shape
-        storage = TensorStorage(count: Tensor.elementCount(shape))
+        storage = TensorStorage.make(count: Tensor.elementCount(shape))
     }
 
     internal init(shape: [Int], storage: TensorStorage) {
@@ -50,14 +53,14 @@ public struct Tensor: Sendable, CustomStringConvertible {
 
     public init(shape: [Int], repeating value: Double) {
         self.shape = shape
-        storage = TensorStorage(count: Tensor.elementCount(shape), repeating: value)
+        storage = TensorStorage.make(count: Tensor.elementCount(shape), repeating: value)
     }
 
     public init(shape: [Int], _ values: [Double]) {
         let n = Tensor.elementCount(shape)
         precondition(values.count == n, "Tensor(shape: \(shape)) needs \(n) values, got \(values.count)")
         self.shape = shape
-        storage = TensorStorage(count: n)
+        storage = TensorStorage.make(count: n)
         values.withUnsafeBufferPointer { src in
             if n > 0 { storage.pointer.initialize(from: src.baseAddress!, count: n) }
         }
@@ -69,7 +72,7 @@ public struct Tensor: Sendable, CustomStringConvertible {
     /// Rank-0 tensor.
     public init(scalar: Double) {
         shape = []
-        storage = TensorStorage(count: 1, repeating: scalar)
+        storage = TensorStorage.make(count: 1, repeating: scalar)
     }
 
     public static func zeros(_ shape: [Int]) -> Tensor { Tensor(shape: shape, repeating: 0) }
@@ -114,7 +117,7 @@ public struct Tensor: Sendable, CustomStringConvertible {
 
     public mutating func withUnsafeMutableBufferPointer<R>(_ body: (UnsafeMutableBufferPointer<Double>) throws -> R) rethrows -> R {
         if !isKnownUniquelyReferenced(&storage) {
-            let fresh = TensorStorage(count: storage.count)
+            let fresh = TensorStorage.make(count: storage.count)
             fresh.pointer.initialize(from: storage.pointer, count: storage.count)
             storage = fresh
         }
