@@ -157,10 +157,11 @@ public struct CHGNet: Potential {
         /// Atom convolution (eq. 4): v_i ← v_i + L(Σ_j φ(v_i ‖ e_ij ‖ v_j) ⊙ w_ag(e_ij)) over directed edges from i.
         func atomConv(_ l: Int) {
             let pre = "atom_conv_layers.\(l)."
-            let m = gatedMLP(pre + "twoBody_atom", [(atoms, center), (bonds, g.undirectedOfEdge), (atoms, neighbour)], p)
-            let agg = (m * edgeBondWeight).scatterAddRows(center, count: n)
-            atoms = mlp(pre + "mlp_out", [(agg, nil)], p) + atoms
+            let m = gatedMLP(pre + "twoBody_atom", [(atoms, center), (bonds, g.undirectedOfEdge), (atoms, neighbour)], weight: edgeBondWeight, p)
+            atoms = mlp(pre + "mlp_out", [(m.scatterAddRows(center, count: n), nil)], p) + atoms
         }
+        // The bond-graph messages of both bonds are weighted by w_bg(e_ij) ⊙ w_bg(e_ik); the same in every block.
+        let angleBondWeight = angles == nil ? nil : bondWeightsBG.gatherRows(g.angleBond1) * bondWeightsBG.gatherRows(g.angleBond2)
         var magmoms: Variable? = nil
         for l in 0..<(config.nConv - 1) {
             atomConv(l)
@@ -170,13 +171,14 @@ public struct CHGNet: Potential {
                 // and the output Linear has no bias), so the update runs on those and is scattered back.
                 let pre = "bond_conv_layers.\(l)."
                 let short = bonds.gatherRows(g.shortBonds)
-                let m = gatedMLP(pre + "twoBody_bond", [(short, g.angleBond1), (short, g.angleBond2), (a, nil), (atoms, g.angleCenter)], p)
-                let weighted = m * bondWeightsBG.gatherRows(g.angleBond1) * bondWeightsBG.gatherRows(g.angleBond2)
-                let delta = mlp(pre + "mlp_out", [(weighted.scatterAddRows(g.angleBond1, count: g.shortBonds.count), nil)], p)
+                let m = gatedMLP(pre + "twoBody_bond", [(short, g.angleBond1), (short, g.angleBond2), (a, nil), (atoms, g.angleCenter)],
+                                 weight: angleBondWeight, p)
+                let delta = mlp(pre + "mlp_out", [(m.scatterAddRows(g.angleBond1, count: g.shortBonds.count), nil)], p)
                 bonds = bonds + delta.scatterAddRows(g.shortBonds, count: g.bondCount)
                 // Angle update (eq. 6): a_jik ← a_jik + φ(e_ij ‖ e_ik ‖ a_jik ‖ v_i) with the updated bonds.
                 let short2 = bonds.gatherRows(g.shortBonds)
-                angles = gatedMLP("angle_layers.\(l).twoBody_bond", [(short2, g.angleBond1), (short2, g.angleBond2), (a, nil), (atoms, g.angleCenter)], p) + a
+                angles = gatedMLP("angle_layers.\(l).twoBody_bond", [(short2, g.angleBond1), (short2, g.angleBond2), (a, nil), (atoms, g.angleCenter)],
+                                  weight: nil, p) + a
             }
             if l == config.nConv - 2 && wantMagmoms {
                 magmoms = atoms.linear(w("site_wise.weight"), b("site_wise.bias")).abs().reshaped([n])
@@ -216,32 +218,33 @@ public struct CHGNet: Potential {
     /// operations because atoms and bonds are fewer than the edges and bond-graph rows that gather them.
     func mlp(_ prefix: String, _ blocks: [(x: Variable, index: [Int]?)], _ p: [String: Variable]) -> Variable {
         let layers = mlpLayers[prefix]!
-        var h: Variable? = nil
+        var h: Variable! = nil
         for (k, layer) in layers.enumerated() {
             let wt = p["\(prefix).layers.\(layer).weight"]!, bias = p["\(prefix).layers.\(layer).bias"]
-            if k == 0 {
+            let activate = k < layers.count - 1
+            if k == 0 && (blocks.count > 1 || blocks[0].index != nil) {
                 var col = 0
+                var parts: [(x: Variable, index: [Int]?)] = []
                 for (x, index) in blocks {
                     let width = x.shape[1]
-                    let part = x.linear(blocks.count == 1 ? wt : wt.slice(axis: 1, col..<(col + width)), nil)
-                    let rows = index.map { part.gatherRows($0) } ?? part
-                    h = h.map { $0 + rows } ?? rows
+                    parts.append((x.linear(wt.slice(axis: 1, col..<(col + width)), nil), index))
                     col += width
                 }
                 precondition(col == wt.shape[1], "\(prefix): input width \(col), weight \(wt.shape)")
-                if let bb = bias { h = h! + bb }
+                h = gatheredSum(parts, bias: bias, silu: activate)
             } else {
-                h = h!.silu().linear(wt, bias)
+                h = (k == 0 ? blocks[0].x : h).linear(wt, bias)
+                if activate { h = h.silu() }
             }
         }
-        return h!
+        return h
     }
 
-    /// Gated MLP (CHGNet's GatedMLP with layer norm): SiLU(LN₁(core(x))) ⊙ σ(LN₂(gate(x))).
-    func gatedMLP(_ prefix: String, _ blocks: [(x: Variable, index: [Int]?)], _ p: [String: Variable]) -> Variable {
-        let core = mlp(prefix + ".mlp_core", blocks, p).layerNorm(weight: p[prefix + ".bn1.weight"]!, bias: p[prefix + ".bn1.bias"]!)
-        let gate = mlp(prefix + ".mlp_gate", blocks, p).layerNorm(weight: p[prefix + ".bn2.weight"]!, bias: p[prefix + ".bn2.bias"]!)
-        return core.silu() * gate.sigmoid()
+    /// Gated MLP (CHGNet's GatedMLP with layer norm), SiLU(LN₁(core(x))) ⊙ σ(LN₂(gate(x))), times the message
+    /// weight when one is given.
+    func gatedMLP(_ prefix: String, _ blocks: [(x: Variable, index: [Int]?)], weight: Variable?, _ p: [String: Variable]) -> Variable {
+        gatedNorm(core: mlp(prefix + ".mlp_core", blocks, p), p[prefix + ".bn1.weight"]!, p[prefix + ".bn1.bias"]!,
+                  gate: mlp(prefix + ".mlp_gate", blocks, p), p[prefix + ".bn2.weight"]!, p[prefix + ".bn2.bias"]!, weight: weight)
     }
 }
 
