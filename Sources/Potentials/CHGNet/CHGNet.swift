@@ -123,7 +123,7 @@ public struct CHGNet: Potential {
         let r = g.system.pairVectors(positions: positions, cells: cells)
         let length = r.gatherRows(g.representative).norm(axis: -1, keepDims: true) // [U, 1]
 
-        // Bond basis (CHGNet eq. 2): learnable-frequency Bessel functions √(2/rc)·sin(f_n·d/rc)/d times the smooth
+        // Bond basis: learnable-frequency Bessel functions √(2/rc)·sin(f_n·d/rc)/d times the smooth
         // cutoff polynomial u(d/rc) = 1 − ((p+1)(p+2)/2)x^p + p(p+2)x^(p+1) − (p(p+1)/2)x^(p+2), for the atom graph
         // (rc = 6 Å) and, on bonds < 3 Å, the bond graph (rc = 3 Å). All lengths are below rc, so u's
         // "zero beyond rc" branch is never needed.
@@ -131,7 +131,7 @@ public struct CHGNet: Potential {
         let basisBG = radialBasis(length.gatherRows(g.shortBonds), frequencies: w("bond_basis_expansion.rbf_expansion_bg.frequencies"),
                                   cutoff: config.bondCutoff)
 
-        // Angle basis (eq. 3): θ between the two bonds of each bond-graph row, expanded as
+        // Angle basis: θ between the two bonds of each bond-graph row, expanded as
         // [1/√2, sin(f_k θ), cos(f_k θ)]/√π with learnable f_k. CHGNet scales cos θ by (1 − 10⁻⁶) before arccos.
         var angleBasis: Variable? = nil
         if g.angleCount > 0 {
@@ -154,7 +154,7 @@ public struct CHGNet: Potential {
         let center = g.system.pairs.first, neighbour = g.system.pairs.second
         let edgeBondWeight = bondWeightsAG.gatherRows(g.undirectedOfEdge)
 
-        /// Atom convolution (eq. 4): v_i ← v_i + L(Σ_j φ(v_i ‖ e_ij ‖ v_j) ⊙ w_ag(e_ij)) over directed edges from i.
+        /// Atom convolution: v_i ← v_i + L(Σ_j φ(v_i ‖ e_ij ‖ v_j) ⊙ w_ag(e_ij)) over directed edges from i.
         func atomConv(_ l: Int) {
             let pre = "atom_conv_layers.\(l)."
             let m = gatedMLP(pre + "twoBody_atom", [(atoms, center), (bonds, g.undirectedOfEdge), (atoms, neighbour)], weight: edgeBondWeight, p)
@@ -166,7 +166,7 @@ public struct CHGNet: Potential {
         for l in 0..<(config.nConv - 1) {
             atomConv(l)
             if let a = angles {
-                // Bond convolution (eq. 5): e_ij ← e_ij + L(Σ_k φ(e_ij ‖ e_ik ‖ a_jik ‖ v_i) ⊙ w_bg(e_ij) ⊙ w_bg(e_ik)),
+                // Bond convolution: e_ij ← e_ij + L(Σ_k φ(e_ij ‖ e_ik ‖ a_jik ‖ v_i) ⊙ w_bg(e_ij) ⊙ w_bg(e_ik)),
                 // summed over the bond-graph rows of e_ij. Only bonds < 3 Å change (the aggregate of the others is 0
                 // and the output Linear has no bias), so the update runs on those and is scattered back.
                 let pre = "bond_conv_layers.\(l)."
@@ -175,10 +175,15 @@ public struct CHGNet: Potential {
                                  weight: angleBondWeight, p)
                 let delta = mlp(pre + "mlp_out", [(m.scatterAddRows(g.angleBond1, count: g.shortBonds.count), nil)], p)
                 bonds = bonds + delta.scatterAddRows(g.shortBonds, count: g.bondCount)
-                // Angle update (eq. 6): a_jik ← a_jik + φ(e_ij ‖ e_ik ‖ a_jik ‖ v_i) with the updated bonds.
-                let short2 = bonds.gatherRows(g.shortBonds)
-                angles = gatedMLP("angle_layers.\(l).twoBody_bond", [(short2, g.angleBond1), (short2, g.angleBond2), (a, nil), (atoms, g.angleCenter)],
-                                  weight: nil, p) + a
+                // Angle update: a_jik ← a_jik + φ(e_ij ‖ e_ik ‖ a_jik ‖ v_i) with the updated bonds.
+                // Port decision: CHGNet also runs the last block's angle update, whose output nothing reads (the
+                // final atom convolution uses atoms and bonds only); it is skipped here (its weights get zero
+                // gradient either way, and in 0.3.0 its layer norms still hold their initial values 1 and 0).
+                if l < config.nConv - 2 {
+                    let short2 = bonds.gatherRows(g.shortBonds)
+                    angles = gatedMLP("angle_layers.\(l).twoBody_bond", [(short2, g.angleBond1), (short2, g.angleBond2), (a, nil), (atoms, g.angleCenter)],
+                                      weight: nil, p) + a
+                }
             }
             if l == config.nConv - 2 && wantMagmoms {
                 magmoms = atoms.linear(w("site_wise.weight"), b("site_wise.bias")).abs().reshaped([n])
@@ -187,6 +192,8 @@ public struct CHGNet: Potential {
         atomConv(config.nConv - 1)
 
         // Readout: per-atom energies from an MLP on layer-normalised atom features (mlp_first), plus AtomRef.
+        // (CHGNet freezes the AtomRef weights during its own training; here they are parameters like the others,
+        // and a fine-tuning run decides which parameters it trains.)
         let features = atoms.layerNorm(weight: w("readout_norm.weight"), bias: w("readout_norm.bias"))
         let reference = w("composition_model.fc.weight").reshaped([-1, 1]).gatherRows(elements)
         let site = mlp("mlp", [(features, nil)], p) + reference
