@@ -49,8 +49,7 @@ enum RelaxBench {
     static func run() {
         print("== relaxation throughput: Stillinger–Weber Si (vacancy, 0.1 Å displacements), release, 1 thread ==")
         let env = ProcessInfo.processInfo.environment
-        let repoScripts = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/peers").path
+        let repoScripts = repoRoot() + "/scripts/peers"
         var ase: [String: Double] = [:], jax: [String: Double] = [:]
         if let peers = env["RELAXFT_PEERS"] {
             for o in runPeer(["\(repoScripts)/relax_bench.py", "--peers", peers, "--sizes", "2,3,4"]) {
@@ -82,10 +81,11 @@ enum RelaxBench {
                 let rate = Double(steps) / t.min
                 let key = "\(name)-\(s.count)"
                 func ratio(_ d: [String: Double]) -> String {
-                    guard let v = d[key] else { return "–".padding(toLength: 14, withPad: " ", startingAt: 0) + "  –    " }
-                    return String(format: "%-14.1f  %-6.1f", v, rate / v)
+                    guard let v = d[key] else { return pad("–", 14) + " " + pad("–", 7) }
+                    return pad(String(format: "%.1f", v), 14) + " " + pad(String(format: "%.1f", rate / v), 7)
                 }
-                print(String(format: "%-8@ %-6d %-6d %-9@ %-10.1f ", name, s.count, steps, fmtTime(t.min), rate) + ratio(ase) + " " + ratio(jax))
+                print(pad(name, 8) + " " + pad("\(s.count)", 6) + " " + pad("\(steps)", 6) + " " + pad(fmtTime(t.min), 9) + " "
+                      + pad(String(format: "%.1f", rate), 10) + " " + ratio(ase) + " " + ratio(jax))
             }
         }
     }

@@ -72,3 +72,6 @@ func fmtTime(_ s: Double) -> String {
     if s < 1 { return String(format: "%.2f ms", s * 1e3) }
     return String(format: "%.3f s", s)
 }
+
+/// Left-justified to `width` columns.
+func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }

@@ -11,6 +11,9 @@ public struct Adam: Codable, Sendable {
     /// Decoupled weight decay (AdamW); 0 gives Adam.
     public var weightDecay: Double
     public private(set) var step = 0
+    /// Per-parameter factors on the learning rate (e.g. the parameters' initial magnitudes, for steps relative
+    /// to each parameter's scale); 1 when absent.
+    public var scales: [String: Double] = [:]
     public private(set) var m: [String: [Double]] = [:]
     public private(set) var v: [String: [Double]] = [:]
 
@@ -22,9 +25,10 @@ public struct Adam: Codable, Sendable {
         self.weightDecay = weightDecay
     }
 
-    /// One update of `parameters` with `gradients` (same names and shapes).
-    public mutating func update(_ parameters: inout [String: Tensor], gradients: [String: Tensor]) {
-        step += 1
+    /// One update of `parameters` with `gradients` (same names and shapes). `countStep: false` updates another
+    /// group of parameters within the same optimizer step (same bias correction).
+    public mutating func update(_ parameters: inout [String: Tensor], gradients: [String: Tensor], countStep: Bool = true) {
+        if countStep || step == 0 { step += 1 }
         let c1 = 1 - Foundation.pow(beta1, Double(step)), c2 = 1 - Foundation.pow(beta2, Double(step))
         for name in parameters.keys.sorted() {
             guard let g = gradients[name] else { continue }
@@ -32,7 +36,7 @@ public struct Adam: Codable, Sendable {
             precondition(p.shape == g.shape, "Adam: gradient of \(name) has shape \(g.shape), parameter \(p.shape)")
             var mm = m[name] ?? [Double](repeating: 0, count: p.count)
             var vv = v[name] ?? [Double](repeating: 0, count: p.count)
-            let lr = learningRate, wd = weightDecay, b1 = beta1, b2 = beta2, eps = epsilon
+            let lr = learningRate * (scales[name] ?? 1), wd = weightDecay, b1 = beta1, b2 = beta2, eps = epsilon
             p.withUnsafeMutableBufferPointer { pp in
                 g.withUnsafeBufferPointer { gg in
                     for i in 0..<pp.count {
@@ -92,7 +96,8 @@ public struct ScheduleState: Codable, Sendable {
     public var schedule: LearningRateSchedule
     public var baseRate: Double
     public private(set) var rate: Double
-    public private(set) var best = Double.infinity
+    /// Best monitored value so far (nil before the first epoch; JSON has no infinity).
+    public private(set) var best: Double?
     public private(set) var badEpochs = 0
 
     public init(_ schedule: LearningRateSchedule, baseRate: Double) {
@@ -110,7 +115,7 @@ public struct ScheduleState: Codable, Sendable {
             let t = Swift.min(Double(epoch + 1) / Double(Swift.max(epochs, 1)), 1)
             rate = baseRate * (minFactor + (1 - minFactor) * 0.5 * (1 + Foundation.cos(Double.pi * t)))
         case .reduceOnPlateau(let factor, let patience, let minRate):
-            if monitored < best { best = monitored; badEpochs = 0 } else {
+            if monitored < (best ?? .infinity) { best = monitored; badEpochs = 0 } else {
                 badEpochs += 1
                 if badEpochs > patience { rate = Swift.max(rate * factor, minRate); badEpochs = 0 }
             }

@@ -9,7 +9,7 @@ struct Command: Sendable {
     let run: @Sendable (ParsedArguments) throws -> Int32
 }
 
-let commands: [Command] = [demoCommand, convertCommand, modelsCommand]
+let commands: [Command] = [demoCommand, convertCommand, finetuneCommand, evaluateCommand, modelsCommand]
 
 let topLevelHelp = """
     usage: relaxft <command> [options]

@@ -1,0 +1,167 @@
+import Atoms
+import FineTune
+import Foundation
+import Potentials
+import Relax
+import Tape
+
+let finetuneCommand = Command(
+    spec: CommandSpec(
+        name: "finetune",
+        summary: "fine-tune a potential by backpropagation through relaxations (BPTT)",
+        usage: "--pretrained MODEL (--data DATA.xyz | --initial A.xyz --target B.xyz) [options]",
+        options: [
+            OptionSpec("--pretrained", value: "MODEL", help: "starting potential: sw, lj, sw:sigma=…,lambda=…, a .safetensors model file or a pulled model name"),
+            OptionSpec("--data", value: "FILE", help: "extended XYZ with initial positions and per-atom pos_relaxed (repeatable)"),
+            OptionSpec("--initial", value: "FILE", help: "initial structures (with --target, matched frame by frame)"),
+            OptionSpec("--target", value: "FILE", help: "reference relaxed structures"),
+            OptionSpec("--relaxer", value: "NAME", default: "frame", help: "frame, fire, fire-jaxmd, bfgs or lbfgs"),
+            OptionSpec("--relaxer-param", value: "K=V,…", help: "relaxer hyperparameters, e.g. eta=0.01 or dt=0.05,maxstep=0.1"),
+            OptionSpec("--steps", value: "T", default: "50", help: "relaxation steps unrolled per structure"),
+            OptionSpec("--stop-fmax", value: "F", help: "stop a relaxation early below this fmax (eV/Å; not differentiated)"),
+            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K or implicit"),
+            OptionSpec("--train-relaxer", value: "NAMES", help: "relaxer hyperparameters to train, e.g. eta or dt,dtmax"),
+            OptionSpec("--train-params", value: "NAMES", help: "potential parameters to train (default: all)"),
+            OptionSpec("--epochs", value: "N", default: "30", help: "training epochs"),
+            OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
+            OptionSpec("--relaxer-lr", value: "RATE", help: "learning rate of relaxer hyperparameters (default: --lr)"),
+            OptionSpec("--relative-lr", help: "learning rate relative to each parameter's initial magnitude (for classical potentials)"),
+            OptionSpec("--schedule", value: "NAME", default: "constant", help: "constant, cosine or plateau"),
+            OptionSpec("--batch", value: "N", default: "4", help: "structures per optimizer step"),
+            OptionSpec("--clip", value: "NORM", default: "0", help: "clip the gradient's global norm (0: off)"),
+            OptionSpec("--weight-decay", value: "W", default: "0", help: "AdamW decoupled weight decay"),
+            OptionSpec("--patience", value: "N", default: "0", help: "stop after N epochs without validation improvement (0: never)"),
+            OptionSpec("--val-fraction", value: "F", default: "0.2", help: "fraction of structures held out for validation"),
+            OptionSpec("--seed", value: "N", default: "0", help: "seed of the split and the batch order"),
+            OptionSpec("--threads", value: "N", help: "structures relaxed in parallel (default: number of cores)"),
+            OptionSpec("--out", value: "RUN_DIR", help: "run directory (created; must be empty)"),
+            OptionSpec("--resume", value: "RUN_DIR", help: "continue an interrupted run exactly"),
+            OptionSpec("--json", help: "print a JSON summary on stdout (progress goes to stderr)"),
+            OptionSpec("--quiet", help: "no progress lines"),
+        ],
+        details: """
+            The loss is the mass-weighted ΔQ = sqrt(Σ m_j |x_j − x*_j|²) (amu^½·Å, minimum image) between the structure after
+            T relaxer steps and the reference relaxed structure, averaged over a batch. RUN_DIR receives best.safetensors
+            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv and
+            state.json (for --resume).
+            """),
+    run: runFinetune)
+
+func parseList(_ s: String?) -> [String] {
+    (s ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+}
+
+func parseAssignments(_ s: String?, command: String, option: String) throws -> [String: Double] {
+    var d: [String: Double] = [:]
+    for item in parseList(s) {
+        let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
+        guard kv.count == 2, let v = Double(kv[1]), v.isFinite else {
+            throw UsageError(command: command, message: "--\(option) expects name=value pairs, got '\(item)'")
+        }
+        d[kv[0]] = v
+    }
+    return d
+}
+
+/// Examples from --data files or an --initial/--target pair.
+func loadExamples(data: [String], initial: String?, target: String?, command: String) throws -> [RelaxationExample] {
+    if let i = initial {
+        guard let t = target else { throw UsageError(command: command, message: "--initial needs --target") }
+        return try RelaxationDataset.examples(initial: try StructureIO.read(i), target: try StructureIO.read(t), initialSource: i, targetSource: t)
+    }
+    guard !data.isEmpty else { throw UsageError(command: command, message: "give --data FILE (or --initial and --target)") }
+    return try data.flatMap { try RelaxationDataset.examples(from: try StructureIO.read($0), source: $0) }
+}
+
+func formatDuration(_ s: Double) -> String {
+    if s < 60 { return String(format: "%.0fs", s) }
+    if s < 3600 { return String(format: "%dm%02ds", Int(s) / 60, Int(s) % 60) }
+    return String(format: "%dh%02dm", Int(s) / 3600, (Int(s) % 3600) / 60)
+}
+
+func runFinetune(_ a: ParsedArguments) throws -> Int32 {
+    let cmd = "finetune"
+    var config: FineTuneConfig
+    let runDir: String
+    let resuming = a.string("resume") != nil
+    if let r = a.string("resume") {
+        runDir = r
+        let data = try Data(contentsOf: URL(fileURLWithPath: r + "/config.json"))
+        config = try JSONDecoder().decode(FineTuneConfig.self, from: data)
+    } else {
+        guard let pre = a.string("pretrained") else { throw UsageError(command: cmd, message: "--pretrained MODEL is required") }
+        guard let out = a.string("out") else { throw UsageError(command: cmd, message: "--out RUN_DIR is required") }
+        runDir = out
+        config = FineTuneConfig(pretrained: pre)
+        config.data = a.strings("data")
+        config.initial = a.string("initial")
+        config.target = a.string("target")
+        config.relaxer = a.string("relaxer")!
+        config.relaxerParameters = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
+        config.steps = try a.positiveInt("steps")!
+        config.stopFmax = try a.positiveDouble("stop-fmax")
+        config.gradient = a.string("grad")!
+        _ = try GradientMode.parse(config.gradient)
+        config.trainRelaxer = parseList(a.string("train-relaxer"))
+        let tp = parseList(a.string("train-params"))
+        config.trainParameters = tp.isEmpty ? nil : tp
+        config.epochs = try a.positiveInt("epochs")!
+        config.learningRate = try a.positiveDouble("lr")!
+        config.relaxerLearningRate = try a.positiveDouble("relaxer-lr")
+        config.relativeLearningRate = a.has("relative-lr")
+        config.schedule = a.string("schedule")!
+        config.batchSize = try a.positiveInt("batch")!
+        config.clipNorm = try a.double("clip")!
+        config.weightDecay = try a.double("weight-decay")!
+        config.patience = try a.int("patience")!
+        config.validationFraction = try a.double("val-fraction")!
+        guard (0..<1).contains(config.validationFraction) else { throw UsageError(command: cmd, message: "--val-fraction must be in [0, 1)") }
+        config.seed = UInt64(try a.int("seed")!)
+        config.threads = try a.positiveInt("threads") ?? defaultThreadCount
+        let fm = FileManager.default
+        if fm.fileExists(atPath: out), let items = try? fm.contentsOfDirectory(atPath: out), !items.isEmpty {
+            throw UsageError(command: cmd, message: "run directory '\(out)' exists and is not empty (use a new --out, or --resume \(out))")
+        }
+        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+    }
+    let potential = try PotentialSpec.parse(config.pretrained)
+    let examples = try loadExamples(data: config.data, initial: config.initial, target: config.target, command: cmd)
+    let trainer = try FineTuner(config: config, potential: potential, examples: examples, runDirectory: runDir)
+    if resuming {
+        try trainer.resume()
+    } else {
+        try AtomicFile.write(try JSONEncoder.pretty.encode(config), to: runDir + "/config.json")
+    }
+    let quiet = a.has("quiet")
+    let log: (String) -> Void = a.has("json") ? { printError($0) } : { print($0) }
+    if !quiet {
+        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
+    }
+    let summary = try trainer.run { m, eta in
+        guard !quiet else { return }
+        var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, config.epochs, m.trainDQMean, m.trainDQMedian)
+        if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
+        line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
+        for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
+        if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
+        line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
+        log(line)
+    }
+    if a.has("json") {
+        print(String(decoding: try JSONEncoder.pretty.encode(summary), as: UTF8.self))
+    } else if !quiet {
+        var s = String(format: "done: train ΔQ %.4g → %.4g", summary.train_dq_mean_before, summary.train_dq_mean_after)
+        if let b = summary.val_dq_mean_before, let c = summary.val_dq_mean_after { s += String(format: ", validation ΔQ %.4g → %.4g", b, c) }
+        s += " (best epoch \(summary.best_epoch ?? 0)); model: \(runDir)/best.safetensors"
+        log(s)
+    }
+    return 0
+}
+
+extension JSONEncoder {
+    static var pretty: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return e
+    }
+}
