@@ -46,7 +46,7 @@ import Loss
             let g = r.gradients[name]!
             for k in 0..<g.count where abs(g[flat: k]) > 1e-3 * scale { candidates.append((name, k)) }
         }
-        for _ in 0..<4 {
+        for _ in 0..<3 {
             let (name, k) = candidates[rng.int(below: candidates.count)]
             let v = params[name]![flat: k], h = 1e-3 * max(1, abs(v))
             func at(_ d: Double) -> Double { var p = params; p[name]![flat: k] = v + d; return loss(p) }
