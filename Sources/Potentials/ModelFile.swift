@@ -27,6 +27,7 @@ public enum ModelFile {
             for (k, v) in p { sw.parameters[k] = v }
             return sw
         },
+        "chgnet": { p, m in try CHGNet(parameters: p, metadata: m) },
     ]
 
     public static var knownKinds: [String] { loaders.keys.sorted() }
@@ -54,12 +55,23 @@ public enum ModelFile {
 }
 
 /// Potential specifications as accepted by the CLI: `lj`, `sw`, `sw:sigma=2.116,lambda=18.9`,
-/// `lj:sigma=2.0951,epsilon=1,rc=3.2,ro=2.8,smooth=true`, or a model file path (`*.safetensors`).
+/// `lj:sigma=2.0951,epsilon=1,rc=3.2,ro=2.8,smooth=true`, a model file path (`*.safetensors`), or the name of a
+/// model in the local store (`chgnet-0.3.0` → `$RELAXFT_HOME/models/chgnet-0.3.0.safetensors`).
 public enum PotentialSpec {
     public static func parse(_ spec: String) throws -> any Potential {
         if spec.hasSuffix(".safetensors") || spec.contains("/") {
             guard FileManager.default.fileExists(atPath: spec) else { throw PotentialSpecError(message: "model file '\(spec)' not found") }
             return try ModelFile.load(spec).potential
+        }
+        if ModelStore.isModelName(spec) {
+            let path = ModelStore.path(of: spec)
+            guard FileManager.default.fileExists(atPath: path) else {
+                let hint = ModelStore.source(spec) != nil
+                    ? "run 'relaxft models pull \(spec)' first"
+                    : "models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
+                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.modelsDirectory); \(hint)")
+            }
+            return try ModelFile.load(path).potential
         }
         let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
         var overrides: [(String, String)] = []
@@ -110,7 +122,7 @@ public enum PotentialSpec {
             }
             return LennardJones(sigma: vals["sigma"] ?? 1, epsilon: vals["epsilon"] ?? 1, rc: vals["rc"], ro: vals["ro"], smooth: smooth)
         default:
-            throw PotentialSpecError(message: "unknown potential '\(parts[0])' (use lj, sw, or a .safetensors model file)")
+            throw PotentialSpecError(message: "unknown potential '\(parts[0])' (use lj, sw, a model name such as chgnet-0.3.0, or a .safetensors model file)")
         }
     }
 }

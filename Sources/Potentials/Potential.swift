@@ -84,6 +84,12 @@ public struct AtomicSystem: Sendable {
             }
         }
         if keep.count == pairs.pairCount { return self }
+        return subset(pairs: keep, cutoff: cutoff)
+    }
+
+    /// The system with only the given pairs (in the given order, which must keep them sorted by center);
+    /// `cutoff` is recorded as the new list's cutoff.
+    public func subset(pairs keep: [Int], cutoff: Double) -> AtomicSystem {
         let sub = pairs.subset(keep)
         return AtomicSystem(numbers: numbers, atomOffsets: atomOffsets, atomStructure: atomStructure,
                             pairs: NeighborList(first: sub.first, second: sub.second, shifts: sub.shifts, atomCount: atomCount, cutoff: cutoff),
