@@ -27,6 +27,8 @@ public enum ModelFile {
             for (k, v) in p { sw.parameters[k] = v }
             return sw
         },
+        "so3krates": { p, m in try SO3krates.load(p, m) },
+        "schnet": { p, m in try SchNet.load(p, m) },
     ]
 
     public static var knownKinds: [String] { loaders.keys.sorted() }
