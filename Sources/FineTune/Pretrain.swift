@@ -200,7 +200,9 @@ public final class Pretrainer {
         model = m
         if let ck = checkpoint {
             let (tensors, meta) = try SafeTensors.read(ck)
-            guard let js = meta["pretrain_state"], let saved = try? JSONDecoder().decode(PretrainState.self, from: Data(js.utf8)) else {
+            let dec = JSONDecoder()
+            dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            guard let js = meta["pretrain_state"], let saved = try? dec.decode(PretrainState.self, from: Data(js.utf8)) else {
                 throw PretrainError(message: "\(ck): no readable pretrain_state in __metadata__")
             }
             guard saved.trainIndices == trainIdx && saved.valIndices == valIdx else {
@@ -396,7 +398,9 @@ public final class Pretrainer {
     }
 
     func saveCheckpoint() throws {
-        let js = String(data: try JSONEncoder().encode(state), encoding: .utf8)!
+        let enc = JSONEncoder()
+        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        let js = String(data: try enc.encode(state), encoding: .utf8)!
         try SafeTensors.write(model.parameters.map { ($0.key, $0.value) }, metadata: ["pretrain_state": js], to: checkpointPath)
     }
 
