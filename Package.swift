@@ -21,5 +21,6 @@ let package = Package(
         .testTarget(name: "TapeTests", dependencies: ["Tape"]),
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
+        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Potentials", "Atoms", "Tape"]),
     ]
 )
