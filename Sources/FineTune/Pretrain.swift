@@ -213,6 +213,12 @@ public final class Pretrainer {
                 model.parameters[name] = t
             }
             state = saved
+            // A new epoch budget on resume re-targets a cosine schedule to it (the only state that depends
+            // on the budget); without one the run continues bit for bit.
+            if case .cosine(let old, let minFactor) = state.schedule.schedule, old != options.epochs {
+                state.schedule.schedule = .cosine(epochs: options.epochs, minFactor: minFactor)
+                state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
+            }
             try Self.truncateMetrics(metricsPath, after: saved.epoch)
         }
     }
@@ -404,12 +410,19 @@ public final class Pretrainer {
         try SafeTensors.write(model.parameters.map { ($0.key, $0.value) }, metadata: ["pretrain_state": js], to: checkpointPath)
     }
 
+    /// The command line, with the run directory by its name only (where it lived is machine-specific).
+    var recordedCommand: String {
+        let name = URL(fileURLWithPath: runDirectory).lastPathComponent
+        return options.command.replacingOccurrences(of: "--out " + runDirectory, with: "--out " + name)
+            .replacingOccurrences(of: "--out=" + runDirectory, with: "--out=" + name)
+    }
+
     /// Provenance metadata for model files written by this run.
     func provenance(kind: String) -> [String: String] {
         [
             "training_data": options.dataFiles.joined(separator: ","),
             "training_validation": options.valFiles.isEmpty ? "fraction \(options.valFraction) of the training frames (seed \(options.seed))" : options.valFiles.joined(separator: ","),
-            "training_command": options.command,
+            "training_command": recordedCommand,
             "training_epochs": "\(state.epoch)",
             "training_best_epoch": "\(state.bestEpoch)",
             "training_checkpoint": kind,
@@ -426,6 +439,7 @@ public final class Pretrainer {
         let (best, meta) = try ModelFile.load(path)
         var out: [(String, ForceFieldMetrics)] = []
         var extra = meta
+        extra["training_command"] = recordedCommand
         for (file, fs) in testSets {
             let m = ForceFieldMetrics.compute(potential: best, frames: fs)
             out.append((file, m))

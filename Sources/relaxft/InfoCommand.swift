@@ -23,7 +23,7 @@ func runInfo(_ args: ParsedArguments) throws -> Int32 {
     let arch = architectureKeys.compactMap { k in meta[k].map { "\(k)=\($0)" } }
     if !arch.isEmpty { print("architecture: \(arch.joined(separator: ", "))") }
     if let ref = model.parameters["atomic_energies"] { print("reference energies (eV): \(ref.array.map { String(format: "%.6f", $0) }.joined(separator: ", "))") }
-    let shown = Set(architectureKeys + ["elements", "relaxft_kind"])
+    let shown = Set(architectureKeys + ["elements", "relaxft_kind", "cutoff"])
     let rest = meta.keys.filter { !shown.contains($0) }.sorted()
     let training = rest.filter { $0.hasPrefix("training_") || $0.hasPrefix("test_") }
     let other = rest.filter { !training.contains($0) }

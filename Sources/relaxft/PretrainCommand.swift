@@ -22,7 +22,7 @@ let pretrainCommand = Command(
             OptionSpec("--energy-weight", value: "W", default: "0.01", help: "weight of the total-energy MSE (eV²)"),
             OptionSpec("--force-weight", value: "W", default: "0.99", help: "weight of the force MSE ((eV/Å)²)"),
             OptionSpec("--stress-weight", value: "W", default: "0", help: "weight of the stress MSE ((eV/Å³)², frames with stress)"),
-            OptionSpec("--epochs", value: "N", default: "100", help: "epoch budget"),
+            OptionSpec("--epochs", value: "N", help: "epoch budget (default 100; on --resume a new budget, which re-targets a cosine schedule)"),
             OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
             OptionSpec("--schedule", value: "S", default: "plateau", help: "plateau (×0.5 after --schedule-patience epochs), cosine, constant"),
             OptionSpec("--schedule-patience", value: "N", default: "5", help: "epochs without validation improvement before the rate halves"),
@@ -50,7 +50,7 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out"] where args.values[o] != nil {
                 throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
             }
-            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs").flatMap { args.values["epochs"] != nil ? $0 : nil })
+            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
             print("resuming \(dir) after epoch \(trainer.completedEpochs)")
         } else {
             let data = args.strings("data")
@@ -70,7 +70,7 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             o.energyWeight = try args.double("energy-weight")!
             o.forceWeight = try args.double("force-weight")!
             o.stressWeight = try args.double("stress-weight")!
-            o.epochs = try args.positiveInt("epochs")!
+            o.epochs = try args.positiveInt("epochs") ?? 100
             o.learningRate = try args.positiveDouble("lr")!
             o.schedule = args.string("schedule")!
             o.schedulePatience = try args.positiveInt("schedule-patience")!
