@@ -19,11 +19,29 @@ public struct NeighborList: Sendable {
 
     public var pairCount: Int { first.count }
 
-    /// Whether any pair crosses a cell boundary.
-    public var hasShifts: Bool { shifts.contains { $0 != 0 } }
-
     /// Shifts as a Double tensor [pairs, 3].
-    public var shiftTensor: Tensor { Tensor(shape: [pairCount, 3], shifts.map(Double.init)) }
+    public let shiftTensor: Tensor
+    /// Whether any pair crosses a cell boundary.
+    public let hasShifts: Bool
+
+    /// S·cell for every pair (values), zero rows for unshifted pairs: a 3×3 product per pair written out,
+    /// much cheaper than a general matrix product with inner dimension 3.
+    public func shiftVectors(cell: Tensor) -> Tensor {
+        let out = Tensor.zeros([pairCount, 3])
+        guard hasShifts else { return out }
+        var o = out
+        let L = cell.array
+        o.withUnsafeMutableBufferPointer { p in
+            shifts.withUnsafeBufferPointer { s in
+                for q in 0..<pairCount {
+                    let a = Double(s[3 * q]), b = Double(s[3 * q + 1]), c = Double(s[3 * q + 2])
+                    if a == 0 && b == 0 && c == 0 { continue }
+                    for k in 0..<3 { p[3 * q + k] = a * L[k] + b * L[3 + k] + c * L[6 + k] }
+                }
+            }
+        }
+        return o
+    }
 
     public init(first: [Int], second: [Int], shifts: [Int], atomCount: Int, cutoff: Double) {
         precondition(first.count == second.count && shifts.count == 3 * first.count, "inconsistent pair arrays")
@@ -32,6 +50,8 @@ public struct NeighborList: Sendable {
         self.shifts = shifts
         self.atomCount = atomCount
         self.cutoff = cutoff
+        shiftTensor = Tensor(shape: [first.count, 3], shifts.map(Double.init))
+        hasShifts = shifts.contains { $0 != 0 }
         var off = [Int](repeating: 0, count: atomCount + 1)
         for i in first { off[i + 1] += 1 }
         for a in 0..<atomCount { off[a + 1] += off[a] }
@@ -216,13 +236,14 @@ public struct NeighborList: Sendable {
     public func pairVectors(positions: Variable, cell: Variable) -> Variable {
         let d = positions.gatherRows(second) - positions.gatherRows(first)
         guard hasShifts else { return d }
+        if !cell.isTracked { return d + shiftVectors(cell: cell.value) }
         return d + matmul(Variable(constant: shiftTensor), cell)
     }
 
     /// Pair vectors as plain values.
     public func pairVectors(positions: Tensor, cell: Tensor) -> Tensor {
         var d = positions.gatherRows(second) - positions.gatherRows(first)
-        if hasShifts { d = d + Tensor.matmul(shiftTensor, cell) }
+        if hasShifts { d = d + shiftVectors(cell: cell) }
         return d
     }
 

@@ -10,7 +10,7 @@ struct Bench {
             Allocator.keepLargeBuffersInHeap()
         }
         let args = Array(CommandLine.arguments.dropFirst())
-        let all: [(String, () -> Void)] = [("tape", TapeBench.run), ("neighbors", AtomsBench.neighbors), ("neural", NeuralBench.run)]
+        let all: [(String, () -> Void)] = [("tape", TapeBench.run), ("neighbors", AtomsBench.neighbors), ("relax", RelaxBench.run), ("neural", NeuralBench.run)]
         let chosen = args.isEmpty ? all.map(\.0) : args
         for name in chosen {
             guard let w = all.first(where: { $0.0 == name }) else {

@@ -108,11 +108,11 @@ public final class Pretrainer {
     var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
     var metricsPath: String { runDirectory + "/metrics.csv" }
 
-    /// Reads frames from files (extended XYZ); every frame needs an energy and forces.
+    /// Reads frames from structure files (extended XYZ in practice); every frame needs an energy and forces.
     public static func loadFrames(_ paths: [String]) throws -> [Structure] {
         var out: [Structure] = []
         for p in paths {
-            let fs = try ExtXYZ.read(p)
+            let fs = try StructureIO.read(p)
             for (k, f) in fs.enumerated() {
                 guard f.energy != nil else { throw PretrainError(message: "\(p): frame \(k) has no energy") }
                 guard f.forces != nil else { throw PretrainError(message: "\(p): frame \(k) has no forces") }

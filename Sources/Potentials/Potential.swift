@@ -61,6 +61,7 @@ public struct AtomicSystem: Sendable {
     public func pairVectors(positions: Variable, cells: Variable) -> Variable {
         let d = positions.gatherRows(pairs.second) - positions.gatherRows(pairs.first)
         guard pairs.hasShifts else { return d }
+        if structureCount == 1 && !cells.isTracked { return d + pairs.shiftVectors(cell: cells.value.reshaped([3, 3])) }
         let shifts = Variable(constant: pairs.shiftTensor)
         if structureCount == 1 { return d + matmul(shifts, cells.reshaped([3, 3])) }
         // Per-pair cell: Σ_k S_pk · cell_{s(p),k,:}
@@ -71,7 +72,8 @@ public struct AtomicSystem: Sendable {
     /// The system restricted to pairs shorter than `cutoff` at the given positions (values only: which
     /// pairs are kept is not differentiated; the pairs dropped contribute zero to cutoff potentials).
     public func within(_ cutoff: Double, positions: Tensor, cells: Tensor) -> AtomicSystem {
-        let r = pairVectors(positions: Variable(constant: positions), cells: Variable(constant: cells)).value
+        let r = structureCount == 1 ? pairs.pairVectors(positions: positions, cell: cells.reshaped([3, 3]))
+            : pairVectors(positions: Variable(constant: positions), cells: Variable(constant: cells)).value
         let rc2 = cutoff * cutoff
         var keep: [Int] = []
         keep.reserveCapacity(pairs.pairCount)
@@ -159,17 +161,20 @@ extension Potential {
         return Evaluation(energies: e.value, forces: -g[0].value, stresses: Self.stressFromVirial(g[1].value, cells: cells))
     }
 
-    /// Energy of a single structure and forces as tape expressions, differentiable again when the tape
-    /// needs higher order (forces are then recorded with `createGraph: true`). Positions must be tracked,
-    /// or a private tape is used and constants are returned.
+    /// Energies and forces as tape expressions, differentiable again when the tape needs higher order (forces
+    /// are then recorded with `createGraph: true`). The tape is that of the positions, cells or parameters,
+    /// whichever is tracked (untracked positions become a fresh leaf, so that forces still depend on tracked
+    /// parameters); with nothing tracked, a private tape is used and constants are returned.
     public func energyAndForces(_ system: AtomicSystem, positions: Variable, cells: Variable,
                                 parameters: [String: Variable]) -> (energy: Variable, forces: Variable) {
-        guard let tape = positions.tape, tape.isRecording else {
+        let owner = positions.tape ?? cells.tape ?? parameters.values.first(where: \.isTracked)?.tape
+        guard let tape = owner, tape.isRecording else {
             let ev = evaluateWith(system, positions: positions.value, cells: cells.value, parameters: parameters)
             return (Variable(constant: ev.energies), Variable(constant: ev.forces))
         }
-        let e = energies(system, positions: positions, cells: cells, parameters: parameters)
-        let g = tape.gradient(of: e.sum(), wrt: [positions], createGraph: tape.needsHigherOrder)[0]
+        let x = positions.isTracked ? positions : tape.variable(positions.value)
+        let e = energies(system, positions: x, cells: cells, parameters: parameters)
+        let g = tape.gradient(of: e.sum(), wrt: [x], createGraph: tape.needsHigherOrder)[0]
         return (e, -g)
     }
 

@@ -1,3 +1,4 @@
+import Atoms
 import Foundation
 import Tape
 
@@ -116,27 +117,5 @@ public enum SafeTensors {
     /// Writes atomically (temporary file in the same directory, then rename).
     public static func write(_ tensors: OrderedTensors, metadata: [String: String], to path: String, dtype: DType = .f64) throws {
         try AtomicFile.write(serialize(tensors, metadata: metadata, dtype: dtype), to: path)
-    }
-}
-
-/// Whole-file writes that never leave a partial file behind.
-public enum AtomicFile {
-    public static func write(_ data: Data, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        do {
-            try data.write(to: tmp)
-            if rename(tmp.path, url.path) != 0 {
-                throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
-            }
-        } catch {
-            try? FileManager.default.removeItem(at: tmp)
-            throw error
-        }
-    }
-
-    public static func write(_ text: String, to path: String) throws {
-        try write(Data(text.utf8), to: path)
     }
 }

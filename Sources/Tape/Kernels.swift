@@ -236,6 +236,19 @@ extension Tensor {
         if m == 0 || n == 0 { return out }
         if k == 0 { pc.initialize(repeating: 0, count: m * n); return out }
         let lda = a.shape[1], ldb = b.shape[1]
+        if m * n * k >= 4096 && (n == 1 || m == 1) {
+            // Matrix-vector products: BLAS dgemv.
+            if n == 1 {
+                // c = op(A)·b with b a column (k × 1 or, transposed, 1 × k: contiguous either way).
+                cblas_dgemv(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, Int32(a.shape[0]), Int32(a.shape[1]), 1.0,
+                            pa, Int32(lda), pb, 1, 0.0, pc, 1)
+            } else {
+                // c = aᵀ·op(B) as op(B)ᵀ·a.
+                cblas_dgemv(CblasRowMajor, transposeB ? CblasNoTrans : CblasTrans, Int32(b.shape[0]), Int32(b.shape[1]), 1.0,
+                            pb, Int32(ldb), pa, 1, 0.0, pc, 1)
+            }
+            return out
+        }
         if m * n * k < 4096 || Swift.min(m, n) < 4 {
             // Small or skinny: plain loops (i-k-j order for contiguous inner access when possible).
             pc.initialize(repeating: 0, count: m * n)

@@ -88,7 +88,19 @@ extension Variable {
     public func pow(_ p: Double) -> Variable {
         if p == 1 { return self }
         if p == 2 { return squared() }
-        return makeOp("pow", [self], value.map { Foundation.pow($0, p) }) { c in
+        // Small integer exponents by repeated multiplication: several times cheaper than pow().
+        let k = Int(p)
+        let forward: Tensor
+        if Double(k) == p && Swift.abs(k) <= 8 {
+            forward = value.map { x in
+                var r = 1.0
+                for _ in 0..<Swift.abs(k) { r *= x }
+                return k < 0 ? 1 / r : r
+            }
+        } else {
+            forward = value.map { Foundation.pow($0, p) }
+        }
+        return makeOp("pow", [self], forward) { c in
             [c.grad * c.input(0).pow(p - 1) * p]
         }
     }

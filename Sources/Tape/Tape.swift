@@ -44,7 +44,9 @@ final class Node {
     enum Kind {
         case leaf
         case op(BackwardFunction)
-        case checkpoint(([Variable]) -> [Variable])
+        /// A checkpointed segment: its body, and which body outputs are this node's outputs (the others are
+        /// inputs passed through, which keep their slots).
+        case checkpoint(([Variable]) -> [Variable], [Int])
     }
 
     /// Input slot (-1 for a constant) and value.
@@ -364,8 +366,8 @@ struct Sweep {
                         accumulate(node.inputs[k].id, g)
                     }
                 }
-            case .checkpoint(let body):
-                expandCheckpoint(node, body: body, gradOutputs: gOut)
+            case .checkpoint(let body, let outputIndices):
+                expandCheckpoint(node, body: body, outputIndices: outputIndices, gradOutputs: gOut)
             }
         }
     }
@@ -373,7 +375,7 @@ struct Sweep {
     /// Recomputes a checkpointed segment with recording and sweeps its nodes in place, accumulating into
     /// the same gradient slots in the same order as if the segment had been recorded in the first place,
     /// so gradients are bit-identical to the unrecorded-free version.
-    mutating func expandCheckpoint(_ node: Node, body: ([Variable]) -> [Variable], gradOutputs: [Variable?]) {
+    mutating func expandCheckpoint(_ node: Node, body: ([Variable]) -> [Variable], outputIndices: [Int], gradOutputs: [Variable?]) {
         let start = tape.nodes.count
         let firstNewSlot = tape.slotNode.count
         let wasRecording = tape.isRecording, wasHigher = tape.needsHigherOrder
@@ -383,11 +385,12 @@ struct Sweep {
         let outs = body(inputs)
         tape.isRecording = wasRecording
         tape.needsHigherOrder = wasHigher
-        precondition(outs.count == node.outputCount, "checkpoint body returned \(outs.count) outputs, expected \(node.outputCount)")
+        precondition(outputIndices.allSatisfy { $0 < outs.count }, "checkpoint body returned fewer outputs on recomputation")
         let end = tape.nodes.count
         markRelevant(nodes: start..<end)
-        for (k, o) in outs.enumerated() {
-            guard let g = gradOutputs[k], o.id >= 0, isRelevant(o.id) else { continue }
+        for (slot, k) in outputIndices.enumerated() {
+            let o = outs[k]
+            guard let g = gradOutputs[slot], o.id >= 0, isRelevant(o.id) else { continue }
             accumulate(o.id, g)
         }
         run(nodes: start..<end)
@@ -419,8 +422,18 @@ extension Tape {
                 precondition(allowed.contains(i.id), "checkpoint body uses a tracked variable that is not among its inputs")
             }
         }
-        let values = outs.map(\.value)
+        // Outputs that are inputs passed through keep their identity, so that downstream gradients accumulate
+        // into the same slots, in the same order, as without checkpointing. Every other output becomes an
+        // output of the node — constants too: an output computed without a graph in this first pass (forces,
+        // with needsHigherOrder off) is tracked when recomputed.
+        var newIndices: [Int] = []
+        for (k, o) in outs.enumerated() where o.id < 0 || o.id >= firstNewSlot { newIndices.append(k) }
+        let values = newIndices.map { outs[$0].value }
         truncate(toNodeCount: start)
-        return record(name: "checkpoint", inputs: inputs, outputs: values, kind: .checkpoint(body))
+        guard !newIndices.isEmpty else { return outs }
+        let created = record(name: "checkpoint", inputs: inputs, outputs: values, kind: .checkpoint(body, newIndices))
+        var result = outs
+        for (slot, k) in newIndices.enumerated() { result[k] = created[slot] }
+        return result
     }
 }

@@ -11,9 +11,17 @@ public final class TensorStorage: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Double>
 
     init(count: Int) {
+        _ = TensorStorage.allocatorConfigured
         self.count = count
         pointer = .allocate(capacity: Swift.max(count, 1))
     }
+
+    /// Large tensor buffers would otherwise be mmap'ed and unmapped by glibc on every allocation (page
+    /// faults on each operation); configured once, on the first tensor.
+    private static let allocatorConfigured: Bool = {
+        Allocator.keepLargeBuffersInHeap()
+        return true
+    }()
 
     convenience init(count: Int, repeating value: Double) {
         self.init(count: count)

@@ -9,7 +9,7 @@ struct Command: Sendable {
     let run: @Sendable (ParsedArguments) throws -> Int32
 }
 
-let commands: [Command] = [demoCommand, infoCommand, pretrainCommand]
+let commands: [Command] = [demoCommand, convertCommand, infoCommand, pretrainCommand]
 
 let topLevelHelp = """
     usage: relaxft <command> [options]

@@ -116,11 +116,17 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         do {
             _ = try Pretrainer.loadFrames([path])
             Issue.record("no error")
-        } catch let e as ExtXYZError {
-            #expect(e.line == 4 && e.description.contains("bad.extxyz:4: position"), "\(e)")
+        } catch let e as StructureFileError {
+            #expect(e.line == 4 && e.description.contains("bad.extxyz:4"), "\(e)")
         }
-        try "3\nenergy=1\nSi 0 0 0\n".write(toFile: path, atomically: true, encoding: .utf8)
-        #expect(throws: ExtXYZError.self) { _ = try Pretrainer.loadFrames([path]) }
+        // Frames without energies are refused with the file and frame named.
+        try "1\nLattice=\"5 0 0 0 5 0 0 0 5\" Properties=species:S:1:pos:R:3\nSi 0 0 0\n".write(toFile: path, atomically: true, encoding: .utf8)
+        do {
+            _ = try Pretrainer.loadFrames([path])
+            Issue.record("no error")
+        } catch let e as PretrainError {
+            #expect(e.message.contains("frame 0 has no energy"), "\(e)")
+        }
     }
 
     @Test func forceFieldMetricsOfTheLabellingPotentialAreZero() throws {

@@ -1,0 +1,137 @@
+import Foundation
+import Atoms
+import Potentials
+import Tape
+
+/// Settings common to every relaxation run.
+public struct RelaxationSettings: Sendable {
+    /// Converged when the largest per-atom force (for cell relaxation: generalised force) is below fmax.
+    public var fmax: Double = 0.05
+    public var maxSteps: Int = 500
+    public var relaxCell = false
+    /// External pressure for cell relaxation (eV/Å³).
+    public var pressure: Double = 0
+    /// Verlet skin of the neighbour list (Å).
+    public var skin: Double = 0.5
+    public init() {}
+}
+
+/// One logged step of a relaxation (ASE's log line: step, energy, fmax).
+public struct RelaxationStep {
+    public let step: Int
+    /// Energy (plus pV for cell relaxation), eV.
+    public let energy: Double
+    public let fmax: Double
+    public let positions: Tensor
+    public let cell: Tensor
+    public let forces: Tensor
+}
+
+public struct RelaxationResult: Sendable {
+    /// Final structure with `energy`, `forces` (and `stress` for cell relaxation) set.
+    public var structure: Structure
+    public var converged: Bool
+    public var steps: Int
+    public var initialEnergy: Double
+    public var finalEnergy: Double
+    public var fmax: Double
+    /// Largest per-atom displacement from the start (minimum image), Å.
+    public var maxDisplacement: Double
+    public var forceCalls: Int
+    public var seconds: Double
+}
+
+/// Relaxes `structure` with `relaxer` (values only, nothing recorded), calling `onStep` for the initial
+/// structure and after every step, as ASE's `irun` logs them.
+public func relax<R: Relaxer>(_ structure: Structure, potential: any Potential, relaxer: R, settings: RelaxationSettings,
+                              onStep: (RelaxationStep) -> Void = { _ in }) -> RelaxationResult {
+    let t0 = Date()
+    var evaluator = ForceEvaluator(potential: potential, structure: structure, skin: settings.skin)
+    let params = potential.constantParameters
+    let hyper = relaxer.constantHyper
+    let filter = settings.relaxCell ? FrechetCellFilter(cell: structure.cell, atomCount: structure.count, pressure: settings.pressure) : nil
+    var lastStress: Tensor? = nil
+    var lastAtomForces = Tensor.zeros([structure.count, 3])
+    var lastAtomEnergy = 0.0
+    var current = (positions: structure.positions, cell: structure.cell)
+
+    let evaluate: ForceFunction = { x in
+        if let filter {
+            let (pos, cell) = filter.atoms(from: x.value)
+            current = (pos, cell)
+            let ev = evaluator.evaluateWithStress(positions: pos, cell: cell)
+            let stress = ev.stresses!.reshaped([3, 3])
+            lastStress = stress
+            lastAtomForces = ev.forces
+            lastAtomEnergy = ev.energy
+            let g = filter.generalizedForces(forces: ev.forces, stress: stress, cell: cell)
+            return (Variable(constant: ev.energy + settings.pressure * Swift.abs(cell.determinant3x3)), Variable(constant: g))
+        }
+        current = (x.value, structure.cell)
+        let (e, f) = evaluator.evaluate(positions: x, parameters: params)
+        lastAtomForces = f.value
+        lastAtomEnergy = e.scalar
+        return (e, f)
+    }
+
+    let x0 = filter?.generalized(positions: structure.positions, cell: structure.cell) ?? structure.positions
+    var state = relaxer.start(positions: Variable(constant: x0), hyper: hyper, evaluate: evaluate)
+    var step = 0
+    var converged = false
+    var initialEnergy = 0.0
+    var fmax = Double.infinity
+    while true {
+        if state.forces == nil || state.energy == nil {
+            let (e, f) = evaluate(state.positions)
+            state.energy = e
+            state.forces = f
+        }
+        fmax = maxRowNorm(state.forces!.value)
+        let energy = state.energy!.scalar
+        if step == 0 { initialEnergy = energy }
+        onStep(RelaxationStep(step: step, energy: energy, fmax: fmax, positions: current.positions, cell: current.cell, forces: lastAtomForces))
+        if fmax < settings.fmax { converged = true; break }
+        if step >= settings.maxSteps { break }
+        state = relaxer.step(state, hyper: hyper, evaluate: evaluate)
+        step += 1
+    }
+    var final = structure
+    final.positions = current.positions
+    final.cell = current.cell
+    final.energy = lastAtomEnergy
+    final.forces = lastAtomForces
+    if let s = lastStress { final.stress = s }
+    let disp = Structure.minimumImage(current.positions - structure.positions, cell: structure.cell, pbc: structure.pbc)
+    return RelaxationResult(structure: final, converged: converged, steps: step, initialEnergy: initialEnergy,
+                            finalEnergy: state.energy!.scalar, fmax: fmax, maxDisplacement: maxRowNorm(disp),
+                            forceCalls: evaluator.evaluations, seconds: Date().timeIntervalSince(t0))
+}
+
+/// Relaxer by command-line name with hyperparameter overrides (`name=value`).
+public enum RelaxerFactory {
+    public static let names = ["fire", "fire-jaxmd", "bfgs", "lbfgs", "frame"]
+
+    public struct UnknownRelaxer: Error, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    public static func make(_ name: String, overrides: [String: Double] = [:]) throws -> any Relaxer {
+        var r: any Relaxer
+        switch name {
+        case "fire": r = FIRE()
+        case "fire-jaxmd": r = FIREJaxMD()
+        case "bfgs": r = BFGS()
+        case "lbfgs": r = LBFGS()
+        case "frame": r = ForceFollowing()
+        default: throw UnknownRelaxer(message: "unknown relaxer '\(name)' (known: \(names.joined(separator: ", ")))")
+        }
+        for (k, v) in overrides {
+            guard r.hyperparameters[k] != nil else {
+                throw UnknownRelaxer(message: "relaxer \(name) has no hyperparameter '\(k)' (has: \(r.hyperparameters.keys.joined(separator: ", ")))")
+            }
+            r.hyperparameters[k] = v
+        }
+        return r
+    }
+}
