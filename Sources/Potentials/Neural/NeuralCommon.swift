@@ -129,3 +129,45 @@ struct PairGeometry {
     }
 }
 
+
+/// The hyperparameters both neural models share: checks, metadata entries, and reading them back.
+struct SharedHyperparameters {
+    var features: Int
+    var layers: Int
+    var cutoff: Double
+    var radialBasis: Int
+    var elements: [Int]
+    var energyScale: Double
+
+    /// Metadata keys written by `metadata(basis:)` (the rest of a file's metadata is provenance).
+    static let keys: Set<String> = ["features", "layers", "cutoff", "radial_basis", "radial_basis_size", "cutoff_function",
+                                    "elements", "energy_scale", "relaxft_kind"]
+
+    func validate(_ kind: String, minFeatures: Int) throws {
+        func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "\(kind): \(s)") }
+        if features < minFeatures || layers < 0 || radialBasis < 2 { try fail("features ≥ \(minFeatures), layers ≥ 0, radial basis ≥ 2 required") }
+        if !(cutoff > 0 && cutoff.isFinite) { try fail("cutoff must be positive, got \(cutoff)") }
+        if elements.isEmpty || Set(elements).count != elements.count { try fail("elements must be a non-empty list without repeats") }
+        if !(energyScale > 0 && energyScale.isFinite) { try fail("energy scale must be positive") }
+    }
+
+    func metadata(basis: String, provenance: [String: String]) -> [String: String] {
+        var m = provenance
+        m["features"] = "\(features)"
+        m["layers"] = "\(layers)"
+        m["cutoff"] = "\(cutoff)"
+        m["radial_basis"] = basis
+        m["radial_basis_size"] = "\(radialBasis)"
+        m["cutoff_function"] = "cosine"
+        m["elements"] = SpeciesTable(elements).metadataString
+        m["energy_scale"] = "\(energyScale)"
+        return m
+    }
+
+    static func read(_ m: [String: String], kind: String, basis: String) throws -> SharedHyperparameters {
+        if let b = m["radial_basis"], b != basis { throw PotentialSpecError(message: "\(kind) model file: radial basis '\(b)' is not supported (\(basis))") }
+        return SharedHyperparameters(features: try hyper(m, "features", kind), layers: try hyper(m, "layers", kind),
+                                     cutoff: try hyper(m, "cutoff", kind), radialBasis: try hyper(m, "radial_basis_size", kind),
+                                     elements: try SpeciesTable.parse(m["elements"] ?? ""), energyScale: try hyper(m, "energy_scale", kind))
+    }
+}

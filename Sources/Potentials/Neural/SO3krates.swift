@@ -46,15 +46,17 @@ public struct SO3krates: Potential {
             self.energyScale = energyScale
         }
 
+        var shared: SharedHyperparameters {
+            SharedHyperparameters(features: features, layers: layers, cutoff: cutoff, radialBasis: radialBasis, elements: elements, energyScale: energyScale)
+        }
+
         public func validate() throws {
+            try shared.validate("so3krates", minFeatures: 1)
             func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "so3krates: \(s)") }
-            if features < 1 || layers < 0 || heads < 1 || radialBasis < 2 { try fail("features, heads ≥ 1, layers ≥ 0, radial basis ≥ 2 required") }
+            if heads < 1 { try fail("heads must be positive") }
             if !(1...3).contains(maxDegree) { try fail("max degree must be 1, 2 or 3, got \(maxDegree)") }
             if features % heads != 0 { try fail("features (\(features)) must be divisible by heads (\(heads))") }
             if features % maxDegree != 0 { try fail("features (\(features)) must be divisible by the number of degrees (\(maxDegree))") }
-            if !(cutoff > 0 && cutoff.isFinite) { try fail("cutoff must be positive, got \(cutoff)") }
-            if elements.isEmpty || Set(elements).count != elements.count { try fail("elements must be a non-empty list without repeats") }
-            if !(energyScale > 0 && energyScale.isFinite) { try fail("energy scale must be positive") }
         }
     }
 
@@ -107,17 +109,9 @@ public struct SO3krates: Potential {
     }
 
     public var metadata: [String: String] {
-        var m = provenance
-        m["features"] = "\(config.features)"
-        m["layers"] = "\(config.layers)"
+        var m = config.shared.metadata(basis: "physnet", provenance: provenance)
         m["heads"] = "\(config.heads)"
         m["degrees"] = (1...config.maxDegree).map(String.init).joined(separator: ",")
-        m["cutoff"] = "\(config.cutoff)"
-        m["radial_basis"] = "physnet"
-        m["radial_basis_size"] = "\(config.radialBasis)"
-        m["cutoff_function"] = "cosine"
-        m["elements"] = species.metadataString
-        m["energy_scale"] = "\(config.energyScale)"
         return m
     }
 
@@ -129,13 +123,10 @@ public struct SO3krates: Potential {
         guard let maxDeg = degrees.max(), degrees == Array(1...maxDeg) else {
             throw PotentialSpecError(message: "so3krates model file: degrees must be 1…L, got '\(m["degrees"] ?? "")'")
         }
-        if let b = m["radial_basis"], b != "physnet" { throw PotentialSpecError(message: "so3krates model file: radial basis '\(b)' is not supported (physnet)") }
-        let config = Config(features: try hyper(m, "features", "so3krates"), layers: try hyper(m, "layers", "so3krates"),
-                            heads: try hyper(m, "heads", "so3krates"), maxDegree: maxDeg, cutoff: try hyper(m, "cutoff", "so3krates"),
-                            radialBasis: try hyper(m, "radial_basis_size", "so3krates"),
-                            elements: try SpeciesTable.parse(m["elements"] ?? ""), energyScale: try hyper(m, "energy_scale", "so3krates"))
-        let known: Set<String> = ["features", "layers", "heads", "degrees", "cutoff", "radial_basis", "radial_basis_size",
-                                  "cutoff_function", "elements", "energy_scale", "relaxft_kind"]
+        let h = try SharedHyperparameters.read(m, kind: "so3krates", basis: "physnet")
+        let config = Config(features: h.features, layers: h.layers, heads: try hyper(m, "heads", "so3krates"), maxDegree: maxDeg,
+                            cutoff: h.cutoff, radialBasis: h.radialBasis, elements: h.elements, energyScale: h.energyScale)
+        let known = SharedHyperparameters.keys.union(["heads", "degrees"])
         return try SO3krates(config, parameters: p, provenance: m.filter { !known.contains($0.key) })
     }
 

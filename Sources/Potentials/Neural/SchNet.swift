@@ -28,13 +28,11 @@ public struct SchNet: Potential {
             self.energyScale = energyScale
         }
 
-        public func validate() throws {
-            func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "schnet: \(s)") }
-            if features < 2 || layers < 0 || radialBasis < 2 { try fail("features ≥ 2, layers ≥ 0, radial basis ≥ 2 required") }
-            if !(cutoff > 0 && cutoff.isFinite) { try fail("cutoff must be positive, got \(cutoff)") }
-            if elements.isEmpty || Set(elements).count != elements.count { try fail("elements must be a non-empty list without repeats") }
-            if !(energyScale > 0 && energyScale.isFinite) { try fail("energy scale must be positive") }
+        var shared: SharedHyperparameters {
+            SharedHyperparameters(features: features, layers: layers, cutoff: cutoff, radialBasis: radialBasis, elements: elements, energyScale: energyScale)
         }
+
+        public func validate() throws { try shared.validate("schnet", minFeatures: 2) }
     }
 
     public var parameters: OrderedDictionary<Tensor>
@@ -79,27 +77,13 @@ public struct SchNet: Potential {
         return p.parameters
     }
 
-    public var metadata: [String: String] {
-        var m = provenance
-        m["features"] = "\(config.features)"
-        m["layers"] = "\(config.layers)"
-        m["cutoff"] = "\(config.cutoff)"
-        m["radial_basis"] = "gaussian"
-        m["radial_basis_size"] = "\(config.radialBasis)"
-        m["cutoff_function"] = "cosine"
-        m["elements"] = species.metadataString
-        m["energy_scale"] = "\(config.energyScale)"
-        return m
-    }
+    public var metadata: [String: String] { config.shared.metadata(basis: "gaussian", provenance: provenance) }
 
     static func load(_ p: OrderedDictionary<Tensor>, _ m: [String: String]) throws -> any Potential {
-        if let b = m["radial_basis"], b != "gaussian" { throw PotentialSpecError(message: "schnet model file: radial basis '\(b)' is not supported (gaussian)") }
-        let config = Config(features: try hyper(m, "features", "schnet"), layers: try hyper(m, "layers", "schnet"),
-                            cutoff: try hyper(m, "cutoff", "schnet"), radialBasis: try hyper(m, "radial_basis_size", "schnet"),
-                            elements: try SpeciesTable.parse(m["elements"] ?? ""), energyScale: try hyper(m, "energy_scale", "schnet"))
-        let known: Set<String> = ["features", "layers", "cutoff", "radial_basis", "radial_basis_size", "cutoff_function",
-                                  "elements", "energy_scale", "relaxft_kind"]
-        return try SchNet(config, parameters: p, provenance: m.filter { !known.contains($0.key) })
+        let h = try SharedHyperparameters.read(m, kind: "schnet", basis: "gaussian")
+        let config = Config(features: h.features, layers: h.layers, cutoff: h.cutoff, radialBasis: h.radialBasis,
+                            elements: h.elements, energyScale: h.energyScale)
+        return try SchNet(config, parameters: p, provenance: m.filter { !SharedHyperparameters.keys.contains($0.key) })
     }
 
     public func energies(_ system: AtomicSystem, positions: Variable, cells: Variable, parameters p: [String: Variable]) -> Variable {
