@@ -27,7 +27,7 @@ let package = Package(
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"], exclude: ["Malformed"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
-        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss"]),
+        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss", "Potentials", "Atoms", "Tape"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
         .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Tape"]),
     ]

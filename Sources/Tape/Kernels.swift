@@ -90,6 +90,33 @@ extension Tensor {
             for i in 0..<b.count { po[i] = f(x, pb[i]) }
             return out
         }
+        // Fast paths for the two broadcasts neural layers use on [rows, F]: a bias row [F] (or [1, F]) and a
+        // per-row column [rows, 1]; the general strided walk below costs several times more per element.
+        if s == a.shape && s.count == 2 {
+            let rows = s[0], inner = s[1]
+            if b.count == inner && (b.rank == 1 || (b.rank == 2 && b.shape[0] == 1)) {
+                for r in 0..<rows {
+                    let o = po + r * inner, x = pa + r * inner
+                    for k in 0..<inner { o[k] = f(x[k], pb[k]) }
+                }
+                return out
+            }
+            if b.shape == [rows, 1] {
+                for r in 0..<rows {
+                    let o = po + r * inner, x = pa + r * inner, y = pb[r]
+                    for k in 0..<inner { o[k] = f(x[k], y) }
+                }
+                return out
+            }
+        }
+        if s == b.shape && s.count == 2 && a.shape == [s[0], 1] {
+            let rows = s[0], inner = s[1]
+            for r in 0..<rows {
+                let o = po + r * inner, y = pb + r * inner, x = pa[r]
+                for k in 0..<inner { o[k] = f(x, y[k]) }
+            }
+            return out
+        }
         let sa = Broadcast.strides(of: a.shape, in: s), sb = Broadcast.strides(of: b.shape, in: s)
         let inner = s[s.count - 1], ia = sa[s.count - 1], ib = sb[s.count - 1]
         forEachRow(s, sa, sb) { row, oa, ob in

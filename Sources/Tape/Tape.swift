@@ -187,6 +187,18 @@ public final class Tape {
         nodes.removeSubrange(n...)
     }
 
+    /// Floating-point operations of the recorded matrix products, 2·m·k·n each (for FLOP estimates;
+    /// k is recovered from the element counts, |A|·|B| = m·k²·n, whatever the transpose flags).
+    public func matmulFlops() -> Double {
+        var total = 0.0
+        for n in nodes where "\(n.name)" == "matmul" {
+            let a = Double(n.inputs[0].value.count), b = Double(n.inputs[1].value.count), c = Double(n.output0.count)
+            guard c > 0 else { continue }
+            total += 2 * c * (a * b / c).squareRoot()
+        }
+        return total
+    }
+
     /// Node counts by operation name (for profiling).
     public func profile() -> [(name: String, count: Int)] {
         var c: [String: Int] = [:]

@@ -1,0 +1,464 @@
+import Atoms
+import Foundation
+import Potentials
+import Tape
+
+/// Settings of a pretraining run (saved as RUN_DIR/config.json; a resumed run reads them back).
+public struct PretrainOptions: Codable, Sendable, Equatable {
+    public var model = "so3krates"
+    public var features: Int?
+    public var layers: Int?
+    public var heads: Int?
+    public var maxDegree: Int?
+    public var cutoff = 5.0
+    public var radialBasis = 32
+    /// Loss weights, renormalised to sum 1 (mlff convention): total-energy MSE (eV²), force-component MSE
+    /// ((eV/Å)²), stress-component MSE ((eV/Å³)², frames with a stress label only).
+    public var energyWeight = 0.01
+    public var forceWeight = 0.99
+    public var stressWeight = 0.0
+    public var epochs = 100
+    public var learningRate = 1e-3
+    /// "plateau" (×0.5 after `schedulePatience` epochs without validation improvement), "cosine", "constant".
+    public var schedule = "plateau"
+    public var schedulePatience = 5
+    /// Structures per mini-batch (batched into one graph).
+    public var batch = 4
+    public var seed: UInt64 = 1
+    /// Validation frames taken from the training files when no validation file is given.
+    public var valFraction = 0.1
+    /// Early stopping: epochs without a better validation loss.
+    public var patience = 25
+    /// Global gradient-norm clipping (0: off).
+    public var clipNorm = 0.0
+    public var dataFiles: [String] = []
+    public var valFiles: [String] = []
+    public var testFiles: [String] = []
+    public var command = ""
+
+    public init() {}
+
+    public func validate() throws {
+        func fail(_ s: String) throws -> Never { throw PretrainError(message: s) }
+        if !["so3krates", "schnet"].contains(model) { try fail("unknown model '\(model)' (so3krates, schnet)") }
+        if dataFiles.isEmpty { try fail("no training data file") }
+        if energyWeight < 0 || forceWeight < 0 || stressWeight < 0 || energyWeight + forceWeight + stressWeight <= 0 {
+            try fail("loss weights must be ≥ 0 and not all 0")
+        }
+        if epochs < 1 || batch < 1 || patience < 1 { try fail("epochs, batch and patience must be positive") }
+        if !(learningRate > 0) { try fail("learning rate must be positive") }
+        if valFiles.isEmpty && !(valFraction > 0 && valFraction < 1) { try fail("validation fraction must be in (0, 1) when no validation file is given") }
+        if !["plateau", "cosine", "constant"].contains(schedule) { try fail("unknown schedule '\(schedule)' (plateau, cosine, constant)") }
+    }
+}
+
+public struct PretrainError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// Everything that changes during training besides the weights; with the weights it makes resuming exact.
+struct PretrainState: Codable {
+    var epoch = 0
+    var adam: Adam
+    var schedule: ScheduleState
+    var rng: SeededGenerator
+    var bestValLoss = Double.infinity
+    var bestEpoch = 0
+    var stopped = false
+    var trainIndices: [Int]
+    var valIndices: [Int]
+}
+
+/// One epoch's row of metrics.csv.
+public struct PretrainEpochMetrics: Sendable {
+    public var epoch: Int
+    public var learningRate: Double
+    public var trainLoss: Double
+    public var train: ForceFieldMetrics
+    public var valLoss: Double
+    public var val: ForceFieldMetrics
+    public var seconds: Double
+
+    static let header = "epoch,lr,train_loss,train_energy_mae_mev_atom,train_energy_rmse_mev_atom,train_force_mae,train_force_rmse,val_loss,val_energy_mae_mev_atom,val_energy_rmse_mev_atom,val_force_mae,val_force_rmse,seconds"
+
+    var csv: String {
+        func g(_ x: Double) -> String { String(format: "%.6g", x) }
+        return [String(epoch), g(learningRate), g(trainLoss), g(train.energyMAE), g(train.energyRMSE), g(train.forceMAE), g(train.forceRMSE),
+                g(valLoss), g(val.energyMAE), g(val.energyRMSE), g(val.forceMAE), g(val.forceRMSE), String(format: "%.1f", seconds)].joined(separator: ",")
+    }
+}
+
+/// Pretraining of a neural potential on DFT energies, forces (and stresses): per-element reference energies
+/// by least squares, then Adam on mini-batches with a learning-rate schedule and early stopping on the
+/// validation loss. RUN_DIR holds config.json, checkpoint.safetensors (weights, optimizer and RNG state:
+/// exact resume), last.safetensors and best.safetensors (model files with provenance) and metrics.csv.
+///
+/// Train metrics of an epoch are accumulated over its mini-batches with the weights before each update;
+/// validation metrics use the weights at the end of the epoch.
+public final class Pretrainer {
+    public let options: PretrainOptions
+    public let runDirectory: String
+    public private(set) var model: any Potential
+    var state: PretrainState
+    let frames: [Structure]
+    let lists: [NeighborList]
+    let testSets: [(String, [Structure])]
+
+    var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
+    var metricsPath: String { runDirectory + "/metrics.csv" }
+
+    /// Reads frames from structure files (extended XYZ in practice); every frame needs an energy and forces.
+    public static func loadFrames(_ paths: [String]) throws -> [Structure] {
+        var out: [Structure] = []
+        for p in paths {
+            let fs = try StructureIO.read(p)
+            for (k, f) in fs.enumerated() {
+                guard f.energy != nil else { throw PretrainError(message: "\(p): frame \(k) has no energy") }
+                guard f.forces != nil else { throw PretrainError(message: "\(p): frame \(k) has no forces") }
+            }
+            out += fs
+        }
+        return out
+    }
+
+    /// A new run: reads the data, splits it, fits reference energies, initialises the model and writes
+    /// RUN_DIR/config.json. RUN_DIR must not hold a previous run.
+    public convenience init(options: PretrainOptions, runDirectory: String) throws {
+        try options.validate()
+        let fm = FileManager.default
+        if fm.fileExists(atPath: runDirectory + "/checkpoint.safetensors") {
+            throw PretrainError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
+        }
+        try fm.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        try self.init(options: options, runDirectory: runDirectory, checkpoint: nil)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try enc.encode(options), to: runDirectory + "/config.json")
+        try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: metricsPath)
+    }
+
+    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` may raise the epoch budget.
+    public static func resume(runDirectory: String, epochs: Int? = nil) throws -> Pretrainer {
+        guard let data = FileManager.default.contents(atPath: runDirectory + "/config.json") else {
+            throw PretrainError(message: "\(runDirectory): no config.json (not a pretraining run directory)")
+        }
+        var options = try JSONDecoder().decode(PretrainOptions.self, from: data)
+        if let e = epochs { options.epochs = e }
+        let ck = runDirectory + "/checkpoint.safetensors"
+        guard FileManager.default.fileExists(atPath: ck) else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
+        return try Pretrainer(options: options, runDirectory: runDirectory, checkpoint: ck)
+    }
+
+    private init(options: PretrainOptions, runDirectory: String, checkpoint: String?) throws {
+        self.options = options
+        self.runDirectory = runDirectory
+        let train = try Self.loadFrames(options.dataFiles)
+        let val = try Self.loadFrames(options.valFiles)
+        testSets = try options.testFiles.map { ($0, try Self.loadFrames([$0])) }
+        let all = train + val
+        frames = all
+        lists = all.map { NeighborList.build($0, cutoff: options.cutoff) }
+        // Split: a validation file, or a seeded random fraction of the training frames.
+        var trainIdx = Array(0..<train.count), valIdx = Array(train.count..<frames.count)
+        if val.isEmpty {
+            var split = SeededGenerator(seed: options.seed &+ 0x5EED)
+            split.shuffle(&trainIdx)
+            let nVal = Swift.max(1, Int((Double(train.count) * options.valFraction).rounded()))
+            guard nVal < train.count else { throw PretrainError(message: "too few training frames (\(train.count)) for a validation split") }
+            valIdx = Array(trainIdx[..<nVal]).sorted()
+            trainIdx = Array(trainIdx[nVal...]).sorted()
+        }
+        let trainFrames = trainIdx.map { all[$0] }
+        let elements = Array(Set(all.flatMap(\.numbers))).sorted()
+        let ref = try Self.referenceEnergies(trainFrames, elements: elements)
+        let scale = Self.forceRMS(trainFrames)
+        var m: any Potential
+        switch options.model {
+        case "so3krates":
+            var c = SO3krates.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
+            if let f = options.features { c.features = f }
+            if let l = options.layers { c.layers = l }
+            if let h = options.heads { c.heads = h }
+            if let d = options.maxDegree { c.maxDegree = d }
+            m = try SO3krates(c, seed: options.seed)
+        default:
+            var c = SchNet.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
+            if let f = options.features { c.features = f }
+            if let l = options.layers { c.layers = l }
+            m = try SchNet(c, seed: options.seed)
+        }
+        m.parameters["atomic_energies"] = Tensor(ref)
+        let sched: LearningRateSchedule
+        switch options.schedule {
+        case "cosine": sched = .cosine(epochs: options.epochs, minFactor: 0.01)
+        case "constant": sched = .constant
+        default: sched = .reduceOnPlateau(factor: 0.5, patience: options.schedulePatience, minLearningRate: 1e-6)
+        }
+        state = PretrainState(adam: Adam(learningRate: options.learningRate), schedule: ScheduleState(sched, baseRate: options.learningRate),
+                              rng: SeededGenerator(seed: options.seed), trainIndices: trainIdx, valIndices: valIdx)
+        model = m
+        if let ck = checkpoint {
+            let (tensors, meta) = try SafeTensors.read(ck)
+            let dec = JSONDecoder()
+            dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            guard let js = meta["pretrain_state"], let saved = try? dec.decode(PretrainState.self, from: Data(js.utf8)) else {
+                throw PretrainError(message: "\(ck): no readable pretrain_state in __metadata__")
+            }
+            guard saved.trainIndices == trainIdx && saved.valIndices == valIdx else {
+                throw PretrainError(message: "\(ck): the data files no longer give the split the run was started with")
+            }
+            for (name, t) in tensors {
+                guard let old = model.parameters[name], old.shape == t.shape else { throw PretrainError(message: "\(ck): tensor '\(name)' does not fit the model") }
+                model.parameters[name] = t
+            }
+            state = saved
+            // A new epoch budget on resume re-targets a cosine schedule to it (the only state that depends
+            // on the budget); without one the run continues bit for bit.
+            if case .cosine(let old, let minFactor) = state.schedule.schedule, old != options.epochs {
+                state.schedule.schedule = .cosine(epochs: options.epochs, minFactor: minFactor)
+                state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
+            }
+            try Self.truncateMetrics(metricsPath, after: saved.epoch)
+        }
+    }
+
+    /// Per-element reference energies e_Z minimising Σ_s (E_s − Σ_Z n_sZ e_Z)² (normal equations; a tiny
+    /// ridge keeps collinear compositions solvable).
+    static func referenceEnergies(_ frames: [Structure], elements: [Int]) throws -> [Double] {
+        let k = elements.count
+        var ata = Tensor.zeros([k, k]), atb = Tensor.zeros([k])
+        for f in frames {
+            var n = [Double](repeating: 0, count: k)
+            for z in f.numbers { n[elements.firstIndex(of: z)!] += 1 }
+            for a in 0..<k {
+                atb[a] += n[a] * f.energy!
+                for b in 0..<k { ata[a, b] += n[a] * n[b] }
+            }
+        }
+        let trace = (0..<k).reduce(0.0) { $0 + ata[$1, $1] }
+        for a in 0..<k { ata[a, a] += 1e-12 * trace }
+        return try Tensor.solve(ata, atb).array
+    }
+
+    static func forceRMS(_ frames: [Structure]) -> Double {
+        var sq = 0.0, n = 0
+        for f in frames { let t = f.forces!; sq += t.dot(t); n += t.count }
+        let r = n > 0 ? (sq / Double(n)).squareRoot() : 1
+        return r > 0 ? r : 1
+    }
+
+    static func truncateMetrics(_ path: String, after epoch: Int) throws {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: path)
+            return
+        }
+        var keep: [Substring] = []
+        for line in text.split(separator: "\n") {
+            if let e = Int(line.prefix { $0 != "," }), e > epoch { continue }
+            keep.append(line)
+        }
+        try AtomicFile.write(keep.joined(separator: "\n") + "\n", to: path)
+    }
+
+    /// Batched graph of frames `idx`: system, positions, cells.
+    func batch(_ idx: [Int]) -> (AtomicSystem, Tensor, Tensor) {
+        let sys = AtomicSystem(structures: idx.map { frames[$0] }, lists: idx.map { lists[$0] })
+        let x = Tensor.concatenate(idx.map { frames[$0].positions }, axis: 0)
+        let c = Tensor.concatenate(idx.map { frames[$0].cell.reshaped([1, 3, 3]) }, axis: 0)
+        return (sys, x, c)
+    }
+
+    var lossWeights: (e: Double, f: Double, s: Double) {
+        let t = options.energyWeight + options.forceWeight + options.stressWeight
+        return (options.energyWeight / t, options.forceWeight / t, options.stressWeight / t)
+    }
+
+    /// Loss of a batch and (when `train`) its gradients w.r.t. the trainable parameters (all but the
+    /// reference energies). Forces are recorded (createGraph) so that the loss differentiates through them.
+    func lossAndGradients<P: Potential>(_ m: P, _ idx: [Int], train: Bool, metrics: inout ForceFieldMetrics.Accumulator) -> (Double, [String: Tensor]) {
+        let (sys, xv, cv) = batch(idx)
+        let w = lossWeights
+        let nS = idx.count
+        let stressIdx = w.s > 0 ? idx.enumerated().filter { frames[$0.element].stress != nil }.map(\.offset) : []
+        let tape = Tape()
+        var params: [String: Variable] = [:], leaves: [(String, Variable)] = []
+        for (k, v) in m.parameters {
+            if train && k != "atomic_energies" {
+                let l = tape.variable(v)
+                params[k] = l
+                leaves.append((k, l))
+            } else {
+                params[k] = Variable(constant: v)
+            }
+        }
+        let x = tape.variable(xv)
+        let cells = Variable(constant: cv)
+        let eps = tape.variable(Tensor.zeros([nS, 3, 3]))
+        let (xs, cs) = stressIdx.isEmpty ? (x, cells) : P.strained(sys, positions: x, cells: cells, strain: eps)
+        let e = m.energies(sys, positions: xs, cells: cs, parameters: params)
+        let g = tape.gradient(of: e.sum(), wrt: stressIdx.isEmpty ? [x] : [x, eps], createGraph: train)
+        let f = -g[0]
+        let eRef = Tensor(idx.map { frames[$0].energy! })
+        let fRef = Tensor.concatenate(idx.map { frames[$0].forces! }, axis: 0)
+        var loss = Variable(constant: 0)
+        if w.e > 0 { loss = loss + (e - eRef).squared().mean() * w.e }
+        if w.f > 0 { loss = loss + (f - fRef).squared().mean() * w.f }
+        if !stressIdx.isEmpty {
+            // σ = sym(∂E/∂ε)/V (ASE sign), compared on the frames that carry a stress label.
+            var mask = Tensor.zeros([nS, 1, 1]), vol = Tensor.ones([nS, 1, 1]), sRef = Tensor.zeros([nS, 3, 3])
+            for k in stressIdx {
+                let fr = frames[idx[k]]
+                mask[k, 0, 0] = 1
+                vol[k, 0, 0] = fr.volume
+                let st = fr.stress!
+                for a in 0..<3 { for b in 0..<3 { sRef[k, a, b] = st[a, b] } }
+            }
+            let sigma = (g[1] + g[1].permuted([0, 2, 1])) * 0.5 / vol
+            loss = loss + ((sigma - sRef) * mask).squared().sum() * (w.s / Double(9 * stressIdx.count))
+        }
+        for (k, fr) in idx.enumerated() {
+            metrics.add(atoms: fr >= 0 ? frames[fr].count : 0, energy: e.value[flat: k], reference: frames[fr].energy,
+                        forces: f.value.slice(axis: 0, sys.atomOffsets[k]..<sys.atomOffsets[k + 1]), referenceForces: frames[fr].forces)
+        }
+        guard train else { return (loss.scalar, [:]) }
+        let grads = tape.gradient(of: loss, wrt: leaves.map(\.1))
+        var out: [String: Tensor] = [:]
+        for ((name, _), gr) in zip(leaves, grads) { out[name] = gr.value }
+        return (loss.scalar, out)
+    }
+
+    /// Validation loss and metrics with the current weights.
+    func validate() -> (Double, ForceFieldMetrics) {
+        var acc = ForceFieldMetrics.Accumulator()
+        var total = 0.0
+        var start = 0
+        let v = state.valIndices
+        while start < v.count {
+            let chunk = Array(v[start..<Swift.min(start + options.batch, v.count)])
+            let (l, _) = lossAndGradients(model, chunk, train: false, metrics: &acc)
+            total += l * Double(chunk.count)
+            start += options.batch
+        }
+        return (total / Double(Swift.max(v.count, 1)), acc.metrics)
+    }
+
+    public var completedEpochs: Int { state.epoch }
+    public var stoppedEarly: Bool { state.stopped }
+    public var bestEpoch: Int { state.bestEpoch }
+
+    /// Trains until the epoch budget, early stopping, or `maxEpochsThisCall` epochs (for interruption tests).
+    /// `progress` receives a status line with ETA after every batch; `log` one line per epoch.
+    @discardableResult
+    public func run(maxEpochsThisCall: Int? = nil, progress: (String) -> Void = { _ in }, log: (String) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+        var rows: [PretrainEpochMetrics] = []
+        let startTime = Date()
+        var epochsDone = 0
+        while state.epoch < options.epochs && !state.stopped {
+            if let mx = maxEpochsThisCall, epochsDone >= mx { break }
+            let t0 = Date()
+            var order = state.trainIndices
+            state.rng.shuffle(&order)
+            var acc = ForceFieldMetrics.Accumulator()
+            var lossSum = 0.0
+            let nb = (order.count + options.batch - 1) / options.batch
+            state.adam.learningRate = state.schedule.rate
+            for b in 0..<nb {
+                let idx = Array(order[(b * options.batch)..<Swift.min((b + 1) * options.batch, order.count)])
+                let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
+                var grads = grads0
+                if options.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: options.clipNorm) }
+                var p: [String: Tensor] = [:]
+                for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
+                state.adam.update(&p, gradients: grads)
+                for (k, v) in p { model.parameters[k] = v }
+                lossSum += l * Double(idx.count)
+                let elapsed = Date().timeIntervalSince(startTime)
+                let fracDone = (Double(epochsDone) + Double(b + 1) / Double(nb)) / Double(options.epochs - state.epoch + epochsDone)
+                let eta = fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : 0
+                progress(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", state.epoch + 1, options.epochs, b + 1, nb,
+                                lossSum / Double(Swift.min((b + 1) * options.batch, order.count)), state.adam.learningRate, formatDuration(eta)))
+            }
+            let (vl, vm) = validate()
+            state.epoch += 1
+            epochsDone += 1
+            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: lossSum / Double(order.count),
+                                   train: acc.metrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
+            rows.append(row)
+            let improved = vl < state.bestValLoss
+            if improved { state.bestValLoss = vl; state.bestEpoch = state.epoch }
+            state.schedule.endEpoch(state.epoch - 1, monitored: vl)
+            if state.epoch - state.bestEpoch >= options.patience { state.stopped = true }
+            // metrics.csv first, then the checkpoint (atomic): a crash in between is repaired on resume,
+            // which drops metric rows past the checkpoint's epoch.
+            let old = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? (PretrainEpochMetrics.header + "\n")
+            try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
+            try saveCheckpoint()
+            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last"))
+            if improved { try ModelFile.save(model, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best")) }
+            log(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
+                       state.epoch, options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
+                       vl, vm.energyMAE, vm.forceMAE, vm.forceRMSE, improved ? "  *best" : "", row.seconds))
+        }
+        return rows
+    }
+
+    func saveCheckpoint() throws {
+        let enc = JSONEncoder()
+        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        let js = String(data: try enc.encode(state), encoding: .utf8)!
+        try SafeTensors.write(model.parameters.map { ($0.key, $0.value) }, metadata: ["pretrain_state": js], to: checkpointPath)
+    }
+
+    /// The command line, with the run directory by its name only (where it lived is machine-specific).
+    var recordedCommand: String {
+        let name = URL(fileURLWithPath: runDirectory).lastPathComponent
+        return options.command.replacingOccurrences(of: "--out " + runDirectory, with: "--out " + name)
+            .replacingOccurrences(of: "--out=" + runDirectory, with: "--out=" + name)
+    }
+
+    /// Provenance metadata for model files written by this run.
+    func provenance(kind: String) -> [String: String] {
+        [
+            "training_data": options.dataFiles.joined(separator: ","),
+            "training_validation": options.valFiles.isEmpty ? "fraction \(options.valFraction) of the training frames (seed \(options.seed))" : options.valFiles.joined(separator: ","),
+            "training_command": recordedCommand,
+            "training_epochs": "\(state.epoch)",
+            "training_best_epoch": "\(state.bestEpoch)",
+            "training_checkpoint": kind,
+            "training_frames": "\(state.trainIndices.count) train, \(state.valIndices.count) validation",
+            "training_loss": String(format: "energy %.4g, forces %.4g, stress %.4g (normalised weights; total-energy, force and stress MSE)",
+                                    lossWeights.e, lossWeights.f, lossWeights.s),
+            "training_best_val_loss": "\(state.bestValLoss)",
+        ]
+    }
+
+    /// Metrics of the best checkpoint on each test file (and, when `record`, written into best.safetensors).
+    public func evaluateBest(record: Bool = true) throws -> [(String, ForceFieldMetrics)] {
+        let path = runDirectory + "/best.safetensors"
+        let (best, meta) = try ModelFile.load(path)
+        var out: [(String, ForceFieldMetrics)] = []
+        var extra = meta
+        extra["training_command"] = recordedCommand
+        for (file, fs) in testSets {
+            let m = ForceFieldMetrics.compute(potential: best, frames: fs)
+            out.append((file, m))
+            let stem = URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
+            extra["test_\(stem)"] = String(format: "energy MAE %.2f meV/atom, RMSE %.2f; force MAE %.4f eV/Å, RMSE %.4f (%d frames)",
+                                           m.energyMAE, m.energyRMSE, m.forceMAE, m.forceRMSE, m.frames)
+        }
+        if record && !testSets.isEmpty {
+            extra["relaxft_kind"] = nil
+            try ModelFile.save(best, to: path, extraMetadata: extra)
+        }
+        return out
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite && s >= 0 else { return "?" }
+    let t = Int(s.rounded())
+    if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
+    if t >= 60 { return String(format: "%dm%02ds", t / 60, t % 60) }
+    return "\(t)s"
+}

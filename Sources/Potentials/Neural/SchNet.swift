@@ -1,0 +1,110 @@
+import Atoms
+import Foundation
+import Tape
+
+/// SchNet (Schütt et al., J. Chem. Phys. 148, 241722 (2018); NeurIPS 2017), the invariant baseline.
+///
+/// x_i = Embed(Z_i) ∈ ℝ^F; per interaction block (residual, Eq. 5):
+///   W_ij = Dense(ssp(Dense(g(d_ij)))) · φ_cut(d_ij)         (filter network on the Gaussian basis g, K functions)
+///   m_i  = Σ_j (x_j W_in) ⊙ W_ij                            (continuous-filter convolution, Eq. 3)
+///   x_i += Dense(ssp(Dense(m_i)))
+/// Energy E = Σ_i (s · Dense(ssp(Dense_{F→F/2}(x_i))) + e_Z(i)), ssp(x) = ln(1 + eˣ) − ln 2. The cosine
+/// cutoff on the filter (SchNetPack's `CosineCutoff`) makes the energy C¹ at r_c.
+public struct SchNet: Potential {
+    public struct Config: Sendable, Equatable {
+        public var features = 64
+        public var layers = 3
+        public var cutoff = 5.0
+        public var radialBasis = 32
+        public var elements = [14]
+        public var energyScale = 1.0
+
+        public init(features: Int = 64, layers: Int = 3, cutoff: Double = 5, radialBasis: Int = 32, elements: [Int] = [14], energyScale: Double = 1) {
+            self.features = features
+            self.layers = layers
+            self.cutoff = cutoff
+            self.radialBasis = radialBasis
+            self.elements = elements
+            self.energyScale = energyScale
+        }
+
+        var shared: SharedHyperparameters {
+            SharedHyperparameters(features: features, layers: layers, cutoff: cutoff, radialBasis: radialBasis, elements: elements, energyScale: energyScale)
+        }
+
+        public func validate() throws { try shared.validate("schnet", minFeatures: 2) }
+    }
+
+    public var parameters: OrderedDictionary<Tensor>
+    public let config: Config
+    public var provenance: [String: String] = [:]
+    let species: SpeciesTable
+
+    public var kind: String { "schnet" }
+    public var cutoff: Double { config.cutoff }
+
+    public init(_ config: Config, seed: UInt64 = 0) throws {
+        try config.validate()
+        self.config = config
+        species = SpeciesTable(config.elements)
+        parameters = Self.initialParameters(config, seed: seed)
+    }
+
+    public init(_ config: Config, parameters: OrderedDictionary<Tensor>, provenance: [String: String] = [:]) throws {
+        try config.validate()
+        try checkShapes(parameters, against: Self.initialParameters(config, seed: 0), kind: "schnet")
+        self.config = config
+        self.parameters = parameters
+        self.provenance = provenance
+        species = SpeciesTable(config.elements)
+    }
+
+    static func initialParameters(_ c: Config, seed: UInt64) -> OrderedDictionary<Tensor> {
+        var p = ParameterInit(seed: seed)
+        let f = c.features
+        p.set("embedding", p.rng.normalTensor([c.elements.count, f]))
+        for l in 0..<c.layers {
+            let pre = "interactions.\(l)"
+            p.dense("\(pre).filter0", c.radialBasis, f)
+            p.dense("\(pre).filter1", f, f)
+            p.dense("\(pre).in2f", f, f, bias: false)
+            p.dense("\(pre).f2out0", f, f)
+            p.dense("\(pre).f2out1", f, f)
+        }
+        p.dense("readout.0", f, f / 2)
+        p.dense("readout.1", f / 2, 1, gain: 0.1)
+        p.set("atomic_energies", Tensor.zeros([c.elements.count]))
+        return p.parameters
+    }
+
+    public var metadata: [String: String] { config.shared.metadata(basis: "gaussian", provenance: provenance) }
+
+    static func load(_ p: OrderedDictionary<Tensor>, _ m: [String: String]) throws -> any Potential {
+        let h = try SharedHyperparameters.read(m, kind: "schnet", basis: "gaussian")
+        let config = Config(features: h.features, layers: h.layers, cutoff: h.cutoff, radialBasis: h.radialBasis,
+                            elements: h.elements, energyScale: h.energyScale)
+        return try SchNet(config, parameters: p, provenance: m.filter { !SharedHyperparameters.keys.contains($0.key) })
+    }
+
+    public func energies(_ system: AtomicSystem, positions: Variable, cells: Variable, parameters p: [String: Variable]) -> Variable {
+        let c = config
+        let n = system.atomCount
+        let spec = species.indices(system.numbers, model: "schnet")
+        var x = p["embedding"]!.gatherRows(spec)
+        let geo = PairGeometry(system, positions: positions, cells: cells, cutoff: c.cutoff)
+        let sys = geo.system
+        if sys.pairs.pairCount > 0 && c.layers > 0 {
+            let ii = sys.pairs.first, jj = sys.pairs.second
+            let rbf = gaussianBasis(geo.distances, cutoff: c.cutoff, count: c.radialBasis)
+            for l in 0..<c.layers {
+                let pre = "interactions.\(l)"
+                let w = dense(shiftedSoftplus(dense(rbf, p, "\(pre).filter0")), p, "\(pre).filter1") * geo.cutoffWeights
+                let m = (dense(x, p, "\(pre).in2f").gatherRows(jj) * w).scatterAddRows(ii, count: n)
+                x = x + dense(shiftedSoftplus(dense(m, p, "\(pre).f2out0")), p, "\(pre).f2out1")
+            }
+        }
+        let atomE = dense(shiftedSoftplus(dense(x, p, "readout.0")), p, "readout.1") * c.energyScale
+            + p["atomic_energies"]!.gatherRows(spec).reshaped([n, 1])
+        return system.sumPerStructure(atomE)
+    }
+}

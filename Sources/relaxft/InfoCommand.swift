@@ -1,0 +1,39 @@
+import Foundation
+import Potentials
+import Tape
+
+let infoCommand = Command(
+    spec: CommandSpec(
+        name: "info", summary: "print a model file's architecture, parameter count, elements, cutoff and provenance",
+        usage: "MODEL.safetensors", options: []),
+    run: runInfo)
+
+func runInfo(_ args: ParsedArguments) throws -> Int32 {
+    guard args.positionals.count == 1 else { throw UsageError(command: "info", message: "expected one model file, got \(args.positionals.count) arguments") }
+    let path = args.positionals[0]
+    guard FileManager.default.fileExists(atPath: path) else { throw UsageError(command: "info", message: "model file '\(path)' not found") }
+    let (model, meta) = try ModelFile.load(path)
+    let (tensors, _) = try SafeTensors.read(path)
+    print("model:       \(path)")
+    print("kind:        \(model.kind)")
+    print("parameters:  \(model.parameterCount) in \(tensors.count) tensors")
+    print(String(format: "cutoff:      %.4g Å", model.cutoff))
+    if let e = meta["elements"] { print("elements:    \(e)") }
+    let architectureKeys = ["features", "layers", "heads", "degrees", "radial_basis", "radial_basis_size", "cutoff_function", "energy_scale"]
+    let arch = architectureKeys.compactMap { k in meta[k].map { "\(k)=\($0)" } }
+    if !arch.isEmpty { print("architecture: \(arch.joined(separator: ", "))") }
+    if let ref = model.parameters["atomic_energies"] { print("reference energies (eV): \(ref.array.map { String(format: "%.6f", $0) }.joined(separator: ", "))") }
+    let shown = Set(architectureKeys + ["elements", "relaxft_kind", "cutoff"])
+    let rest = meta.keys.filter { !shown.contains($0) }.sorted()
+    let training = rest.filter { $0.hasPrefix("training_") || $0.hasPrefix("test_") }
+    let other = rest.filter { !training.contains($0) }
+    if !other.isEmpty {
+        print("settings:")
+        for k in other { print("  \(k): \(meta[k]!)") }
+    }
+    if !training.isEmpty {
+        print("provenance:")
+        for k in training { print("  \(k): \(meta[k]!)") }
+    }
+    return 0
+}

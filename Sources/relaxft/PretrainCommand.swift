@@ -1,0 +1,110 @@
+import FineTune
+import Foundation
+import Potentials
+import Tape
+
+let pretrainCommand = Command(
+    spec: CommandSpec(
+        name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces",
+        usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] --model so3krates|schnet --out RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
+        options: [
+            OptionSpec("--data", value: "FILE", help: "training frames, extended XYZ with energy and forces (repeatable)"),
+            OptionSpec("--val", value: "FILE", help: "validation frames (repeatable); else a random fraction of --data"),
+            OptionSpec("--val-fraction", value: "F", default: "0.1", help: "validation fraction when no --val is given"),
+            OptionSpec("--test", value: "FILE", help: "test frames evaluated with the best model at the end (repeatable)"),
+            OptionSpec("--model", value: "KIND", default: "so3krates", help: "so3krates or schnet"),
+            OptionSpec("--features", value: "F", help: "invariant features (so3krates 48, schnet 64)"),
+            OptionSpec("--layers", value: "L", help: "layers / interaction blocks (so3krates 2, schnet 3)"),
+            OptionSpec("--heads", value: "H", help: "so3krates: invariant attention heads (4)"),
+            OptionSpec("--max-degree", value: "L", help: "so3krates: Euclidean variables of degrees 1…L (3)"),
+            OptionSpec("--cutoff", value: "Å", default: "5", help: "interaction cutoff"),
+            OptionSpec("--radial-basis", value: "K", default: "32", help: "radial basis functions"),
+            OptionSpec("--energy-weight", value: "W", default: "0.01", help: "weight of the total-energy MSE (eV²)"),
+            OptionSpec("--force-weight", value: "W", default: "0.99", help: "weight of the force MSE ((eV/Å)²)"),
+            OptionSpec("--stress-weight", value: "W", default: "0", help: "weight of the stress MSE ((eV/Å³)², frames with stress)"),
+            OptionSpec("--epochs", value: "N", help: "epoch budget (default 100; on --resume a new budget, which re-targets a cosine schedule)"),
+            OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
+            OptionSpec("--schedule", value: "S", default: "plateau", help: "plateau (×0.5 after --schedule-patience epochs), cosine, constant"),
+            OptionSpec("--schedule-patience", value: "N", default: "5", help: "epochs without validation improvement before the rate halves"),
+            OptionSpec("--patience", value: "N", default: "25", help: "early stopping: epochs without validation improvement"),
+            OptionSpec("--clip", value: "NORM", default: "0", help: "global gradient-norm clipping (0: off)"),
+            OptionSpec("--batch", value: "N", default: "4", help: "structures per mini-batch"),
+            OptionSpec("--seed", value: "N", default: "1", help: "seed of the initialisation, split and shuffling"),
+            OptionSpec("--out", value: "RUN_DIR", help: "run directory (checkpoints, metrics.csv)"),
+            OptionSpec("--resume", value: "RUN_DIR", help: "continue the run in RUN_DIR exactly where it stopped"),
+        ],
+        details: """
+            Reference energies per element are fitted by least squares first; then Adam on mini-batches (several
+            structures batched into one graph), loss = w_E·MSE(E) + w_F·MSE(F) [+ w_S·MSE(σ)] with weights renormalised
+            to sum 1. RUN_DIR gets config.json, metrics.csv (energy MAE/RMSE in meV/atom, force MAE/RMSE in eV/Å, train
+            and validation, per epoch), best.safetensors and last.safetensors (model files with provenance), and
+            checkpoint.safetensors (weights, Adam and RNG state) from which --resume continues bit for bit.
+            """),
+    run: runPretrain)
+
+func runPretrain(_ args: ParsedArguments) throws -> Int32 {
+    let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
+    let trainer: Pretrainer
+    do {
+        if let dir = args.string("resume") {
+            for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out"] where args.values[o] != nil {
+                throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
+            }
+            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
+            print("resuming \(dir) after epoch \(trainer.completedEpochs)")
+        } else {
+            let data = args.strings("data")
+            guard !data.isEmpty else { throw UsageError(command: "pretrain", message: "--data FILE is required") }
+            guard let out = args.string("out") else { throw UsageError(command: "pretrain", message: "--out RUN_DIR is required") }
+            for f in data + args.strings("val") + args.strings("test") where !FileManager.default.fileExists(atPath: f) {
+                throw UsageError(command: "pretrain", message: "file '\(f)' not found")
+            }
+            var o = PretrainOptions()
+            o.model = args.string("model")!
+            o.features = try args.positiveInt("features")
+            o.layers = try args.int("layers")
+            o.heads = try args.positiveInt("heads")
+            o.maxDegree = try args.positiveInt("max-degree")
+            o.cutoff = try args.positiveDouble("cutoff")!
+            o.radialBasis = try args.positiveInt("radial-basis")!
+            o.energyWeight = try args.double("energy-weight")!
+            o.forceWeight = try args.double("force-weight")!
+            o.stressWeight = try args.double("stress-weight")!
+            o.epochs = try args.positiveInt("epochs") ?? 100
+            o.learningRate = try args.positiveDouble("lr")!
+            o.schedule = args.string("schedule")!
+            o.schedulePatience = try args.positiveInt("schedule-patience")!
+            o.patience = try args.positiveInt("patience")!
+            o.clipNorm = try args.double("clip")!
+            o.batch = try args.positiveInt("batch")!
+            guard let seed = UInt64(args.string("seed")!) else { throw UsageError(command: "pretrain", message: "--seed expects a non-negative integer") }
+            o.seed = seed
+            o.valFraction = try args.double("val-fraction")!
+            o.dataFiles = data
+            o.valFiles = args.strings("val")
+            o.testFiles = args.strings("test")
+            o.command = command
+            do { try o.validate() } catch let e as PretrainError { throw UsageError(command: "pretrain", message: e.message) }
+            trainer = try Pretrainer(options: o, runDirectory: out)
+            print("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
+        }
+    }
+    let tty = isatty(2) != 0
+    var lastProgress = Date.distantPast
+    try trainer.run(progress: { line in
+        // On a terminal a live line; in a log file one progress line per minute.
+        if tty {
+            FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
+        } else if Date().timeIntervalSince(lastProgress) > 60 {
+            lastProgress = Date()
+            FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+        }
+    }, log: { line in
+        if tty { FileHandle.standardError.write("\r\u{1B}[K".data(using: .utf8)!) }
+        FileHandle.standardOutput.write((line + "\n").data(using: .utf8)!)
+    })
+    if trainer.stoppedEarly { print("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
+    for (file, m) in try trainer.evaluateBest() { print("test \(file): \(m)") }
+    print("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
+    return 0
+}
