@@ -57,13 +57,20 @@ public struct RelaxationExample: Sendable {
     public var initial: Structure
     public var target: Tensor
     public var targetEnergy: Double?
+    /// Reference energy of the initial structure (eV), when known: with `targetEnergy` it gives the reference
+    /// relaxation energy, which (unlike absolute energies) compares across DFT codes and pseudopotentials.
+    public var initialEnergy: Double?
+    /// A label for grouping results, e.g. the defect kind.
+    public var group: String?
 
-    public init(name: String, initial: Structure, target: Tensor, targetEnergy: Double? = nil) {
+    public init(name: String, initial: Structure, target: Tensor, targetEnergy: Double? = nil, initialEnergy: Double? = nil, group: String? = nil) {
         precondition(target.shape == initial.positions.shape, "target positions must have shape \(initial.positions.shape)")
         self.name = name
         self.initial = initial
         self.target = target
         self.targetEnergy = targetEnergy
+        self.initialEnergy = initialEnergy
+        self.group = group
     }
 }
 

@@ -25,7 +25,9 @@ public enum RelaxationDataset {
             var initial = s
             initial.arrays["pos_relaxed"] = nil
             let name = s.info["name"]?.stringValue ?? s.info["structure_id"]?.description ?? "\(source)#\(k)"
-            return RelaxationExample(name: name, initial: initial, target: t, targetEnergy: s.info["energy_relaxed"]?.doubleValue)
+            return RelaxationExample(name: name, initial: initial, target: t, targetEnergy: s.info["energy_relaxed"]?.doubleValue,
+                                     initialEnergy: s.info["energy_initial"]?.doubleValue,
+                                     group: s.info["defect"]?.stringValue ?? s.info["kind"]?.stringValue)
         }
     }
 

@@ -46,6 +46,7 @@ extension JSONEncoder {
 /// Outcome of relaxing one example with a model.
 public struct ExampleEvaluation: Codable, Sendable {
     public var name: String
+    public var group: String?
     public var deltaQ: Double
     public var initialDeltaQ: Double
     public var rmsd: Double
@@ -53,13 +54,35 @@ public struct ExampleEvaluation: Codable, Sendable {
     public var fmax: Double
     public var steps: Int
     public var energy: Double
-    /// Model energy at the relaxed structure minus the reference relaxed energy, per atom (when known).
+    /// Model energy at the relaxed structure minus the reference relaxed energy, per atom (when known). Only
+    /// meaningful when model and reference share an energy zero (same DFT code and settings).
     public var energyErrorPerAtom: Double?
+    /// Model relaxation energy minus the reference one, (E_final − E_initial)_model − (E_relaxed − E_initial)_ref
+    /// in eV (when both reference energies are known): the energy error at the relaxed structure measured from
+    /// the initial one, independent of the energy zero.
+    public var relaxationEnergyError: Double?
+    /// Bonds present in only one of the final and the reference structure (see `BondingTopology`).
+    public var differingBonds: Int
+    /// Same basin as the reference: ΔQ below the basin threshold and the same bonding topology.
+    public var sameBasin: Bool
+}
+
+/// The "same basin as the reference" criterion of `relaxft evaluate`.
+public struct BasinCriterion: Codable, Sendable, Equatable {
+    /// ΔQ (amu^½·Å) below which a structure may count as in the reference's basin.
+    public var deltaQ: Double
+    /// Bond cut-off factor on the sum of covalent radii.
+    public var bondScale: Double
+
+    public init(deltaQ: Double = 1.0, bondScale: Double = BondingTopology.defaultScale) {
+        self.deltaQ = deltaQ
+        self.bondScale = bondScale
+    }
 }
 
 /// Relaxes every example with `potential` under `protocol` (on `threads` threads) and scores the result.
 public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any Potential, protocol p: RelaxationProtocol,
-                                threads: Int = 1) throws -> [ExampleEvaluation] {
+                                threads: Int = 1, basin: BasinCriterion = BasinCriterion()) throws -> [ExampleEvaluation] {
     let relaxer = try p.makeRelaxer()
     return parallelMap(examples.count, threads: threads) { i in
         let ex = examples[i]
@@ -73,7 +96,11 @@ public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any 
         let dq0 = StructureLoss.deltaQ(Variable(constant: s.positions), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
         let rmsd = StructureLoss.rmsd(Variable(constant: x), target: ex.target, cell: s.cell, pbc: s.pbc).scalar
         let eErr = ex.targetEnergy.map { (r.finalEnergy - $0) / Double(s.count) }
-        return ExampleEvaluation(name: ex.name, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd, converged: r.fmax < p.convergedFmax,
-                                 fmax: r.fmax, steps: r.steps, energy: r.finalEnergy, energyErrorPerAtom: eErr)
+        var relaxErr: Double? = nil
+        if let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
+        let bonds = BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale)
+        return ExampleEvaluation(name: ex.name, group: ex.group, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd, converged: r.fmax < p.convergedFmax,
+                                 fmax: r.fmax, steps: r.steps, energy: r.finalEnergy, energyErrorPerAtom: eErr,
+                                 relaxationEnergyError: relaxErr, differingBonds: bonds, sameBasin: bonds == 0 && dq < basin.deltaQ)
     }
 }
