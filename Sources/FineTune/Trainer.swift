@@ -24,6 +24,8 @@ public struct FineTuneConfig: Codable, Sendable {
     public var relaxerLearningRate: Double? = nil
     public var batchSize: Int = 4
     public var validationFraction: Double = 0.2
+    /// Validation structure files (used instead of a random fraction of the training data when given).
+    public var validationData: [String]? = nil
     public var seed: UInt64 = 0
     public var schedule: String = "constant"
     public var clipNorm: Double = 0
@@ -81,8 +83,13 @@ public struct FineTuneSummary: Codable, Sendable {
     public var val_dq_median_after: Double?
     public var epochs: Int
     public var best_epoch: Int?
+    /// Training time summed over epochs (all sessions of a resumed run).
     public var seconds: Double
+    /// Peak resident set size of the process that wrote the summary (MB).
     public var peak_rss_mb: Double
+    /// Wall and CPU time (user + system) of that process, set by the command (includes the evaluations).
+    public var wall_seconds: Double? = nil
+    public var cpu_seconds: Double? = nil
     public var skipped_steps: Int
     public var stopped_early: Bool
     public var relaxer_hyperparameters: [String: Double]
@@ -102,7 +109,10 @@ public final class FineTuner {
     let baseRelaxer: any Relaxer
     let trainable: [String]
 
-    public init(config: FineTuneConfig, potential: any Potential, examples: [RelaxationExample], runDirectory: String) throws {
+    /// `validationExamples`: a separate validation set (e.g. the val split of a dataset); nil takes a seeded
+    /// fraction `config.validationFraction` of `examples`.
+    public init(config: FineTuneConfig, potential: any Potential, examples: [RelaxationExample], validationExamples: [RelaxationExample]? = nil,
+                runDirectory: String) throws {
         self.config = config
         self.runDirectory = runDirectory
         self.potential = potential
@@ -119,9 +129,14 @@ public final class FineTuner {
         } else {
             trainable = all
         }
-        let split = RelaxationDataset.split(count: examples.count, validationFraction: config.validationFraction, seed: config.seed)
-        train = split.train.map { examples[$0] }
-        validation = split.validation.map { examples[$0] }
+        if let v = validationExamples {
+            train = examples
+            validation = v
+        } else {
+            let split = RelaxationDataset.split(count: examples.count, validationFraction: config.validationFraction, seed: config.seed)
+            train = split.train.map { examples[$0] }
+            validation = split.validation.map { examples[$0] }
+        }
         guard !train.isEmpty else { throw DatasetError(message: "no training examples (\(examples.count) in the data)") }
         var hyper: [String: Double] = [:]
         for (k, v) in baseRelaxer.hyperparameters { hyper[k] = v }
@@ -330,4 +345,13 @@ public func peakResidentMegabytes() -> Double {
     var ru = rusage()
     getrusage(RUSAGE_SELF.rawValue, &ru)
     return Double(ru.ru_maxrss) / 1024
+}
+
+/// CPU time (user + system, all threads) used by this process so far, in seconds: on a shared machine a
+/// steadier measure of training cost than wall time.
+public func processCPUSeconds() -> Double {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &ru)
+    func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) * 1e-6 }
+    return s(ru.ru_utime) + s(ru.ru_stime)
 }

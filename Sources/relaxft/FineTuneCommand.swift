@@ -32,6 +32,7 @@ let finetuneCommand = Command(
             OptionSpec("--clip", value: "NORM", default: "0", help: "clip the gradient's global norm (0: off)"),
             OptionSpec("--weight-decay", value: "W", default: "0", help: "AdamW decoupled weight decay"),
             OptionSpec("--patience", value: "N", default: "0", help: "stop after N epochs without validation improvement (0: never)"),
+            OptionSpec("--val", value: "FILE", help: "validation structures (extended XYZ with pos_relaxed; repeatable) instead of --val-fraction"),
             OptionSpec("--val-fraction", value: "F", default: "0.2", help: "fraction of structures held out for validation"),
             OptionSpec("--seed", value: "N", default: "0", help: "seed of the split and the batch order"),
             OptionSpec("--threads", value: "N", help: "structures relaxed in parallel (default: number of cores)"),
@@ -44,7 +45,8 @@ let finetuneCommand = Command(
             The loss is the mass-weighted ΔQ = sqrt(Σ m_j |x_j − x*_j|²) (amu^½·Å, minimum image) between the structure after
             T relaxer steps and the reference relaxed structure, averaged over a batch. RUN_DIR receives best.safetensors
             (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv and
-            state.json (for --resume).
+            state.json (for --resume); at the end summary.json (ΔQ before/after, best epoch, training cost: wall and CPU
+            seconds and peak resident memory of the process).
             """),
     run: runFinetune)
 
@@ -82,6 +84,7 @@ func formatDuration(_ s: Double) -> String {
 
 func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     let cmd = "finetune"
+    let started = Date()
     var config: FineTuneConfig
     let runDir: String
     let resuming = a.string("resume") != nil
@@ -121,6 +124,8 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.weightDecay = try a.double("weight-decay")!
         config.patience = try a.int("patience")!
         config.validationFraction = try a.double("val-fraction")!
+        let val = a.strings("val")
+        config.validationData = val.isEmpty ? nil : val
         guard (0..<1).contains(config.validationFraction) else { throw UsageError(command: cmd, message: "--val-fraction must be in [0, 1)") }
         config.seed = UInt64(try a.int("seed")!)
         config.threads = try a.positiveInt("threads") ?? defaultThreadCount
@@ -132,7 +137,12 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     }
     let potential = try PotentialSpec.parse(config.pretrained)
     let examples = try loadExamples(data: config.data, initial: config.initial, target: config.target, command: cmd)
-    let trainer = try FineTuner(config: config, potential: potential, examples: examples, runDirectory: runDir)
+    try checkElements(potential, spec: config.pretrained, numbers: examples.map(\.initial.numbers), names: examples.map(\.name), command: cmd)
+    let validation = try config.validationData.map { try loadExamples(data: $0, initial: nil, target: nil, command: cmd) }
+    if let v = validation {
+        try checkElements(potential, spec: config.pretrained, numbers: v.map(\.initial.numbers), names: v.map(\.name), command: cmd)
+    }
+    let trainer = try FineTuner(config: config, potential: potential, examples: examples, validationExamples: validation, runDirectory: runDir)
     if resuming {
         try trainer.resume()
     } else {
@@ -143,7 +153,7 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     if !quiet {
         log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
     }
-    let summary = try trainer.run { m, eta in
+    var summary = try trainer.run { m, eta in
         guard !quiet else { return }
         var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, config.epochs, m.trainDQMean, m.trainDQMedian)
         if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
@@ -153,6 +163,12 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
         log(line)
     }
+    // Training cost beside the results, for reports and sweep tables (this process: a resumed run counts its
+    // last session here; `seconds` sums the epochs of all sessions).
+    summary.wall_seconds = Date().timeIntervalSince(started)
+    summary.cpu_seconds = processCPUSeconds()
+    summary.peak_rss_mb = peakResidentMegabytes()
+    try AtomicFile.write(try JSONEncoder.pretty.encode(summary), to: runDir + "/summary.json")
     if a.has("json") {
         print(String(decoding: try JSONEncoder.pretty.encode(summary), as: UTF8.self))
     } else if !quiet {
