@@ -35,12 +35,23 @@ public struct PretrainOptions: Codable, Sendable, Equatable {
     public var valFiles: [String] = []
     public var testFiles: [String] = []
     public var command = ""
+    /// Warm start: a model file (so3krates, schnet or chgnet) whose architecture and weights training starts
+    /// from, instead of a new model (conventional fine-tuning on energies and forces).
+    public var initModel: String? = nil
+    /// With `initModel`: shift the per-element reference energies by a least-squares fit of the training
+    /// energies' residuals before training (needed when the data's energy zero differs from the model's, e.g.
+    /// another DFT code); without it the model's reference energies are kept.
+    public var refitReferenceEnergies: Bool? = nil
 
     public init() {}
 
     public func validate() throws {
         func fail(_ s: String) throws -> Never { throw PretrainError(message: s) }
-        if !["so3krates", "schnet"].contains(model) { try fail("unknown model '\(model)' (so3krates, schnet)") }
+        if initModel == nil && !["so3krates", "schnet"].contains(model) { try fail("unknown model '\(model)' (so3krates, schnet)") }
+        if initModel != nil && (features != nil || layers != nil || heads != nil || maxDegree != nil) {
+            try fail("the architecture comes from the initial model; leave out features, layers, heads and max-degree")
+        }
+        if initModel == nil && refitReferenceEnergies == true { try fail("refitting reference energies needs an initial model") }
         if dataFiles.isEmpty { try fail("no training data file") }
         if energyWeight < 0 || forceWeight < 0 || stressWeight < 0 || energyWeight + forceWeight + stressWeight <= 0 {
             try fail("loss weights must be ≥ 0 and not all 0")
@@ -103,6 +114,8 @@ public final class Pretrainer {
     var state: PretrainState
     let frames: [Structure]
     let lists: [NeighborList]
+    /// The per-element reference energies, which are fitted, not trained.
+    let referenceParameter: String
     let testSets: [(String, [Structure])]
 
     var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
@@ -158,7 +171,6 @@ public final class Pretrainer {
         testSets = try options.testFiles.map { ($0, try Self.loadFrames([$0])) }
         let all = train + val
         frames = all
-        lists = all.map { NeighborList.build($0, cutoff: options.cutoff) }
         // Split: a validation file, or a seeded random fraction of the training frames.
         var trainIdx = Array(0..<train.count), valIdx = Array(train.count..<frames.count)
         if val.isEmpty {
@@ -170,25 +182,43 @@ public final class Pretrainer {
             trainIdx = Array(trainIdx[nVal...]).sorted()
         }
         let trainFrames = trainIdx.map { all[$0] }
-        let elements = Array(Set(all.flatMap(\.numbers))).sorted()
-        let ref = try Self.referenceEnergies(trainFrames, elements: elements)
-        let scale = Self.forceRMS(trainFrames)
         var m: any Potential
-        switch options.model {
-        case "so3krates":
-            var c = SO3krates.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
-            if let f = options.features { c.features = f }
-            if let l = options.layers { c.layers = l }
-            if let h = options.heads { c.heads = h }
-            if let d = options.maxDegree { c.maxDegree = d }
-            m = try SO3krates(c, seed: options.seed)
-        default:
-            var c = SchNet.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
-            if let f = options.features { c.features = f }
-            if let l = options.layers { c.layers = l }
-            m = try SchNet(c, seed: options.seed)
+        if let path = options.initModel {
+            m = try ModelFile.load(path).potential
+            guard Self.referenceEnergies(of: m) != nil else {
+                throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet)")
+            }
+            let dataElements = Set(all.flatMap(\.numbers))
+            if let known = Self.modelElements(m) {
+                let missing = dataElements.subtracting(known)
+                if !missing.isEmpty {
+                    throw PretrainError(message: "the data contains \(missing.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")), which \(path) does not know (its elements: \(known.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")))")
+                }
+            }
+            if options.refitReferenceEnergies == true && checkpoint == nil { try Self.refitReferenceEnergies(&m, frames: trainFrames) }
+        } else {
+            let elements = Array(Set(all.flatMap(\.numbers))).sorted()
+            let ref = try Self.referenceEnergies(trainFrames, elements: elements)
+            let scale = Self.forceRMS(trainFrames)
+            switch options.model {
+            case "so3krates":
+                var c = SO3krates.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
+                if let f = options.features { c.features = f }
+                if let l = options.layers { c.layers = l }
+                if let h = options.heads { c.heads = h }
+                if let d = options.maxDegree { c.maxDegree = d }
+                m = try SO3krates(c, seed: options.seed)
+            default:
+                var c = SchNet.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
+                if let f = options.features { c.features = f }
+                if let l = options.layers { c.layers = l }
+                m = try SchNet(c, seed: options.seed)
+            }
+            m.parameters["atomic_energies"] = Tensor(ref)
         }
-        m.parameters["atomic_energies"] = Tensor(ref)
+        referenceParameter = Self.referenceEnergies(of: m)!.name
+        let cutoff = m.cutoff
+        lists = all.map { NeighborList.build($0, cutoff: cutoff) }
         let sched: LearningRateSchedule
         switch options.schedule {
         case "cosine": sched = .cosine(epochs: options.epochs, minFactor: 0.01)
@@ -248,6 +278,54 @@ public final class Pretrainer {
         return r > 0 ? r : 1
     }
 
+    /// The per-element reference-energy parameter of a model and the index of element Z in it (nil for kinds
+    /// that cannot be trained here).
+    static func referenceEnergies(of m: any Potential) -> (name: String, index: (Int) -> Int?)? {
+        switch m.kind {
+        case "so3krates", "schnet":
+            // In the model's element order (the metadata lists them in that order).
+            let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
+            return ("atomic_energies", { z in els.firstIndex(of: z) })
+        case "chgnet":
+            // AtomRef: one weight per atomic number, Z − 1.
+            return ("composition_model.fc.weight", { z in z >= 1 ? z - 1 : nil })
+        default:
+            return nil
+        }
+    }
+
+    /// Elements a model declares in its metadata (nil: no list, e.g. CHGNet's H–Pu).
+    static func modelElements(_ m: any Potential) -> Set<Int>? {
+        guard let s = m.metadata["elements"] else { return nil }
+        let zs = s.split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
+        return zs.isEmpty ? nil : Set(zs)
+    }
+
+    /// Shifts a model's per-element reference energies by the least-squares fit of E_ref − E_model over
+    /// `frames` (forces are unchanged). A warm start on data from another DFT code would otherwise spend its
+    /// first epochs, and its energy loss, on a constant per-atom offset.
+    static func refitReferenceEnergies(_ m: inout any Potential, frames: [Structure]) throws {
+        guard let (name, index) = referenceEnergies(of: m) else { return }
+        let elements = Array(Set(frames.flatMap(\.numbers))).sorted()
+        var residual = frames
+        var start = 0
+        while start < frames.count {
+            let chunk = Array(frames[start..<Swift.min(start + 8, frames.count)])
+            let sys = AtomicSystem(structures: chunk, lists: chunk.map { NeighborList.build($0, cutoff: m.cutoff) })
+            let e = m.evaluate(sys, positions: Tensor.concatenate(chunk.map(\.positions), axis: 0),
+                               cells: Tensor.concatenate(chunk.map { $0.cell.reshaped([1, 3, 3]) }, axis: 0)).energies
+            for k in chunk.indices { residual[start + k].energy = chunk[k].energy! - e[flat: k] }
+            start += 8
+        }
+        let shift = try referenceEnergies(residual, elements: elements)
+        var w = m.parameters[name]!
+        for (k, z) in elements.enumerated() {
+            guard let i = index(z), i < w.count else { throw PretrainError(message: "the model has no reference energy for \(Elements.symbols[z])") }
+            w[flat: i] += shift[k]
+        }
+        m.parameters[name] = w
+    }
+
     static func truncateMetrics(_ path: String, after epoch: Int) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: path)
@@ -284,7 +362,7 @@ public final class Pretrainer {
         let tape = Tape()
         var params: [String: Variable] = [:], leaves: [(String, Variable)] = []
         for (k, v) in m.parameters {
-            if train && k != "atomic_energies" {
+            if train && k != referenceParameter {
                 let l = tape.variable(v)
                 params[k] = l
                 leaves.append((k, l))
@@ -343,6 +421,11 @@ public final class Pretrainer {
         return (total / Double(Swift.max(v.count, 1)), acc.metrics)
     }
 
+    /// Validation loss and energy/force errors of the current weights.
+    public func validationMetrics() -> (loss: Double, metrics: ForceFieldMetrics) { validate() }
+
+    public var trainFrameCount: Int { state.trainIndices.count }
+    public var validationFrameCount: Int { state.valIndices.count }
     public var completedEpochs: Int { state.epoch }
     public var stoppedEarly: Bool { state.stopped }
     public var bestEpoch: Int { state.bestEpoch }
@@ -430,7 +513,8 @@ public final class Pretrainer {
             "training_loss": String(format: "energy %.4g, forces %.4g, stress %.4g (normalised weights; total-energy, force and stress MSE)",
                                     lossWeights.e, lossWeights.f, lossWeights.s),
             "training_best_val_loss": "\(state.bestValLoss)",
-        ]
+            "training_init": options.initModel.map { URL(fileURLWithPath: $0).lastPathComponent + (options.refitReferenceEnergies == true ? " (reference energies refitted)" : "") } ?? "",
+        ].filter { !$0.value.isEmpty }
     }
 
     /// Metrics of the best checkpoint on each test file (and, when `record`, written into best.safetensors).

@@ -1,3 +1,4 @@
+import Atoms
 import FineTune
 import Foundation
 import Potentials
@@ -5,9 +6,11 @@ import Tape
 
 let pretrainCommand = Command(
     spec: CommandSpec(
-        name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces",
-        usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] --model so3krates|schnet --out RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
+        name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces, or fine-tune one (--init)",
+        usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] (--model so3krates|schnet | --init MODEL) --out RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
         options: [
+            OptionSpec("--init", value: "MODEL", help: "start from this model file or pulled model (so3krates, schnet, chgnet): conventional energy/force fine-tuning; the architecture options do not apply"),
+            OptionSpec("--refit-reference-energies", help: "with --init: first shift the per-element reference energies to fit the training energies (for data from another DFT code); default: keep the model's"),
             OptionSpec("--data", value: "FILE", help: "training frames, extended XYZ with energy and forces (repeatable)"),
             OptionSpec("--val", value: "FILE", help: "validation frames (repeatable); else a random fraction of --data"),
             OptionSpec("--val-fraction", value: "F", default: "0.1", help: "validation fraction when no --val is given"),
@@ -38,16 +41,20 @@ let pretrainCommand = Command(
             structures batched into one graph), loss = w_E·MSE(E) + w_F·MSE(F) [+ w_S·MSE(σ)] with weights renormalised
             to sum 1. RUN_DIR gets config.json, metrics.csv (energy MAE/RMSE in meV/atom, force MAE/RMSE in eV/Å, train
             and validation, per epoch), best.safetensors and last.safetensors (model files with provenance), and
-            checkpoint.safetensors (weights, Adam and RNG state) from which --resume continues bit for bit.
+            checkpoint.safetensors (weights, Adam and RNG state) from which --resume continues bit for bit, and at the end
+            summary.json (best epoch and its metrics, the initial model's validation errors with --init, wall and CPU
+            seconds and peak resident memory). With --init the per-element reference energies are not trained (as in
+            pretraining, where they are fitted): kept, or shifted once with --refit-reference-energies.
             """),
     run: runPretrain)
 
 func runPretrain(_ args: ParsedArguments) throws -> Int32 {
+    let started = Date()
     let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
     let trainer: Pretrainer
     do {
         if let dir = args.string("resume") {
-            for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out"] where args.values[o] != nil {
+            for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out", "init"] where args.values[o] != nil {
                 throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
             }
             trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
@@ -61,6 +68,14 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             }
             var o = PretrainOptions()
             o.model = args.string("model")!
+            if let initModel = args.string("init") {
+                let path = try resolveModelPath(initModel, command: "pretrain")
+                o.initModel = path
+                o.model = try ModelFile.load(path).potential.kind
+                o.refitReferenceEnergies = args.has("refit-reference-energies")
+            } else if args.has("refit-reference-energies") {
+                throw UsageError(command: "pretrain", message: "--refit-reference-energies needs --init MODEL")
+            }
             o.features = try args.positiveInt("features")
             o.layers = try args.int("layers")
             o.heads = try args.positiveInt("heads")
@@ -89,6 +104,14 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             print("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
         }
     }
+    fflush(nil)
+    // The starting point of a warm start, for the summary (before → after).
+    var initial: (loss: Double, metrics: ForceFieldMetrics)? = nil
+    if trainer.options.initModel != nil && trainer.completedEpochs == 0 {
+        initial = trainer.validationMetrics()
+        print("initial model on the validation frames: \(initial!.metrics)")
+        fflush(nil)
+    }
     let tty = isatty(2) != 0
     var lastProgress = Date.distantPast
     try trainer.run(progress: { line in
@@ -106,5 +129,44 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
     if trainer.stoppedEarly { print("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
     for (file, m) in try trainer.evaluateBest() { print("test \(file): \(m)") }
     print("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
+    try writePretrainSummary(trainer, initial: initial, started: started)
     return 0
+}
+
+/// A model file path for a model spec that names a file or a pulled model (chgnet-0.3.0).
+func resolveModelPath(_ spec: String, command: String) throws -> String {
+    if FileManager.default.fileExists(atPath: spec) { return spec }
+    if ModelStore.isModelName(spec) {
+        let p = ModelStore.path(of: spec)
+        if FileManager.default.fileExists(atPath: p) { return p }
+        throw UsageError(command: command, message: "model '\(spec)' is not pulled yet (relaxft models pull \(spec))")
+    }
+    throw UsageError(command: command, message: "model file '\(spec)' not found")
+}
+
+/// RUN_DIR/summary.json: the best epoch's row of metrics.csv, the initial model's validation errors (warm
+/// start), and the training cost of this process (wall and CPU seconds, peak resident memory).
+func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?, started: Date) throws {
+    var obj: [String: Any] = [
+        "epochs": trainer.completedEpochs, "best_epoch": trainer.bestEpoch, "stopped_early": trainer.stoppedEarly,
+        "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount,
+        "wall_seconds": Date().timeIntervalSince(started), "cpu_seconds": processCPUSeconds(), "peak_rss_mb": peakResidentMegabytes(),
+        "model": trainer.options.model,
+    ]
+    if let i = trainer.options.initModel { obj["init_model"] = URL(fileURLWithPath: i).lastPathComponent }
+    if let i = initial {
+        obj["initial_val_loss"] = i.loss
+        obj["initial_val_energy_mae_mev_atom"] = i.metrics.energyMAE
+        obj["initial_val_force_mae"] = i.metrics.forceMAE
+        obj["initial_val_force_rmse"] = i.metrics.forceRMSE
+    }
+    let text = (try? String(contentsOfFile: trainer.runDirectory + "/metrics.csv", encoding: .utf8)) ?? ""
+    let lines = text.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+    if let header = lines.first, let row = lines.dropFirst().first(where: { Int($0.first ?? "") == trainer.bestEpoch }) {
+        var best: [String: Double] = [:]
+        for (k, v) in zip(header, row) { if let x = Double(v) { best[k] = x } }
+        obj["best"] = best
+    }
+    let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
+    try AtomicFile.write(data, to: trainer.runDirectory + "/summary.json")
 }
