@@ -291,8 +291,9 @@ func resultsSection(_ name: String, _ t: CSVTable) -> String {
     for sp in order {
         var cats: [String] = []
         var pts: [(Int, Double)] = [], means: [(Int, Double)] = []
-        for i in t.rows.indices where splits[i] == sp {
-            let c = model[i] + " · " + method[i] + (proto[i].isEmpty || proto[i] == "common" ? "" : " (\(proto[i]))")
+        // One protocol for every model (the fair comparison); own-protocol rows are in the tables.
+        for i in t.rows.indices where splits[i] == sp && (proto[i].isEmpty || proto[i] == "common") {
+            let c = model[i] + " · " + method[i]
             if !cats.contains(c) { cats.append(c) }
             if dq[i].isFinite { pts.append((cats.firstIndex(of: c)!, dq[i])) }
         }
@@ -300,7 +301,7 @@ func resultsSection(_ name: String, _ t: CSVTable) -> String {
             let v = pts.filter { $0.0 == k }.map(\.1)
             if !v.isEmpty { means.append((k, v.reduce(0, +) / Double(v.count))) }
         }
-        let initial = t.doubles("initial_dq").enumerated().filter { splits[$0.offset] == sp && $0.element.isFinite }.map(\.element)
+        let initial = t.doubles("initial_dq").enumerated().filter { splits[$0.offset] == sp && $0.element.isFinite && method[$0.offset] == "pretrained" && (proto[$0.offset].isEmpty || proto[$0.offset] == "common") }.map(\.element)
         var refs: [(String, Double, String)] = []
         if !initial.isEmpty { refs.append(("initial (do nothing), mean", initial.reduce(0, +) / Double(initial.count), "#999999")) }
         svgs.append(Charts.strip("ΔQ per structure, split \(sp)", categories: cats,

@@ -1,0 +1,191 @@
+import Foundation
+import Testing
+import Atoms
+import Potentials
+
+/// Runs any executable (python3 scripts here) with a given PATH, output through files.
+func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:]) throws -> CLIRun {
+    let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: outputs) }
+    let (o, e) = (outputs.appendingPathComponent("stdout"), outputs.appendingPathComponent("stderr"))
+    _ = FileManager.default.createFile(atPath: o.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: e.path, contents: nil)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = args
+    process.currentDirectoryURL = dir
+    process.environment = ["OPENBLAS_NUM_THREADS": "1", "PATH": path].merging(environment) { $1 }
+    process.standardOutput = try FileHandle(forWritingTo: o)
+    process.standardError = try FileHandle(forWritingTo: e)
+    try process.run()
+    process.waitUntilExit()
+    return CLIRun(status: process.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8),
+                  stderr: try String(contentsOf: e, encoding: .utf8))
+}
+
+func readCSV(_ path: String) throws -> (header: [String], rows: [[String: String]]) {
+    let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }
+    // No quoted commas in the columns these tests read; fields with commas are quoted and sit elsewhere.
+    let header = lines[0].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+    let rows = lines.dropFirst().map { line -> [String: String] in
+        var fields: [String] = [], cur = "", quoted = false
+        for ch in line {
+            if ch == "\"" { quoted.toggle() } else if ch == "," && !quoted { fields.append(cur); cur = "" } else { cur.append(ch) }
+        }
+        fields.append(cur)
+        return Dictionary(zip(header, fields), uniquingKeysWith: { a, _ in a })
+    }
+    return (header, rows)
+}
+
+let perturbedSW = "sw:sigma=2.157953,lambda=18.9"
+
+/// Evaluation metrics, training summaries, conventional fine-tuning, reports and sweeps (issue 9's tooling).
+@Suite("experiment tools", .serialized)
+struct ExperimentToolsTests {
+    @Test func evaluateReportsBasinsEnergiesAndImprovement() throws {
+        let dir = try Scratch(copying: ["Fixtures/data/sw-recovery/test.extxyz"])
+        defer { dir.remove() }
+        let run = try dir.run(["evaluate", "--model", perturbedSW, "--model", "sw", "--label", "perturbed", "--label", "exact",
+                               "--data", "test.extxyz", "--relaxer", "fire", "--fmax", "0.01", "--steps", "300", "--threads", "2",
+                               "--csv", "eval.csv", "--json"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        let models = try #require(obj["models"] as? [[String: Any]])
+        #expect(models.map { $0["label"] as? String } == ["perturbed", "exact"])
+        #expect(models[1]["same_basin_fraction"] as? Double == 1, "the exact potential ends in the reference basin")
+        #expect(models[0]["same_basin_fraction"] as? Double == 0, "σ +3 %: every ΔQ is above 1 amu^½·Å")
+        #expect((models[1]["improvement_mean"] as? Double).map { $0 > 0.9 } == true)
+        #expect((models[1]["dq_fraction_below"] as? [String: Double])?["0.3"] == 1)
+        let csv = try readCSV(dir.path("eval.csv"))
+        for c in ["structure", "group", "initial_dq", "dq_1", "same_basin_1", "differing_bonds_1", "relax_energy_error_1",
+                  "energy_error_per_atom_1", "converged_1", "dq_2", "improvement_2"] {
+            #expect(csv.header.contains(c), "column \(c)")
+        }
+        #expect(csv.rows.count == 6 && csv.rows.allSatisfy { $0["same_basin_2"] == "true" })
+        #expect(try String(contentsOfFile: dir.path("eval.csv"), encoding: .utf8).hasPrefix("# models: 1=perturbed 2=exact\n"))
+    }
+
+    @Test func unknownElementIsAUsageError() throws {
+        let dir = try Scratch(copying: ["Fixtures/data/si-defects/tiny.extxyz"])
+        defer { dir.remove() }
+        let model = repoRoot.appendingPathComponent("Fixtures/models/si-schnet-pretrained.safetensors").path
+        let run = try dir.run(["evaluate", "--model", model, "--data", "tiny.extxyz", "--steps", "1"])
+        #expect(run.status == 2)
+        #expect(run.stderr.contains("contains C") && run.stderr.contains("sub_C"), "\(run.stderr)")
+    }
+
+    /// pretrain --init: starts from the model's weights and keeps its reference energies (or refits them);
+    /// summary.json has the cost and the initial errors.
+    @Test func pretrainInitIsAWarmStart() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let model = repoRoot.appendingPathComponent("Fixtures/models/si-schnet-pretrained.safetensors").path
+        let traj = repoRoot.appendingPathComponent("Fixtures/data/si-defects/trajectories-tiny.extxyz").path
+        let si = dir.path("si.xyz")
+        let sel = try runTool("/usr/bin/python3", [repoRoot.appendingPathComponent("scripts/experiments/select_frames.py").path, traj, si,
+                                                   "--keep", "defect=rattled", "--keep", "seed=5000", "--species", "Si"], in: dir.url)
+        #expect(sel.status == 0 && sel.stdout.hasPrefix("13"), "\(sel.stdout) \(sel.stderr)")
+        let (initial, _) = try ModelFile.load(model)
+        for (name, refit) in [("keep", false), ("refit", true)] {
+            let run = try dir.run(["pretrain", "--init", model, "--data", si, "--val-fraction", "0.25", "--epochs", "1", "--batch", "5",
+                                   "--lr", "1e-4", "--out", name] + (refit ? ["--refit-reference-energies"] : []))
+            #expect(run.status == 0, "\(run.stderr)")
+            let (trained, meta) = try ModelFile.load(dir.path("\(name)/last.safetensors"))
+            #expect(trained.kind == "schnet" && trained.parameterCount == initial.parameterCount)
+            #expect(meta["training_init"]?.hasPrefix("si-schnet-pretrained.safetensors") == true)
+            let e0 = initial.parameters["atomic_energies"]!, e1 = trained.parameters["atomic_energies"]!
+            #expect(refit ? e0.maxAbsDifference(e1) > 0.01 : e0 == e1, "GPAW and VASP energy zeros differ by ~0.1 eV/atom")
+            #expect(trained.parameters["embedding"] != initial.parameters["embedding"] || trained.parameters.keys.contains { trained.parameters[$0] != initial.parameters[$0] && $0 != "atomic_energies" })
+            let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("\(name)/summary.json")))) as? [String: Any])
+            for k in ["wall_seconds", "cpu_seconds", "peak_rss_mb", "initial_val_force_mae", "best"] { #expect(summary[k] != nil, "\(k)") }
+            #expect((summary["peak_rss_mb"] as? Double).map { $0 > 1 } == true)
+        }
+        let bad = try dir.run(["pretrain", "--init", model, "--data", si, "--features", "8", "--out", "bad"])
+        #expect(bad.status == 2 && bad.stderr.contains("architecture comes from the initial model"), "\(bad.stderr)")
+    }
+
+    /// finetune writes summary.json with the training cost; report draws it and unknown (StABlE-style) metrics.
+    @Test func finetuneSummaryAndReport() throws {
+        let dir = try Scratch(copying: ["Fixtures/data/sw-recovery/train.extxyz", "Fixtures/data/sw-recovery/test.extxyz"])
+        defer { dir.remove() }
+        let ft = try dir.run(["finetune", "--pretrained", perturbedSW, "--data", "train.extxyz", "--relaxer", "frame", "--steps", "5",
+                              "--train-params", "sigma,lambda", "--relative-lr", "--lr", "0.01", "--epochs", "2", "--threads", "2",
+                              "--out", "run", "--quiet"])
+        #expect(ft.status == 0, "\(ft.stderr)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("run/summary.json")))) as? [String: Any])
+        for k in ["wall_seconds", "cpu_seconds", "peak_rss_mb", "train_dq_mean_before", "train_dq_mean_after"] { #expect(summary[k] != nil, "\(k)") }
+        let ev = try dir.run(["evaluate", "--model", perturbedSW, "--model", "run/best.safetensors", "--data", "test.extxyz",
+                              "--relaxer", "fire", "--steps", "100", "--csv", "run/eval.csv"])
+        #expect(ev.status == 0, "\(ev.stderr)")
+        // A StABlE-style run: unknown metric columns and an RDF.
+        try FileManager.default.createDirectory(atPath: dir.path("stable"), withIntermediateDirectories: true)
+        try "epoch,fraction_unstable,mean_instability_time,observable_error,energy_mae,force_mae\n1,0.5,120,0.3,0.02,0.1\n2,0.25,300,0.2,0.021,0.09\n3,0,1000,0.1,0.02,0.08\n"
+            .write(toFile: dir.path("stable/metrics.csv"), atomically: true, encoding: .utf8)
+        try "r,model,reference\n2.0,0.0,0.0\n2.35,4.1,4.3\n2.7,0.8,0.7\n3.84,2.0,2.1\n".write(toFile: dir.path("stable/rdf.csv"), atomically: true, encoding: .utf8)
+        let rep = try dir.run(["report", "run", "stable", "-o", "report.html", "--svg-dir", "figs"])
+        #expect(rep.status == 0, "\(rep.stderr)")
+        let html = try String(contentsOfFile: dir.path("report.html"), encoding: .utf8)
+        for s in [">fraction_unstable<", ">mean_instability_time<", ">dq_mean<", "g(r): stable", "ΔQ per structure", "ΔQ distribution", "peak_rss_mb"] {
+            #expect(html.contains(s), "report lacks \(s)")
+        }
+        #expect(!html.contains("<script") && !html.contains("src=") && !html.contains("href="), "self-contained, no scripts or links")
+        #expect(html.components(separatedBy: "<svg ").count - 1 >= 8)
+        let figs = try FileManager.default.contentsOfDirectory(atPath: dir.path("figs"))
+        #expect(figs.count == html.components(separatedBy: "<svg ").count - 1 && figs.allSatisfy { $0.hasSuffix(".svg") })
+    }
+
+    /// scripts/sweep: the Slurm path with a fake sbatch, one array task run by hand, a local run, and the collector.
+    @Test func sweepSlurmLocalAndCollect() throws {
+        let dir = try Scratch(copying: ["Fixtures/data/sw-recovery/train.extxyz", "Fixtures/data/sw-recovery/test.extxyz"])
+        defer { dir.remove() }
+        let spec = """
+            # a 2 × 2 grid
+            pretrained = \(perturbedSW)
+            data = train.extxyz
+            relaxer = frame, fire
+            eta = 0.01
+            dt = 0.1
+            steps = 4
+            lr = 0.01
+            seed = 0, 1
+            epochs = 1
+            args = --relative-lr --train-params sigma,lambda --val-fraction 0.25
+            eval-data = test.extxyz
+            eval-args = --relaxer fire --steps 50
+            """
+        try spec.write(toFile: dir.path("spec.txt"), atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: dir.path("bin"), withIntermediateDirectories: true)
+        try "#!/bin/sh\necho \"$@\" > \"$FAKE_SBATCH_LOG\"\ncp \"$2\" \"$FAKE_SBATCH_LOG.script\"\necho '4242;cluster'\n"
+            .write(toFile: dir.path("bin/sbatch"), atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: dir.path("bin/sbatch"))
+        let sweep = repoRoot.appendingPathComponent("scripts/sweep").path
+        let env = ["FAKE_SBATCH_LOG": dir.path("sbatch.log")]
+        let s = try runTool("/usr/bin/python3", [sweep, "spec.txt", "--out", "sw", "--slurm", "--time", "0:10:00", "--relaxft", relaxftBinary],
+                            in: dir.url, path: dir.path("bin") + ":/usr/bin:/bin", environment: env)
+        #expect(s.status == 0, "\(s.stdout) \(s.stderr)")
+        #expect(try String(contentsOfFile: dir.path("sbatch.log"), encoding: .utf8).hasPrefix("--parsable "))
+        let script = try String(contentsOfFile: dir.path("sbatch.log.script"), encoding: .utf8)
+        #expect(script.contains("#SBATCH --array=0-3\n") && script.contains("#SBATCH --time=0:10:00") && script.contains("run-one"), "\(script)")
+        #expect(try String(contentsOfFile: dir.path("sw/slurm_job_id"), encoding: .utf8) == "4242\n")
+        let plan = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("sw/plan.json")))) as? [String: Any])
+        #expect((plan["runs"] as? [Any])?.count == 4)
+        // What array task 2 runs (the environment Slurm would set).
+        let task = try runTool("/bin/bash", [dir.path("sw/sweep.sbatch")], in: dir.url, environment: ["SLURM_ARRAY_TASK_ID": "2", "SLURM_CPUS_PER_TASK": "1"])
+        #expect(task.status == 0 && task.stdout.contains("run002: done"), "\(task.stdout) \(task.stderr)")
+        let collect = try runTool("/usr/bin/python3", [sweep, "collect", "sw"], in: dir.url)
+        #expect(collect.status == 0, "\(collect.stderr)")
+        let table = try readCSV(dir.path("sw/sweep.csv"))
+        #expect(table.rows.map { $0["status"] ?? "" } == ["missing", "missing", "done", "missing"])
+        #expect(table.rows[2]["relaxer"] == "frame" && table.rows[2]["seed"] == "1" && table.rows[2]["eval_dq_mean"].flatMap(Double.init) != nil)
+        #expect(table.header.contains("peak_rss_mb") && table.header.contains("eval_same_basin_fraction"))
+        // Locally, two at a time: the finished run is skipped, the other three run.
+        let local = try runTool("/usr/bin/python3", [sweep, "spec.txt", "--out", "sw", "--jobs", "2", "--relaxft", relaxftBinary], in: dir.url)
+        #expect(local.status == 0, "\(local.stdout) \(local.stderr)")
+        #expect(local.stdout.contains("run002: skipped (done)"))
+        #expect(try readCSV(dir.path("sw/sweep.csv")).rows.allSatisfy { $0["status"] == "done" })
+        let rep = try dir.run(["report", "sw", "-o", "sweep.html"])
+        #expect(rep.status == 0 && (try String(contentsOfFile: dir.path("sweep.html"), encoding: .utf8)).contains("Robustness"), "\(rep.stderr)")
+    }
+}

@@ -1,0 +1,45 @@
+import Foundation
+import Testing
+import Tape
+import Atoms
+import Loss
+import Relax
+@testable import FineTune
+
+/// The bond graph behind the "same basin" metric of relaxft evaluate.
+@Suite struct TopologyTests {
+    @Test func diamondHasFourBondsPerAtom() {
+        let si = Structure.diamond(repeats: 2)
+        let bonds = BondingTopology.bonds(si, positions: si.positions)
+        #expect(bonds.count == 4 * si.count, "directed pairs: 4 per atom")
+        #expect(BondingTopology.differingBonds(si, positions: si.positions, reference: si.positions) == 0)
+    }
+
+    /// Reference positions are often unwrapped: a lattice translation of single atoms changes nothing.
+    @Test func unwrappedReferenceHasTheSameBonds() {
+        let si = Structure.diamond(repeats: 2)
+        var shifted = si.positions
+        for a in [0, 5, 17] { for c in 0..<3 { shifted[a, c] += si.cell[0, c] - si.cell[2, c] } }
+        #expect(BondingTopology.differingBonds(si, positions: si.positions, reference: shifted) == 0)
+    }
+
+    /// An atom moved into the tetrahedral interstitial site breaks its four bonds and makes four new ones.
+    @Test func movedAtomChangesTheTopology() {
+        let si = Structure.diamond(repeats: 2)
+        var moved = si.positions
+        // Atom 0 sits at the origin; (a/2, a/2, a/2) is a tetrahedral interstitial site of the diamond lattice.
+        for c in 0..<3 { moved[0, c] += 5.431 / 2 }
+        #expect(BondingTopology.differingBonds(si, positions: moved, reference: si.positions) == 8)
+    }
+
+    /// evaluateRelaxations: the exact potential reproduces the reference basin; a perturbed one may not.
+    @Test func sameBasinFromEvaluation() throws {
+        let examples = Array(try recoveryExamples("test").prefix(2))
+        let proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 300, stopFmax: 0.01)
+        let exact = try evaluateRelaxations(examples, potential: StillingerWeber(), protocol: proto)
+        #expect(exact.allSatisfy { $0.sameBasin && $0.differingBonds == 0 && $0.deltaQ < 0.3 })
+        let loose = try evaluateRelaxations(examples, potential: StillingerWeber(), protocol: proto, basin: BasinCriterion(deltaQ: 1e-9))
+        #expect(loose.allSatisfy { !$0.sameBasin && $0.differingBonds == 0 }, "ΔQ threshold applies")
+        #expect(exact.allSatisfy { $0.relaxationEnergyError == nil }, "the SW data has no energy_initial")
+    }
+}

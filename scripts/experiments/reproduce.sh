@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# The experiment of issue 9 in one command: for each pretrained model (SO3krates, SchNet, and CHGNet when pulled),
+# on the GPAW Si-defect data in Fixtures/data/si-defects:
+#   1. evaluate the pretrained model (relax every test structure, ΔQ to the DFT-relaxed geometry);
+#   2. fine-tune through relaxations (BPTT): frame and FIRE relaxers, checkpoint and implicit gradients, and one
+#      variant that also trains the frame relaxer's step size eta;
+#   3. fine-tune the conventional way: energy/force matching (relaxft pretrain --init) on the DFT relaxation
+#      frames of the same training structures (the same data budget: the structures BPTT sees, with every
+#      ionic step's energy and forces instead of only the end points);
+#   4. evaluate every model on the test split and on the unseen-defect-kind split, under one common protocol
+#      (FIRE to EVAL_FMAX) and, for BPTT models, also under their own training protocol;
+# and write OUT/results.csv (one row per model, method, protocol, split and structure, with the per-structure ΔQ),
+# OUT/report.html (figures), and docs/results.md (tables).
+#
+#   scripts/experiments/reproduce.sh [--quick] [--dataset auto|tiny|large] [--out DIR] [--models "so3krates schnet chgnet"]
+#
+# Data: the large splits (train/val/test/test-unseen, 62-65-atom cells) when train.extxyz and test.extxyz exist,
+# else the 12-structure tiny set (8-site cells), split by seed: replicas 0 and 1 of rattled, vacancy and sub_C
+# train, replica 2 tests, and int_tetrahedral is the unseen kind. Models that know Si only (the committed
+# SO3krates and SchNet) get the Si-only structures. The script says which data it uses.
+#
+# Settings (environment variables; --quick lowers the defaults in brackets):
+#   BPTT_EPOCHS=30 [3]  STEPS=60 [40] (unrolled relaxer steps T)  LR_BPTT=3e-4  ETA=0.05 (frame step, Å²/eV)
+#   FIRE_DT=0.1  BATCH=4  EF_EPOCHS=60 [10]  LR_EF=3e-4  EVAL_FMAX=0.01  EVAL_STEPS=500  SEED=0
+#   THREADS=<cores>  RESULTS_MD=docs/results.md ("" to skip)
+# Re-running resumes: finished trainings and evaluations (their outputs exist) are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+quick=0
+dataset=${DATASET:-auto}
+out=${OUT:-runs/reproduce}
+models=${MODELS:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --dataset) dataset=$2; shift ;;
+    --out) out=$2; shift ;;
+    --models) models=$2; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "reproduce.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "${QUICK:-0}" = 1 ] && quick=1
+if [ $quick = 1 ]; then d_epochs=3; d_steps=40; d_ef=10; else d_epochs=30; d_steps=60; d_ef=60; fi
+BPTT_EPOCHS=${BPTT_EPOCHS:-$d_epochs}
+STEPS=${STEPS:-$d_steps}
+EF_EPOCHS=${EF_EPOCHS:-$d_ef}
+LR_BPTT=${LR_BPTT:-3e-4}
+LR_EF=${LR_EF:-3e-4}
+ETA=${ETA:-0.05}
+FIRE_DT=${FIRE_DT:-0.1}
+BATCH=${BATCH:-4}
+EVAL_FMAX=${EVAL_FMAX:-0.01}
+EVAL_STEPS=${EVAL_STEPS:-500}
+SEED=${SEED:-0}
+THREADS=${THREADS:-$(nproc)}
+RESULTS_MD=${RESULTS_MD-docs/results.md}
+export OPENBLAS_NUM_THREADS=1
+
+scripts/setup
+bin=$repo/.build/release/relaxft
+sel=scripts/experiments/select_frames.py
+data=Fixtures/data/si-defects
+mkdir -p "$out"/data "$out"/eval "$out"/train
+log() { echo "== $*" >&2; }
+
+# ---- data ----------------------------------------------------------------------------------------------------
+if [ "$dataset" = auto ]; then
+  if [ -s $data/train.extxyz ] && [ -s $data/test.extxyz ]; then dataset=large; else dataset=tiny; fi
+fi
+# split_files SPECIES_TAG SPECIES_FILTER: writes $out/data/<tag>/{train,val,test,unseen,traj-train,traj-val}.extxyz
+split_files() {
+  local tag=$1 species=$2 d=$out/data/$1
+  mkdir -p "$d"
+  local sp=()
+  [ -n "$species" ] && sp=(--species "$species")
+  if [ "$dataset" = large ]; then
+    python3 $sel $data/train.extxyz "$d/train.extxyz" "${sp[@]}" >/dev/null
+    [ -s $data/val.extxyz ] && python3 $sel $data/val.extxyz "$d/val.extxyz" "${sp[@]}" >/dev/null || true
+    python3 $sel $data/test.extxyz "$d/test.extxyz" "${sp[@]}" >/dev/null
+    [ -s $data/test-unseen.extxyz ] && python3 $sel $data/test-unseen.extxyz "$d/unseen.extxyz" "${sp[@]}" >/dev/null || true
+    # The same structures' ionic steps (converged relaxations only, as BPTT gets).
+    local ids
+    ids=$(grep -o 'structure_id=[^ ]*' "$d/train.extxyz" | cut -d= -f2 | paste -sd, -)
+    python3 $sel $data/trajectories-train.extxyz "$d/traj-train.extxyz" --keep "structure_id=$ids" "${sp[@]}" >/dev/null
+    if [ -s "$d/val.extxyz" ]; then
+      ids=$(grep -o 'structure_id=[^ ]*' "$d/val.extxyz" | cut -d= -f2 | paste -sd, -)
+      python3 $sel $data/trajectories-val.extxyz "$d/traj-val.extxyz" --keep "structure_id=$ids" "${sp[@]}" >/dev/null || true
+    fi
+  else
+    local t=$data/tiny.extxyz tr=$data/trajectories-tiny.extxyz
+    python3 $sel $t "$d/train.extxyz" --keep 'seed=*0,*1' --drop defect=int_tetrahedral "${sp[@]}" >/dev/null
+    python3 $sel $t "$d/test.extxyz" --keep 'seed=*2' --drop defect=int_tetrahedral "${sp[@]}" >/dev/null
+    python3 $sel $t "$d/unseen.extxyz" --keep defect=int_tetrahedral "${sp[@]}" >/dev/null
+    python3 $sel $tr "$d/traj-train.extxyz" --keep 'seed=*0,*1' --drop defect=int_tetrahedral --keep converged=T "${sp[@]}" >/dev/null
+  fi
+}
+count() { [ -s "$1" ] && grep -c Lattice= "$1" || echo 0; }
+split_files si Si
+split_files all ""
+if [ "$dataset" = large ]; then
+  log "data: the large splits of $data (train $(count $out/data/all/train.extxyz), val $(count $out/data/all/val.extxyz), test $(count $out/data/all/test.extxyz), unseen kind $(count $out/data/all/unseen.extxyz) structures)"
+else
+  log "data: the TINY set ($data/tiny.extxyz, 8-site cells; the large splits are not computed yet): train $(count $out/data/all/train.extxyz), test $(count $out/data/all/test.extxyz), unseen kind (int_tetrahedral) $(count $out/data/all/unseen.extxyz)"
+fi
+
+# ---- models --------------------------------------------------------------------------------------------------
+chgnet_file=${RELAXFT_HOME:-$HOME/.cache/relaxft}/models/chgnet-0.3.0.safetensors
+if [ -z "$models" ]; then
+  models="so3krates schnet"
+  [ -f "$chgnet_file" ] && models="$models chgnet"
+fi
+model_path() {
+  case $1 in
+    so3krates) echo "$repo/Fixtures/models/si-so3krates-pretrained.safetensors" ;;
+    schnet) echo "$repo/Fixtures/models/si-schnet-pretrained.safetensors" ;;
+    chgnet) echo "$chgnet_file" ;;
+    *) echo "reproduce.sh: unknown model $1" >&2; exit 2 ;;
+  esac
+}
+species_tag() { case $1 in chgnet) echo all ;; *) echo si ;; esac; }
+[ -f "$chgnet_file" ] || log "CHGNet not pulled (relaxft models pull chgnet-0.3.0): running without it"
+
+# ---- training ------------------------------------------------------------------------------------------------
+methods="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta ef"
+bptt_args() {
+  case $1 in
+    bptt-frame-ckpt) echo "--relaxer frame --relaxer-param eta=$ETA --grad checkpoint --steps $STEPS" ;;
+    bptt-fire-ckpt) echo "--relaxer fire --relaxer-param dt=$FIRE_DT --grad checkpoint --steps $STEPS" ;;
+    # Implicit differentiation needs the minimum: relax to fmax 1e-6 inside; the stored protocol (used for
+    # validation and the own-protocol evaluation) runs FIRE to EVAL_FMAX.
+    bptt-fire-implicit) echo "--relaxer fire --relaxer-param dt=$FIRE_DT --grad implicit --steps $EVAL_STEPS --stop-fmax $EVAL_FMAX" ;;
+    bptt-frame-eta) echo "--relaxer frame --relaxer-param eta=$ETA --grad checkpoint --steps $STEPS --train-relaxer eta --relaxer-lr 0.01 --relative-lr" ;;
+  esac
+}
+for m in $models; do
+  pre=$(model_path $m)
+  d=$out/data/$(species_tag $m)
+  val=(--val-fraction 0)
+  [ -s "$d/val.extxyz" ] && val=(--val "$d/val.extxyz")
+  for meth in $methods; do
+    run=$out/train/$m-$meth
+    [ -s "$run/summary.json" ] && { log "$m $meth: done before, skipped"; continue; }
+    log "$m: $meth"
+    if [ "$meth" = ef ]; then
+      efval=(--val-fraction 0.1)
+      [ -s "$d/traj-val.extxyz" ] && efval=(--val "$d/traj-val.extxyz")
+      if [ -f "$run/checkpoint.safetensors" ]; then
+        $bin pretrain --resume "$run" > "$run.log" 2>&1
+      else
+        rm -rf "$run"
+        # Reference energies refitted: the model was trained on VASP data, these frames are GPAW's (another
+        # energy zero); forces are unaffected, and energies enter the loss with weight 0.01 as in pretraining.
+        $bin pretrain --init "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" \
+          --epochs "$EF_EPOCHS" --lr "$LR_EF" --batch "$BATCH" --schedule cosine --patience 1000 --seed "$SEED" --out "$run" > "$run.log" 2>&1
+      fi
+    else
+      if [ -f "$run/state.json" ]; then
+        $bin finetune --resume "$run" --quiet --json > "$run.log" 2>&1
+      else
+        rm -rf "$run"
+        # shellcheck disable=SC2046
+        $bin finetune --pretrained "$pre" --data "$d/train.extxyz" "${val[@]}" $(bptt_args $meth) --epochs "$BPTT_EPOCHS" \
+          --lr "$LR_BPTT" --batch "$BATCH" --clip 10 --seed "$SEED" --threads "$THREADS" --out "$run" > "$run.log" 2>&1
+      fi
+    fi
+  done
+done
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+for m in $models; do
+  pre=$(model_path $m)
+  d=$out/data/$(species_tag $m)
+  for split in test unseen; do
+    [ -s "$d/$split.extxyz" ] || continue
+    csv=$out/eval/$m-$split-common.csv
+    if [ ! -s "$csv" ]; then
+      log "$m: evaluate on $split (FIRE to $EVAL_FMAX eV/Å, ≤ $EVAL_STEPS steps)"
+      args=(--model "$pre" --label pretrained)
+      for meth in $methods; do
+        [ -s "$out/train/$m-$meth/best.safetensors" ] && args+=(--model "$out/train/$m-$meth/best.safetensors" --label "$meth")
+      done
+      $bin evaluate "${args[@]}" --data "$d/$split.extxyz" --relaxer fire --fmax "$EVAL_FMAX" --steps "$EVAL_STEPS" \
+        --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-common.json"
+      mv "$csv.tmp" "$csv"
+    fi
+    # BPTT models under the relaxation they were trained with (the pretrained model under the same one).
+    for meth in bptt-frame-ckpt bptt-fire-ckpt bptt-frame-eta; do
+      best=$out/train/$m-$meth/best.safetensors
+      csv=$out/eval/$m-$split-own-$meth.csv
+      [ -s "$best" ] && [ ! -s "$csv" ] || continue
+      $bin evaluate --model "$pre" --label pretrained --model "$best" --label "$meth" --data "$d/$split.extxyz" \
+        --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-own-$meth.json"
+      mv "$csv.tmp" "$csv"
+    done
+  done
+done
+
+# ---- results -------------------------------------------------------------------------------------------------
+settings="dataset=$dataset quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
+python3 scripts/experiments/results.py "$out"
+# Everything in one HTML file (training curves of every run too), and the figures for the Markdown document.
+$bin report "$out/results.csv" "$out"/eval/*-common.csv "$out"/train/*/ -o "$out/report.html" \
+  --title "relaxft: BPTT vs energy/force fine-tuning ($dataset set)" >&2
+if [ -n "$RESULTS_MD" ]; then
+  figs=$(dirname "$RESULTS_MD")/figures/results
+  rm -rf "$figs"
+  $bin report "$out/results.csv" "$out"/eval/*-test-common.csv -o "$out/report-docs.html" --svg-dir "$figs" \
+    --title "relaxft: BPTT vs energy/force fine-tuning ($dataset set)" >&2
+  python3 scripts/experiments/results.py "$out" --settings "$settings" --models "$models" --markdown "$RESULTS_MD" --figures "$figs"
+fi
+log "done: $out/results.csv, $out/report.html${RESULTS_MD:+, $RESULTS_MD}"
