@@ -14,10 +14,11 @@
 #
 #   scripts/experiments/reproduce.sh [--quick] [--dataset auto|tiny|large] [--out DIR] [--models "so3krates schnet chgnet"]
 #
-# Data: the large splits (train/val/test/test-unseen, 62-65-atom cells) when train.extxyz and test.extxyz exist,
-# else the 12-structure tiny set (8-site cells), split by seed: replicas 0 and 1 of rattled, vacancy and sub_C
-# train, replica 2 tests, and int_tetrahedral is the unseen kind. Models that know Si only (the committed
-# SO3krates and SchNet) get the Si-only structures. The script says which data it uses.
+# Data: the full run needs the large splits (train, val, test, test-unseen and trajectories-train .extxyz, 62-65-atom
+# cells) and stops with exit 2 naming the missing files otherwise. --quick (and --dataset tiny) uses the
+# 12-structure tiny set (8-site cells), split by seed: replicas 0 and 1 of rattled, vacancy and sub_C train,
+# replica 2 tests, and int_tetrahedral is the unseen kind. Models that know Si only (the committed SO3krates and
+# SchNet) get the Si-only structures. CHGNet is used when pulled (relaxft models pull chgnet-0.3.0).
 #
 # Settings (environment variables; --quick lowers the defaults in brackets):
 #   BPTT_EPOCHS=30 [3]  STEPS=60 [40] (unrolled relaxer steps T)  LR_BPTT=3e-4  ETA=0.05 (frame step, Å²/eV)
@@ -29,13 +30,14 @@ cd "$(dirname "$0")/../.."
 repo=$PWD
 
 quick=0
-dataset=${DATASET:-auto}
+dataset=${DATASET:-}
 out=${OUT:-runs/reproduce}
 models=${MODELS:-}
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
-    --dataset) dataset=$2; shift ;;
+    --dataset) [ $# -ge 2 ] || { echo "reproduce.sh: --dataset needs tiny or large" >&2; exit 2; }; dataset=$2; shift ;;
+    --out|--models) [ $# -ge 2 ] || { echo "reproduce.sh: $1 needs a value" >&2; exit 2; } ;;&
     --out) out=$2; shift ;;
     --models) models=$2; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -60,17 +62,28 @@ THREADS=${THREADS:-$(nproc)}
 RESULTS_MD=${RESULTS_MD-docs/results.md}
 export OPENBLAS_NUM_THREADS=1
 
-scripts/setup
-bin=$repo/.build/release/relaxft
 sel=scripts/experiments/select_frames.py
 data=Fixtures/data/si-defects
-mkdir -p "$out"/data "$out"/eval "$out"/train
 log() { echo "== $*" >&2; }
 
 # ---- data ----------------------------------------------------------------------------------------------------
-if [ "$dataset" = auto ]; then
-  if [ -s $data/train.extxyz ] && [ -s $data/test.extxyz ]; then dataset=large; else dataset=tiny; fi
+[ -n "$dataset" ] || { [ $quick = 1 ] && dataset=tiny || dataset=large; }
+case $dataset in
+  tiny) need=($data/tiny.extxyz $data/trajectories-tiny.extxyz) ;;
+  large) need=($data/train.extxyz $data/val.extxyz $data/test.extxyz $data/test-unseen.extxyz $data/trajectories-train.extxyz) ;;
+  *) echo "reproduce.sh: --dataset must be tiny or large, not $dataset" >&2; exit 2 ;;
+esac
+missing=()
+for f in "${need[@]}"; do [ -s "$f" ] || missing+=("$f"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "reproduce.sh: the $dataset-set run needs ${missing[*]}, which do not exist yet." >&2
+  [ "$dataset" = large ] && echo "reproduce.sh: the 64-atom DFT relaxations are still being computed (scripts/dft/start_queue.sh; see $data/README.md for the counts); scripts/experiments/reproduce.sh --quick runs the tiny set meanwhile." >&2
+  exit 2
 fi
+
+scripts/setup
+bin=$repo/.build/release/relaxft
+mkdir -p "$out"/data "$out"/eval "$out"/train
 # split_files SPECIES_TAG SPECIES_FILTER: writes $out/data/<tag>/{train,val,test,unseen,traj-train,traj-val}.extxyz
 split_files() {
   local tag=$1 species=$2 d=$out/data/$1

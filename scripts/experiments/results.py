@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Merge the evaluations and training summaries of scripts/experiments/reproduce.sh into one table.
 
-    results.py OUT [--settings TEXT] [--models "so3krates schnet"] [--markdown docs/results.md [--figures DIR]]
+    results.py OUT [--settings TEXT] [--models "so3krates schnet"] [--markdown docs/results.md [--figures DIR]
+               [--memory MEMORY.json] [--sweep SWEEP.csv]]
 
 Reads OUT/eval/<model>-<split>-common.csv and <model>-<split>-own-<method>.csv (per-structure CSVs of
 `relaxft evaluate`) and OUT/train/<model>-<method>/summary.json; writes OUT/results.csv with one row per
 model, method, protocol, split and structure (per-structure ΔQ kept), and with --markdown the tables of
-docs/results.md (figures: the SVG files in --figures, linked relative to the Markdown file).
+docs/results.md (figures: the SVG files in --figures, linked relative to the Markdown file; --memory: the JSON of
+`BENCH_JSON=… relaxft-bench memory`; --sweep: the table of `scripts/sweep collect`).
 Python 3 standard library only.
 """
 import argparse
@@ -124,7 +126,69 @@ def stats(rows):
     }
 
 
-def markdown(rows, out, settings, models, md_path, figures):
+def memory_section(w, path):
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    if not rows:
+        return
+    r0 = rows[0]
+    w('## Memory and cost of the gradient modes (64-site cell)\n')
+    w(f"`scripts/bench memory`: one gradient of ΔQ through T = {r0['T']} FIRE steps (dt 0.1) of the committed SO3krates "
+      f"model on a {r0['atoms']}-atom Si vacancy cell (2×2×2 diamond at a = 5.4912 Å, one atom removed, rattled by 0.1 Å rms), "
+      'each mode in its own process, one thread. Peak RSS is the VmHWM of the gradient call; "above start" subtracts '
+      'the resident memory before it (the loaded model and data). T is the unroll length of the full run\'s BPTT '
+      'trainings (`STEPS`). Implicit mode relaxes to fmax 1e-6 eV/Å first and then solves one Hessian system by CG, so '
+      'its loss is that of the converged minimum, not of the T-step relaxation.\n')
+    w('| mode | peak RSS (MiB) | above start (MiB) | wall s | CPU s | relaxer steps | tape nodes | loss (ΔQ) | max\\|Δg\\|/max\\|g\\| vs full | cos vs full |')
+    w('|---|---|---|---|---|---|---|---|---|---|')
+    by = {r['mode']: r for r in rows}
+    for r in rows:
+        d = r.get('max_rel_grad_diff_vs_full')
+        ds = '–' if d is None else ('0 (bitwise equal)' if d == 0 else f'{d:.1e}')
+        c = r.get('cosine_vs_full')
+        w(f"| {r['mode']} | {r['peak_mib']:.0f} | {r['peak_delta_mib']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['steps']} | "
+          f"{r['tape_nodes']} | {r['loss']:.6g} | {ds} | {'–' if c is None else f'{c:.6f}'} |")
+    if 'full' in by and 'checkpoint' in by:
+        f, c = by['full'], by['checkpoint']
+        ratio = c['peak_delta_mib'] / f['peak_delta_mib'] if f['peak_delta_mib'] > 0 else float('nan')
+        whole = c['peak_mib'] / f['peak_mib']
+        w(f"\nCheckpointed / full BPTT: {ratio:.3f} of the memory above the start ({whole:.3f} of the whole process's peak); "
+          f"criterion ≤ 0.25: **{'met' if ratio <= 0.25 else 'not met'}**. Checkpointed time: "
+          f"{c['cpu_s'] / f['cpu_s']:.2f}× the full mode's CPU time.\n")
+    w('')
+
+
+def sweep_section(w, path, md_dir):
+    try:
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r.get('status') == 'done']
+    except OSError:
+        return
+    if not rows:
+        return
+    axes = [k for k in ('relaxer', 'steps', 'lr', 'eta', 'dt', 'grad', 'seed') if k in rows[0] and len({r[k] for r in rows}) > 1]
+    after = [num(r.get('eval_dq_mean')) for r in rows]
+    base = [num(r.get('eval_baseline_dq_mean')) for r in rows]
+    cuts = [1 - a / b for a, b in zip(after, base) if a == a and b == b and b > 0]
+    w('## Robustness sweep\n')
+    w(f"`scripts/sweep` over {len(rows)} settings (axes: {', '.join(axes) or '–'}); every run evaluated on the test split "
+      'under one protocol (the `eval-args` of the spec), against the pretrained model under the same protocol.\n')
+    w('| run | ' + ' | '.join(axes) + ' | test ΔQ pretrained | test ΔQ fine-tuned | cut | same basin | train s | peak RSS (MB) |')
+    w('|---|' + '---|' * len(axes) + '---|---|---|---|---|---|')
+    for r in rows:
+        a, b = num(r.get('eval_dq_mean')), num(r.get('eval_baseline_dq_mean'))
+        w(f"| {r['run']} | " + ' | '.join(r[k] for k in axes) + f" | {f3(b)} | {f3(a)} | {pct(1 - a / b) if b > 0 else '–'} | "
+          f"{f3(num(r.get('eval_same_basin_fraction')))} | {f3(num(r.get('wall_seconds')))} | {f3(num(r.get('peak_rss_mb')))} |")
+    if cuts:
+        w(f"\nSpread of the cut in mean test ΔQ over the {len(cuts)} settings: mean {pct(statistics.mean(cuts))}, "
+          f"standard deviation {100 * (statistics.stdev(cuts) if len(cuts) > 1 else 0):.0f} points, median {pct(statistics.median(cuts))}, "
+          f"range {pct(min(cuts))} to {pct(max(cuts))}; {sum(c > 0 for c in cuts)} of {len(cuts)} settings improve on the pretrained model.\n")
+    w('')
+
+
+def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=None):
     md_dir = Path(md_path).resolve().parent
     dataset = dict(kv.split('=', 1) for kv in settings.split()).get('dataset', '?') if settings else '?'
     quick = dict(kv.split('=', 1) for kv in settings.split()).get('quick', '0') == '1' if settings else False
@@ -222,6 +286,10 @@ def markdown(rows, out, settings, models, md_path, figures):
                 cells.append(f3(num(r['dq'])) if r else '–')
             w(f"| {m} | {st} | {first['group'] if first else ''} | {f3(num(first['initial_dq'])) if first else '–'} | " + ' | '.join(cells) + ' |')
     w('')
+    if memory:
+        memory_section(w, memory)
+    if sweep:
+        sweep_section(w, sweep, md_dir)
     if figures and Path(figures).is_dir():
         svgs = sorted(Path(figures).glob('*.svg'))
         if svgs:
@@ -255,6 +323,8 @@ def main():
     ap.add_argument('--models', default='')
     ap.add_argument('--markdown')
     ap.add_argument('--figures')
+    ap.add_argument('--memory', help='JSON written by BENCH_JSON=… relaxft-bench memory')
+    ap.add_argument('--sweep', help='sweep.csv of scripts/sweep collect')
     a = ap.parse_args()
     rows = collect(a.out)
     if not rows:
@@ -265,7 +335,7 @@ def main():
         wr.writerows(rows)
     print(f'results.py: {len(rows)} rows → {a.out}/results.csv', file=sys.stderr)
     if a.markdown:
-        markdown(rows, a.out, a.settings, a.models, a.markdown, a.figures)
+        markdown(rows, a.out, a.settings, a.models, a.markdown, a.figures, a.memory, a.sweep)
         print(f'results.py: wrote {a.markdown}', file=sys.stderr)
 
 
