@@ -1,4 +1,5 @@
 import Atoms
+import CLinalg
 import FineTune
 import Foundation
 import Potentials
@@ -39,9 +40,13 @@ enum MemoryBench {
         let s = settings(T: T, mode: mode)
         let hyper = Dictionary(uniqueKeysWithValues: s.relaxer.hyperparameters.map { ($0.key, $0.value) })
         let baseline = currentRSSMiB()
+        // Bytes allocated and not freed, sampled every 2 ms: tells live data from heap the allocator keeps.
+        let sampler = InUseSampler()
         resetPeakRSS()
         let (t0, c0) = (now(), cpuTime())
+        sampler.start()
         let r = relaxationLossAndGradient(ex, potential: model, parameters: params, hyper: hyper, settings: s)
+        let inUse = sampler.stop()
         let (wall, cpu) = (now() - t0, cpuTime() - c0)
         let peak = hwmMiB()
         var flat: [Double] = []
@@ -50,7 +55,7 @@ enum MemoryBench {
         try! data.write(to: URL(fileURLWithPath: gradFile))
         let norm = flat.reduce(0) { $0 + $1 * $1 }.squareRoot()
         let obj: [String: Any] = ["atoms": ex.initial.count, "T": T, "mode": mode, "wall_s": wall, "cpu_s": cpu, "baseline_mib": baseline,
-                                  "peak_mib": peak, "loss": r.loss, "grad_norm": norm, "parameters": flat.count, "steps": r.steps,
+                                  "peak_mib": peak, "peak_in_use_mib": inUse, "loss": r.loss, "grad_norm": norm, "parameters": flat.count, "steps": r.steps,
                                   "fmax": r.fmax ?? -1, "tape_nodes": r.tapeNodes, "cg_iterations": r.cgIterations]
         print(String(decoding: try! JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
     }
@@ -81,7 +86,7 @@ enum MemoryBench {
             results[mode] = o
             grads[mode] = g.withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
         }
-        print("mode          peak RSS  Δ over start  wall      CPU       steps  tape nodes  loss               |grad|             vs full: max|Δg|/max|g|  cos")
+        print("mode          peak RSS  Δ over start  live peak  wall      CPU       steps  tape nodes  loss               |grad|             vs full: max|Δg|/max|g|  cos")
         let ref = grads["full"]
         var out: [[String: Any]] = []
         for mode in modes {
@@ -100,6 +105,7 @@ enum MemoryBench {
             o["peak_delta_mib"] = peak - base
             out.append(o)
             print(pad(mode, 13) + " " + pad(String(format: "%.0f MiB", peak), 9) + " " + pad(String(format: "%.0f MiB", peak - base), 13) + " "
+                  + pad(String(format: "%.0f MiB", o["peak_in_use_mib"] as! Double), 10) + " "
                   + pad(fmtTime(o["wall_s"] as! Double), 9) + " " + pad(fmtTime(o["cpu_s"] as! Double), 9) + " " + pad("\(o["steps"] as! Int)", 6) + " "
                   + pad("\(o["tape_nodes"] as! Int)", 11) + " " + pad(String(format: "%.12g", o["loss"] as! Double), 18) + " "
                   + pad(String(format: "%.12g", o["grad_norm"] as! Double), 18) + " " + pad(diff, 24) + " " + cos)
@@ -112,6 +118,35 @@ enum MemoryBench {
         if let path = env["BENCH_JSON"] {
             try? JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
         }
-        print("(peak RSS: VmHWM of the gradient call; Δ: minus the RSS before it (model loaded); implicit: FIRE to fmax 1e-6, then CG on the Hessian system)")
+        print("(peak RSS: VmHWM of the gradient call; Δ: minus the RSS before it (model loaded); live peak: most heap bytes allocated at once; implicit: FIRE to fmax 1e-6, then CG on the Hessian system)")
     }
 }
+
+/// Samples glibc's count of allocated bytes (mallinfo2) on a background thread and keeps the maximum.
+final class InUseSampler: @unchecked Sendable {
+    private let lock = NSLock()
+    private var running = false
+    private var peak = 0.0
+    private var thread: Thread?
+
+    func start() {
+        running = true
+        let t = Thread { [self] in
+            while lock.withLock({ running }) {
+                let m = Double(mallinfo2().uordblks) / 1048576
+                lock.withLock { peak = Swift.max(peak, m) }
+                usleep(2000)
+            }
+        }
+        thread = t
+        t.start()
+    }
+
+    /// Stops sampling; the peak in MiB.
+    func stop() -> Double {
+        lock.withLock { running = false }
+        usleep(5000)
+        return lock.withLock { Swift.max(peak, Double(mallinfo2().uordblks) / 1048576) }
+    }
+}
+

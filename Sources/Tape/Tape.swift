@@ -398,6 +398,10 @@ struct Sweep {
                     }
                 }
             case .checkpoint(let body, let outputIndices):
+                // A segment whose inputs do not depend on a target only produces targets (e.g. forces with
+                // respect to a segment's output positions): recomputing it would give nothing, and would
+                // recurse through every earlier segment.
+                guard node.inputs.contains(where: { $0.id >= 0 && isRelevant($0.id) }) else { continue }
                 let gOut = gradScratch
                 expandCheckpoint(node, body: body, outputIndices: outputIndices, gradOutputs: gOut)
             }

@@ -176,6 +176,26 @@ struct CheckpointTests {
         #expect(report.passed(tolerance: 1e-6), "\(report)")
     }
 
+    /// A gradient with respect to a segment's output (forces at the positions a segment returns, as in the
+    /// next segment of a relaxation) must not recompute that segment, nor, through it, the earlier ones.
+    @Test func gradientWithRespectToASegmentOutputDoesNotRecomputeIt() {
+        final class Count: @unchecked Sendable { var calls = 0 }
+        let count = Count()
+        let tape = Tape()
+        let w = tape.variable(Tensor([2.0]))
+        var y = w
+        for _ in 0..<3 {
+            y = tape.checkpoint([y]) { v in count.calls += 1; return [v[0] * v[0]] }[0]
+        }
+        let z = (y * 3).sum()
+        #expect(count.calls == 3)
+        #expect(tape.gradient(of: z, wrt: [y])[0].value.array == [3])
+        #expect(count.calls == 3, "no segment recomputed")
+        // With respect to the input, every segment is recomputed once: d(3w⁸)/dw = 24w⁷.
+        #expect(tape.gradient(of: z, wrt: [w])[0].value.array == [24 * 128])
+        #expect(count.calls == 6)
+    }
+
     @Test func checkpointForwardKeepsOnlyInputsAndOutputs() {
         let tape = Tape()
         let x0 = tape.variable(ljCluster(seed: 21))

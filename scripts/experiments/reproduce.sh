@@ -24,6 +24,8 @@
 #   BPTT_EPOCHS=30 [3]  STEPS=60 [40] (unrolled relaxer steps T)  LR_BPTT=3e-4  ETA=0.05 (frame step, Å²/eV)
 #   FIRE_DT=0.1  BATCH=4  EF_EPOCHS=60 [10]  LR_EF=3e-4  EVAL_FMAX=0.01  EVAL_STEPS=500  SEED=0
 #   THREADS=<cores>  RESULTS_MD=docs/results.md ("" to skip)
+#   MEMORY_JSON=OUT/memory.json (BENCH_JSON of scripts/bench memory)  SWEEP_CSV=OUT/sweep/sweep.csv (scripts/sweep collect)
+#   (both optional: their tables go into RESULTS_MD when the files exist)
 # Re-running resumes: finished trainings and evaluations (their outputs exist) are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +62,8 @@ EVAL_STEPS=${EVAL_STEPS:-500}
 SEED=${SEED:-0}
 THREADS=${THREADS:-$(nproc)}
 RESULTS_MD=${RESULTS_MD-docs/results.md}
+MEMORY_JSON=${MEMORY_JSON:-$out/memory.json}
+SWEEP_CSV=${SWEEP_CSV:-$out/sweep/sweep.csv}
 export OPENBLAS_NUM_THREADS=1
 
 sel=scripts/experiments/select_frames.py
@@ -223,6 +227,9 @@ if [ -n "$RESULTS_MD" ]; then
   rm -rf "$figs"
   $bin report "$out/results.csv" "$out"/eval/*-test-common.csv -o "$out/report-docs.html" --svg-dir "$figs" \
     --title "relaxft: BPTT vs energy/force fine-tuning ($dataset set)" >&2
-  python3 scripts/experiments/results.py "$out" --settings "$settings" --models "$models" --markdown "$RESULTS_MD" --figures "$figs"
+  extra=()
+  [ -s "$MEMORY_JSON" ] && extra+=(--memory "$MEMORY_JSON")
+  [ -s "$SWEEP_CSV" ] && extra+=(--sweep "$SWEEP_CSV")
+  python3 scripts/experiments/results.py "$out" --settings "$settings" --models "$models" --markdown "$RESULTS_MD" --figures "$figs" "${extra[@]}"
 fi
 log "done: $out/results.csv, $out/report.html${RESULTS_MD:+, $RESULTS_MD}"
