@@ -61,7 +61,8 @@ public struct ExampleEvaluation: Codable, Sendable {
     /// in eV (when both reference energies are known): the energy error at the relaxed structure measured from
     /// the initial one, independent of the energy zero.
     public var relaxationEnergyError: Double?
-    /// Bonds present in only one of the final and the reference structure (see `BondingTopology`).
+    /// Bonds present in only one of the final and the reference structure (see `BondingTopology`); -1 when
+    /// the relaxation diverged (non-finite positions).
     public var differingBonds: Int
     /// Same basin as the reference: ΔQ below the basin threshold and the same bonding topology.
     public var sameBasin: Bool
@@ -98,7 +99,8 @@ public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any 
         let eErr = ex.targetEnergy.map { (r.finalEnergy - $0) / Double(s.count) }
         var relaxErr: Double? = nil
         if let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
-        let bonds = BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale)
+        // A diverged relaxation (non-finite positions) has no bond graph: -1, never the same basin.
+        let bonds = x.array.allSatisfy(\.isFinite) ? BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale) : -1
         return ExampleEvaluation(name: ex.name, group: ex.group, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd, converged: r.fmax < p.convergedFmax,
                                  fmax: r.fmax, steps: r.steps, energy: r.finalEnergy, energyErrorPerAtom: eErr,
                                  relaxationEnergyError: relaxErr, differingBonds: bonds, sameBasin: bonds == 0 && dq < basin.deltaQ)

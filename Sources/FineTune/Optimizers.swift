@@ -57,7 +57,8 @@ public struct Adam: Codable, Sendable {
 /// Global gradient norm and clipping to `maxNorm` (no-op when the norm is below it or maxNorm ≤ 0).
 public func clipGradients(_ gradients: inout [String: Tensor], maxNorm: Double) -> Double {
     var sq = 0.0
-    for (_, g) in gradients { sq += g.dot(g) }
+    // Sorted keys: a dictionary's iteration order differs between instances, and so would the last bit.
+    for k in gradients.keys.sorted() { sq += gradients[k]!.dot(gradients[k]!) }
     let norm = sq.squareRoot()
     if maxNorm > 0 && norm > maxNorm {
         let s = maxNorm / norm
