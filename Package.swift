@@ -32,6 +32,6 @@ let package = Package(
         .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Potentials", "Atoms", "Tape"]),
         .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss", "Potentials", "Atoms", "Tape"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
-        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Tape"]),
+        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape"]),
     ]
 )

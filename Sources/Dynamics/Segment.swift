@@ -4,7 +4,8 @@ import Tape
 
 /// What happened to the replicas during a run of steps.
 public struct SegmentResult: Sendable {
-    /// Frames taken every `sampleInterval` steps, per replica (only while the replica was stable).
+    /// Frames taken every `sampleInterval` steps, per replica, while the replica was stable, plus (with
+    /// `sampleUnstable`) the frame at which it was found unstable.
     public var samples: [[Structure]]
     /// Per replica, the step (counted from the start of the segment, 1-based) at which it was first found
     /// unstable, or nil.
@@ -22,10 +23,10 @@ public struct SegmentResult: Sendable {
 extension MolecularDynamics {
     /// Advances the replicas `indices` by `steps` steps. Every `checkInterval` steps (and at every sample)
     /// each replica is checked with `monitor`; a replica found unstable, or with non-finite values, is not
-    /// advanced further when `stopUnstable` (non-finite ones never are). `onStep` is called after every step
+    /// advanced further when `stopUnstable` (non-finite ones never are, and are never sampled). `onStep` is called after every step
     /// with the step number (1-based) and the replicas still running.
     public func runSegment(_ indices: [Int], steps: Int, sampleInterval: Int = 0, monitor: StabilityMonitor? = nil,
-                           checkInterval: Int = 10, stopUnstable: Bool = true,
+                           checkInterval: Int = 10, stopUnstable: Bool = true, sampleUnstable: Bool = false,
                            onStep: ((Int, [Int]) -> Void)? = nil) -> SegmentResult {
         let r = replicaCount
         var result = SegmentResult(samples: Array(repeating: [], count: r), unstableStep: Array(repeating: nil, count: r),
@@ -52,6 +53,7 @@ extension MolecularDynamics {
                     if rep.unstable && result.unstableStep[q] == nil {
                         result.unstableStep[q] = k
                         result.unstableAtoms[q] = rep.unstableAtoms
+                        if sampleUnstable && sampleInterval > 0 { result.samples[q].append(frame(q)) }
                     }
                     if rep.unstable && stopUnstable { stop.insert(q) }
                 }
@@ -104,11 +106,12 @@ public enum RDFTable {
         return (r, g)
     }
 
-    /// CSV text with the header `r,<names…>` and one row per radius.
+    /// CSV text with the header `r,<names…>` and one row per radius; numbers in their shortest exact form, so
+    /// that reading the table back gives the same doubles.
     public static func text(radii: [Double], columns: [(String, [Double])]) -> String {
         var s = (["r"] + columns.map(\.0)).joined(separator: ",") + "\n"
         for (k, r) in radii.enumerated() {
-            s += ([String(format: "%.6g", r)] + columns.map { String(format: "%.8g", $0.1[k]) }).joined(separator: ",") + "\n"
+            s += (["\(r)"] + columns.map { "\($0.1[k])" }).joined(separator: ",") + "\n"
         }
         return s
     }

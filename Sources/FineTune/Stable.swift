@@ -33,6 +33,9 @@ public struct StableOptions: Codable, Sendable, Equatable {
     public var steps = 1000
     /// Steps between the frames fed to the estimator (StABlE's n_dump = 100: decorrelated samples).
     public var sampleInterval = 100
+    /// Also sample the frame at which a replica is found unstable (StABlE samples whole segments, unstable
+    /// parts included, so the estimator sees the configurations that went wrong).
+    public var sampleUnstable = true
     /// Steps at the start of every segment that are not sampled.
     public var discard = 0
     /// Steps run once with the starting model before the first epoch; the stored restart states are taken then.
@@ -175,7 +178,8 @@ public final class StableTrainer {
 
     var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
     var metricsPath: String { runDirectory + "/metrics.csv" }
-    var scalarNames: [String] { names.filter { model.parameters[$0]!.count == 1 } }
+    /// Parameters logged per epoch: all trainable ones when they are scalars (classical potentials).
+    var scalarNames: [String] { names.allSatisfy { model.parameters[$0]!.count == 1 } ? names : [] }
 
     /// A new run in `runDirectory` (which must not hold one).
     public convenience init(options: StableOptions, runDirectory: String) throws {
@@ -257,8 +261,9 @@ public final class StableTrainer {
         settings = MDSettings(timestep: o.timestep, temperature: o.temperature, thermostat: o.thermostat)
 
         var adam = Adam(learningRate: o.learningRate)
-        if o.relativeSteps {
-            for n in ns where m0.parameters[n]!.count == 1 { adam.scales[n] = Swift.max(Swift.abs(m0.parameters[n]!.scalar), 1e-12) }
+        // Relative steps for potentials made of scalars (σ ≈ 2 Å and λ ≈ 20 move alike); not for network weights.
+        if o.relativeSteps && ns.allSatisfy({ m0.parameters[$0]!.count == 1 }) {
+            for n in ns { adam.scales[n] = Swift.max(Swift.abs(m0.parameters[n]!.scalar), 1e-12) }
         }
         state = StableState(adam: adam, rate: o.learningRate, replicas: [], stored: [], ages: Array(repeating: 0, count: o.replicas),
                             rng: SeededGenerator(seed: o.seed &+ 0x57AB1E))
@@ -278,6 +283,7 @@ public final class StableTrainer {
 
     public var completedEpochs: Int { state.epoch }
     public var trainableNames: [String] { names }
+    public var trainableCount: Int { names.reduce(0) { $0 + model.parameters[$1]!.count } }
     public var reference: (radii: [Double], values: [Double]) { (rdf.radii, referenceRDF) }
 
     /// Replica states at the start (after the optional equilibration), the stored restart states.
@@ -351,7 +357,10 @@ public final class StableTrainer {
             let t0 = Date()
             let learning = state.learning
             if learning && o.restart == "initial" {
-                md.setStates(state.stored, forIndices: Array(0..<o.replicas))
+                // Same positions and velocities, fresh Langevin noise each epoch (else the paths repeat).
+                var fresh = state.stored
+                for r in 0..<o.replicas { fresh[r].rng = SeededGenerator(seed: o.seed &+ 0x5EED &* UInt64(state.epoch + 1) &+ UInt64(r)) }
+                md.setStates(fresh, forIndices: Array(0..<o.replicas))
                 md.refreshForces()
                 state.ages = Array(repeating: 0, count: o.replicas)
             }
@@ -370,7 +379,8 @@ public final class StableTrainer {
                 unstableStep = res.unstableStep
             }
             let running = all.filter { unstableStep[$0] == nil }
-            res = md.runSegment(running, steps: o.steps - o.discard, sampleInterval: o.sampleInterval, monitor: monitor, checkInterval: 10)
+            res = md.runSegment(running, steps: o.steps - o.discard, sampleInterval: o.sampleInterval, monitor: monitor,
+                                checkInterval: Swift.min(10, o.sampleInterval), sampleUnstable: o.sampleUnstable)
             for r in running {
                 samples[r] = res.samples[r]
                 if let u = res.unstableStep[r] { unstableStep[r] = u + o.discard }

@@ -179,7 +179,10 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
     }
     let seconds = Date().timeIntervalSince(clock)
     let simulated = Double(steps) * dt / 1000
-    let psPerDay = seconds > 0 ? simulated / seconds * 86400 : .infinity
+    // Speed from the steps actually taken (replicas stopped early count what they ran).
+    let simulatedTotal = Double(result.stepsTaken.reduce(0, +)) * dt / 1000
+    let psPerDayTotal = seconds > 0 ? simulatedTotal / seconds * 86400 : .infinity
+    let psPerDay = psPerDayTotal / Double(replicas)
     var exit: Int32 = 0
     var reports: [String] = []
     // Time to the first instability, or the whole run for a stable replica (a lower bound).
@@ -213,7 +216,7 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
     let sortedTimes = stableTimes.sorted()
     let medianStable = sortedTimes.count % 2 == 1 ? sortedTimes[sortedTimes.count / 2] : 0.5 * (sortedTimes[sortedTimes.count / 2 - 1] + sortedTimes[sortedTimes.count / 2])
     let unstableCount = result.unstableStep.compactMap { $0 }.count
-    var done = String(format: "relaxft md: %d replica(s) × %.4g ps in %.1f s: %.3g ps/day per replica (%.3g ps/day in total)", replicas, simulated, seconds, psPerDay, psPerDay * Double(replicas))
+    var done = String(format: "relaxft md: %d replica(s) × %.4g ps in %.1f s: %.3g ps/day per replica (%.3g ps/day in total)", replicas, simulated, seconds, psPerDay, psPerDayTotal)
     if let t = trajectoryPath { done += "; trajectory \(t) (\(trajectoryFrames) frames)" }
     if unstableCount > 0 { done += String(format: "; %d unstable, median time stable %.4g ps", unstableCount, medianStable) }
     if let r = rdfPath { done += "; RDF \(r) (\(rdfFrames) frames)" }

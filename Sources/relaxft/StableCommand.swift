@@ -27,6 +27,7 @@ let stableCommand = Command(
             OptionSpec("--replicas", value: "R", default: "8", help: "MD replicas advanced together"),
             OptionSpec("--steps", value: "N", default: "1000", help: "MD steps per replica per epoch"),
             OptionSpec("--sample-interval", value: "K", default: "100", help: "steps between the frames given to the estimator (decorrelation)"),
+            OptionSpec("--stable-samples-only", help: "do not sample the frame at which a replica is found unstable (by default it is sampled too)"),
             OptionSpec("--discard", value: "N", default: "0", help: "steps at the start of each epoch's segment that are not sampled"),
             OptionSpec("--equilibrate", value: "N", default: "0", help: "steps run once with the starting model before the first epoch (the stored restart states are taken after them)"),
             OptionSpec("--restart", value: "MODE", default: "initial", help: "initial: each learning epoch restarts all replicas from the stored states (StABlE); continue: replicas continue"),
@@ -60,7 +61,7 @@ let stableCommand = Command(
             forces). In the simulation phase unstable replicas are reset to their state at the start of the epoch;
             once at least --unstable-fraction of them went unstable in one epoch, a learning phase begins: every
             epoch restarts the replicas from the stored states, samples frames every --sample-interval steps while
-            they are stable, and takes one Adam step on
+            they are stable (and the frame where each went unstable), and takes one Adam step on
                 ∇θ mean_k(⟨g(r_k)⟩ − g_ref(r_k))²  +  λ ∇θ L_EF(--data),
             the first term by the Boltzmann estimator ∇θ⟨O⟩ = −β Cov(O, ∂U/∂θ) (no differentiation through the
             trajectory; β explicit), clipped to --clip. The rate is cut by --plateau-factor after --plateau-patience
@@ -113,6 +114,7 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
         o.steps = try args.positiveInt("steps")!
         o.sampleInterval = try args.positiveInt("sample-interval")!
         o.discard = try args.int("discard")!
+        o.sampleUnstable = !args.has("stable-samples-only")
         o.equilibrate = try args.int("equilibrate")!
         o.restart = args.string("restart")!
         o.epochs = try args.positiveInt("epochs")!
@@ -142,7 +144,7 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
             trainer = try StableTrainer(options: o, runDirectory: dir)
         } catch let e as StableError { throw usage(e.message) }
         log("relaxft stable: \(model), training \(trainer.trainableNames.count <= 8 ? trainer.trainableNames.joined(separator: ", ") : "\(trainer.trainableNames.count) tensors") "
-            + "(\(trainer.model.parameterCount) parameters); \(o.replicas) replicas × \(o.steps) steps of \(o.timestep) fs at \(o.temperature) K per epoch; run directory \(dir)")
+            + "(\(trainer.trainableCount) of \(trainer.model.parameterCount) parameters); \(o.replicas) replicas × \(o.steps) steps of \(o.timestep) fs at \(o.temperature) K per epoch; run directory \(dir)")
     }
     let rows = try trainer.run(log: log)
     let o = trainer.options
