@@ -200,6 +200,7 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
             unstableTime = Double(u) * dt / 1000
             line += String(format: "; unstable at %.4g ps", unstableTime!)
             if result.nonFinite[r] { line += " (non-finite energy or forces: stopped)" }
+            else if result.unstableAtoms[r].isEmpty, let d = minDistance { line += String(format: " (two atoms closer than %.3g Å)", d) }
             else { line += String(format: " (max bond deviation %.3f Å, atoms %@)", result.maxBondDeviation[r], result.unstableAtoms[r].prefix(8).map(String.init).joined(separator: " ")) }
         } else {
             line += String(format: "; stable (max bond deviation %.3f Å)", result.maxBondDeviation[r])

@@ -77,6 +77,11 @@ struct MDCommandTests {
         #expect(median > 0 && median < 0.1)
         let reps = try #require(j["replica_results"] as? [[String: Any]])
         #expect(reps.allSatisfy { ($0["steps"] as? Int).map { $0 < 100 } == true && $0["unstable_at_ps"] as? Double != nil })
+
+        // Diamond bonds are 2.35 Å: a 2.5 Å minimum distance is broken at the first check.
+        let close = try dir.run(["md", "si64.extxyz", "--steps", "30", "--bond-threshold", "100", "--min-distance", "2.5", "--stop-unstable"])
+        #expect(close.status == 1)
+        #expect(close.stdout.contains("replica 0: 10 steps") && close.stdout.contains("unstable at 0.01 ps (two atoms closer than 2.5 Å)"), "\(close.stdout)")
     }
 
     /// Bad options and inputs: exit code 2, a message naming the problem, no output file.
