@@ -155,6 +155,9 @@ struct StableState: Codable {
     var rng: SeededGenerator
     var initialRDF: [Double]?
     var lastRDF: [Double]?
+    /// Metrics of the first epoch (the starting model), for summaries after a resume.
+    var firstRDFMAE: Double?
+    var firstFractionUnstable: Double?
 }
 
 /// StABlE training: MD replicas with the current model, alternating simulation and learning phases. In a
@@ -179,7 +182,7 @@ public final class StableTrainer {
     var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
     var metricsPath: String { runDirectory + "/metrics.csv" }
     /// Parameters logged per epoch: all trainable ones when they are scalars (classical potentials).
-    var scalarNames: [String] { names.allSatisfy { model.parameters[$0]!.count == 1 } ? names : [] }
+    public var scalarNames: [String] { names.allSatisfy { model.parameters[$0]!.count == 1 } ? names : [] }
 
     /// A new run in `runDirectory` (which must not hold one).
     public convenience init(options: StableOptions, runDirectory: String) throws {
@@ -509,6 +512,10 @@ public final class StableTrainer {
                                          energyForceGradientNorm: gEF, energyForceLoss: efLoss, energyMAE: efMetrics?.energyMAE, forceMAE: efMetrics?.forceMAE,
                                          scalars: scalarsAtStart, seconds: Date().timeIntervalSince(t0))
             rows.append(row)
+            if state.epoch == 1 {
+                state.firstRDFMAE = mae
+                state.firstFractionUnstable = frac
+            }
             let old = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? (StableEpochMetrics.header(scalarNames) + "\n")
             try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
             try writeRDF()
@@ -559,6 +566,7 @@ public final class StableTrainer {
     }
 
     public var bestEpoch: Int { state.bestEpoch }
+    public var firstEpochMetrics: (rdfMAE: Double?, fractionUnstable: Double?) { (state.firstRDFMAE, state.firstFractionUnstable) }
 
     /// Energy/force metrics of the starting and the best model on each test file.
     public func testMetrics() throws -> [(String, before: ForceFieldMetrics, after: ForceFieldMetrics)] {

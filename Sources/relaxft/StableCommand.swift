@@ -152,18 +152,19 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
     for (file, before, after) in tests {
         log(String(format: "test %@: energy MAE %.2f → %.2f meV/atom, force MAE %.4f → %.4f eV/Å (%d frames)", file, before.energyMAE, after.energyMAE, before.forceMAE, after.forceMAE, after.frames))
     }
-    let first = rows.first, last = rows.last
     let ref = trainer.reference
     let best = try ModelFile.load(trainer.runDirectory + "/best.safetensors").potential
     var fields: [(String, String)] = [
         ("epochs", "\(trainer.completedEpochs)"), ("best_epoch", "\(trainer.bestEpoch)"), ("replicas", "\(o.replicas)"),
         ("temperature", jsonNumber(o.temperature)), ("rdf_points", "\(ref.radii.count)"),
     ]
-    if let f = first, let l = last {
-        fields += [("first_rdf_mae", f.rdfMAE.map(jsonNumber) ?? "null"), ("last_rdf_mae", l.rdfMAE.map(jsonNumber) ?? "null"),
-                   ("first_fraction_unstable", jsonNumber(f.fractionUnstable)), ("last_fraction_unstable", jsonNumber(l.fractionUnstable))]
+    // First epoch of the whole run (kept in the checkpoint), last epoch of this call.
+    let f = trainer.firstEpochMetrics
+    fields += [("first_rdf_mae", f.rdfMAE.map(jsonNumber) ?? "null"), ("first_fraction_unstable", f.fractionUnstable.map(jsonNumber) ?? "null")]
+    if let l = rows.last {
+        fields += [("last_rdf_mae", l.rdfMAE.map(jsonNumber) ?? "null"), ("last_fraction_unstable", jsonNumber(l.fractionUnstable))]
     }
-    let scalars = trainer.trainableNames.filter { trainer.initialModel.parameters[$0]!.count == 1 }
+    let scalars = trainer.scalarNames
     if !scalars.isEmpty {
         fields.append(("initial_parameters", "{" + scalars.map { "\(jsonString($0)): \(jsonNumber(trainer.initialModel.parameters[$0]!.scalar))" }.joined(separator: ", ") + "}"))
         fields.append(("best_parameters", "{" + scalars.map { "\(jsonString($0)): \(jsonNumber(best.parameters[$0]!.scalar))" }.joined(separator: ", ") + "}"))

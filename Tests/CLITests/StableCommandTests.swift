@@ -73,6 +73,9 @@ struct StableCommandTests {
             let la = Double(a[k]["observable_loss"]!)!, lb = Double(b[k]["observable_loss"]!)!
             #expect(abs(la - lb) <= 1e-6 * la, "epoch \(k + 1): \(la) vs \(lb)")
         }
+        // The summary after a resume still starts from the first epoch of the run.
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("part/summary.json")))) as? [String: Any])
+        #expect((summary["first_rdf_mae"] as? Double).map { abs($0 - Double(a[0]["rdf_mae"]!)!) < 1e-5 * $0 } == true, "\(summary)")
         let pa = try ModelFile.load(dir.path("whole/last.safetensors")).potential, pb = try ModelFile.load(dir.path("part/last.safetensors")).potential
         #expect(abs(pa.parameters["sigma"]!.scalar - pb.parameters["sigma"]!.scalar) < 1e-9)
     }
