@@ -248,9 +248,9 @@ public final class Pretrainer {
         return r > 0 ? r : 1
     }
 
-    static func truncateMetrics(_ path: String, after epoch: Int) throws {
+    static func truncateMetrics(_ path: String, after epoch: Int, header: String = PretrainEpochMetrics.header) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: path)
+            try AtomicFile.write(header + "\n", to: path)
             return
         }
         var keep: [Substring] = []
