@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Relax", targets: ["Relax"]),
         .library(name: "Loss", targets: ["Loss"]),
         .library(name: "FineTune", targets: ["FineTune"]),
+        .library(name: "Dynamics", targets: ["Dynamics"]),
     ],
     targets: [
         // OpenBLAS (cblas.h) and LAPACKE from Debian's libopenblas-dev and liblapacke-dev.
@@ -20,15 +21,17 @@ let package = Package(
         .target(name: "Potentials", dependencies: ["Tape", "Atoms"]),
         .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"]),
         .target(name: "Loss", dependencies: ["Tape", "Atoms"]),
-        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss"]),
-        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune"]),
+        .target(name: "Dynamics", dependencies: ["Tape", "Atoms", "Potentials"]),
+        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "Dynamics"]),
+        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "Dynamics"]),
         .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "CLinalg"], path: "Sources/Bench"),
         .testTarget(name: "TapeTests", dependencies: ["Tape"]),
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"], exclude: ["Malformed"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
+        .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Potentials", "Atoms", "Tape"]),
         .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss", "Potentials", "Atoms", "Tape"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
-        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Tape"]),
+        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape"]),
     ]
 )

@@ -326,9 +326,9 @@ public final class Pretrainer {
         m.parameters[name] = w
     }
 
-    static func truncateMetrics(_ path: String, after epoch: Int) throws {
+    static func truncateMetrics(_ path: String, after epoch: Int, header: String = PretrainEpochMetrics.header) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: path)
+            try AtomicFile.write(header + "\n", to: path)
             return
         }
         var keep: [Substring] = []

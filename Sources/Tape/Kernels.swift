@@ -66,6 +66,16 @@ extension Tensor {
         return out
     }
 
+    /// Elementwise ternary operation on tensors of one shape (one pass, no intermediate tensor).
+    @inline(__always)
+    public static func zip3(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ f: (Double, Double, Double) -> Double) -> Tensor {
+        precondition(a.shape == b.shape && a.shape == c.shape, "zip3 needs equal shapes, got \(a.shape), \(b.shape), \(c.shape)")
+        let out = Tensor(uninitializedShape: a.shape)
+        let pa = a.storage.pointer, pb = b.storage.pointer, pc = c.storage.pointer, po = out.storage.pointer
+        for i in 0..<a.count { po[i] = f(pa[i], pb[i], pc[i]) }
+        return out
+    }
+
     /// Elementwise binary operation with NumPy broadcasting.
     @inline(__always)
     public static func zipWith(_ a: Tensor, _ b: Tensor, _ f: (Double, Double) -> Double) -> Tensor {

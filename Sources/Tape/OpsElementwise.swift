@@ -143,7 +143,11 @@ extension Variable {
         let sig = value.map(stableSigmoid)
         return makeOp("silu", [self], Tensor.zipWith(value, sig, *)) { c in
             if !c.tape.isRecording {
-                return [Variable(constant: Tensor.zipWith(c.grad.value, Tensor.zipWith(c.node.inputs[0].value, sig) { x, s in
+                let g = c.grad.value, x = c.node.inputs[0].value
+                if g.shape == x.shape {
+                    return [Variable(constant: Tensor.zip3(g, x, sig) { g, x, s in g * (s * (1 + x * (1 - s))) })]
+                }
+                return [Variable(constant: Tensor.zipWith(g, Tensor.zipWith(x, sig) { x, s in
                     s * (1 + x * (1 - s))
                 }, *))]
             }

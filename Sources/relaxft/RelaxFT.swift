@@ -9,7 +9,7 @@ struct Command: Sendable {
     let run: @Sendable (ParsedArguments) throws -> Int32
 }
 
-let commands: [Command] = [relaxCommand, finetuneCommand, evaluateCommand, reportCommand, convertCommand, pretrainCommand, infoCommand, modelsCommand, demoCommand]
+let commands: [Command] = [relaxCommand, finetuneCommand, evaluateCommand, reportCommand, convertCommand, pretrainCommand, infoCommand, modelsCommand, mdCommand, stableCommand, demoCommand]
 
 let topLevelHelp = """
     usage: relaxft <command> [options]
