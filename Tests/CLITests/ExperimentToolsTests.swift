@@ -3,7 +3,8 @@ import Testing
 import Atoms
 import Potentials
 
-/// Runs any executable (python3 scripts here) with a given PATH, output through files.
+/// Runs an executable (relaxft, or python3 scripts) in `dir` with a given PATH; output goes through files, since a
+/// pipe could fill up and block.
 func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:]) throws -> CLIRun {
     let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)

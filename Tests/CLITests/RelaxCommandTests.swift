@@ -57,23 +57,7 @@ struct Scratch {
 
     /// Runs `relaxft args…` in this directory (output through files: a pipe could fill up and block).
     func run(_ args: [String]) throws -> CLIRun {
-        let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-cli-out-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: outputs) }
-        let (o, e) = (outputs.appendingPathComponent("stdout"), outputs.appendingPathComponent("stderr"))
-        _ = FileManager.default.createFile(atPath: o.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: e.path, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: relaxftBinary)
-        process.arguments = args
-        process.currentDirectoryURL = url
-        process.environment = ["OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"]
-        process.standardOutput = try FileHandle(forWritingTo: o)
-        process.standardError = try FileHandle(forWritingTo: e)
-        try process.run()
-        process.waitUntilExit()
-        return CLIRun(status: process.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8),
-                      stderr: try String(contentsOf: e, encoding: .utf8))
+        try runTool(relaxftBinary, args, in: url)
     }
 }
 
