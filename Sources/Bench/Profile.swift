@@ -5,7 +5,7 @@ import Relax
 import Tape
 
 /// Fixed-size workloads for instruction-count profiling (valgrind --tool=callgrind), where timing loops would
-/// make the work depend on the machine's speed: `relaxft-bench profile chain|fire|bptt`.
+/// make the work depend on the machine's speed: `relaxft-bench profile chain|fire|bptt|so3krates|schnet`.
 enum Profile {
     static func run(_ args: [String]) {
         switch args.first ?? "" {
@@ -24,8 +24,18 @@ enum Profile {
             _ = relax(vacancyFixture(repeats: 3), potential: StillingerWeber(), relaxer: FIRE(), settings: settings)
         case "bptt":
             BPTTBench.one(["2", "20", "checkpoint"])
+        case "so3krates", "schnet":
+            // Energy+forces of 64-atom Si, then one BPTT-style step (second derivatives), with the model
+            // `relaxft-bench neural` times.
+            let model = NeuralBench.models().first { $0.0.hasPrefix(args[0]) }!.1
+            var s = Structure.diamond(repeats: 2)
+            var rng = SeededGenerator(seed: 2)
+            s.positions = s.positions + rng.normalTensor(s.positions.shape, scale: 0.05)
+            let sys = AtomicSystem(s, cutoff: model.cutoff)
+            _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3]))
+            NeuralBench.bpttStep(model, sys, s)
         default:
-            print("profile workloads: chain, fire, bptt")
+            print("profile workloads: chain, fire, bptt, so3krates, schnet")
         }
     }
 }

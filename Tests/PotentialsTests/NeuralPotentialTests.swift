@@ -17,7 +17,7 @@ func smallModels() -> [(String, any Potential)] {
 }
 
 /// Si7O: a distorted, slightly sheared 8-atom diamond cell (several periodic images within the cutoff).
-func testCell(seed: UInt64 = 3) -> Structure {
+func randomSiCell(seed: UInt64 = 3) -> Structure {
     var s = Structure.diamond(a: 5.431, repeats: 1)
     var rng = SeededGenerator(seed: seed)
     s.positions = s.positions + rng.normalTensor([8, 3], scale: 0.12)
@@ -69,7 +69,7 @@ func relDiff(_ a: Tensor, _ b: Tensor) -> Double { a.maxAbsDifference(b) / max(b
 
     @Test(arguments: [0, 1]) func invariantUnderRotationTranslationPermutation(model k: Int) {
         let (name, m) = smallModels()[k]
-        let s = testCell()
+        let s = randomSiCell()
         let ref = eval(m, s)
         var rng = SeededGenerator(seed: 11)
         for trial in 0..<3 {
@@ -97,7 +97,7 @@ func relDiff(_ a: Tensor, _ b: Tensor) -> Double { a.maxAbsDifference(b) / max(b
 
     @Test(arguments: [0, 1]) func batchedEqualsSeparate(model k: Int) {
         let (name, m) = smallModels()[k]
-        let a = testCell(seed: 3), b = testCell(seed: 4)
+        let a = randomSiCell(seed: 3), b = randomSiCell(seed: 4)
         let sys = AtomicSystem(structures: [a, b], lists: [a, b].map { NeighborList.build($0, cutoff: m.cutoff) })
         let ev = m.evaluate(sys, positions: Tensor.concatenate([a.positions, b.positions], axis: 0),
                             cells: Tensor.concatenate([a.cell.reshaped([1, 3, 3]), b.cell.reshaped([1, 3, 3])], axis: 0), stress: true)
@@ -144,7 +144,7 @@ func relDiff(_ a: Tensor, _ b: Tensor) -> Double { a.maxAbsDifference(b) / max(b
 
     @Test(arguments: [0, 1]) func forcesStressAndParameterGradientsMatchFiniteDifferences(model k: Int) {
         let (name, m) = smallModels()[k]
-        let s = testCell()
+        let s = randomSiCell()
         let names = Self.probed[k]
         let f = energyFunction(m, s, names)
         let inputs = [s.positions, Tensor.zeros([3, 3])] + names.map { m.parameters[$0]! }
@@ -160,7 +160,7 @@ func relDiff(_ a: Tensor, _ b: Tensor) -> Double { a.maxAbsDifference(b) / max(b
 
     @Test(arguments: [0, 1]) func secondDerivativesMatchFiniteDifferences(model k: Int) {
         let (name, m) = smallModels()[k]
-        let s = testCell()
+        let s = randomSiCell()
         let names = Self.probed[k]
         let f = energyFunction(m, s, names)
         let inputs = [s.positions, Tensor.zeros([3, 3])] + names.map { m.parameters[$0]! }
@@ -191,7 +191,7 @@ func relDiff(_ a: Tensor, _ b: Tensor) -> Double { a.maxAbsDifference(b) / max(b
         #expect(loaded.kind == name)
         #expect(meta["elements"] == "O,Si")
         #expect(loaded.metadata == m.metadata)
-        let s = testCell()
+        let s = randomSiCell()
         let a = eval(m, s), b = eval(loaded, s)
         #expect(a.energies.bitwiseEqual(b.energies) && a.forces.bitwiseEqual(b.forces), "\(name): reloaded model differs")
         if k == 0 { #expect(meta["training_command"] == "relaxft pretrain --test") }
