@@ -15,8 +15,6 @@ final class ResultSlots<T>: @unchecked Sendable {
 public func parallelMap<T>(_ n: Int, threads: Int, _ body: @escaping @Sendable (Int) -> T) -> [T] {
     if threads <= 1 || n <= 1 { return (0..<n).map(body) }
     let slots = ResultSlots<T>(count: n)
-    let next = ResultSlots<Int>(count: 1)
-    next.set(0, 0)
     let counter = AtomicCounter()
     DispatchQueue.concurrentPerform(iterations: Swift.min(threads, n)) { _ in
         while true {
