@@ -38,7 +38,8 @@ func resetPeakRSS() {
 func hwmMiB() -> Double {
     guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return peakRSSMiB() }
     for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+        // "VmHWM:\t%8lu kB": from 10^7 kB (9.5 GiB) on no space follows the tab, so split on both.
+        let kb = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Double($0) }.first ?? 0
         return kb / 1024
     }
     return peakRSSMiB()
