@@ -40,9 +40,7 @@ enum NeuralBench {
             print("-- \(name): \(model.parameterCount) parameters, cutoff \(model.cutoff) Å")
             print("atoms  pairs    energy+forces (min / median)   matmul GFLOP/call  fraction of dgemm   BPTT step (min)")
             for r in [2, 3, 4] {
-                var s = Structure.diamond(repeats: r)
-                var rng = SeededGenerator(seed: UInt64(r))
-                s.positions = s.positions + rng.normalTensor(s.positions.shape, scale: 0.05)
+                let s = rattledDiamond(repeats: r)
                 let sys = AtomicSystem(s, cutoff: model.cutoff)
                 let cells = s.cell.reshaped([1, 3, 3])
                 let t = measureBoth(minRuns: r >= 4 ? 3 : 5, minSeconds: 1) { _ = model.evaluate(sys, positions: s.positions, cells: cells) }
@@ -58,6 +56,14 @@ enum NeuralBench {
             }
         }
         print("BPTT step: energy, forces with createGraph, x' = x + 0.01·F, gradient of Σ c·x' w.r.t. all parameters.")
+    }
+
+    /// Diamond Si of r×r×r conventional cells with 0.05 Å Gaussian noise (seed r): the benchmark's structures.
+    static func rattledDiamond(repeats r: Int) -> Structure {
+        var s = Structure.diamond(repeats: r)
+        var rng = SeededGenerator(seed: UInt64(r))
+        s.positions = s.positions + rng.normalTensor(s.positions.shape, scale: 0.05)
+        return s
     }
 
     static func bpttStep(_ model: any Potential, _ sys: AtomicSystem, _ s: Structure) {

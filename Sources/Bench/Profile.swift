@@ -28,9 +28,7 @@ enum Profile {
             // Energy+forces of 64-atom Si, then one BPTT-style step (second derivatives), with the model
             // `relaxft-bench neural` times.
             let model = NeuralBench.models().first { $0.0.hasPrefix(args[0]) }!.1
-            var s = Structure.diamond(repeats: 2)
-            var rng = SeededGenerator(seed: 2)
-            s.positions = s.positions + rng.normalTensor(s.positions.shape, scale: 0.05)
+            let s = NeuralBench.rattledDiamond(repeats: 2)
             let sys = AtomicSystem(s, cutoff: model.cutoff)
             _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3]))
             NeuralBench.bpttStep(model, sys, s)
