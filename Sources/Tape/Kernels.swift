@@ -470,3 +470,75 @@ extension Tensor {
         return (out, idx)
     }
 }
+
+/// A partition of a matrix's columns into consecutive groups, each with a weight: the structured, sparse
+/// matrices of attention heads and spherical-harmonic degrees (a column-group sum is a product with a
+/// block matrix of K rows and few columns, which dgemm handles poorly).
+public struct ColumnGroups: Sendable, Equatable {
+    public let sizes: [Int]
+    public let weights: [Double]
+    /// Column count (Σ sizes).
+    public let columns: Int
+
+    public init(sizes: [Int], weights: [Double]? = nil) {
+        precondition(sizes.allSatisfy { $0 > 0 }, "column groups must be non-empty, got \(sizes)")
+        precondition(weights == nil || weights!.count == sizes.count, "one weight per column group")
+        self.sizes = sizes
+        self.weights = weights ?? [Double](repeating: 1, count: sizes.count)
+        columns = sizes.reduce(0, +)
+    }
+
+    /// `count` groups of `size` columns each, all with weight `weight`.
+    public init(count: Int, size: Int, weight: Double = 1) {
+        self.init(sizes: [Int](repeating: size, count: count), weights: [Double](repeating: weight, count: count))
+    }
+
+    public var count: Int { sizes.count }
+}
+
+extension Tensor {
+    /// [R, C] → [R, G]: out[r, g] = w_g Σ_{c ∈ g} self[r, c].
+    public func sumColumnGroups(_ groups: ColumnGroups) -> Tensor {
+        precondition(rank == 2 && shape[1] == groups.columns, "sumColumnGroups: shape \(shape) does not have \(groups.columns) columns")
+        let rows = shape[0], cols = groups.columns, g = groups.count
+        let out = Tensor(uninitializedShape: [rows, g])
+        let src = storage.pointer, dst = out.storage.pointer
+        groups.sizes.withUnsafeBufferPointer { sizes in
+            groups.weights.withUnsafeBufferPointer { w in
+                for r in 0..<rows {
+                    var s = src + r * cols
+                    let d = dst + r * g
+                    for k in 0..<g {
+                        var acc = 0.0
+                        for c in 0..<sizes[k] { acc += s[c] }
+                        d[k] = acc * w[k]
+                        s += sizes[k]
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// [R, G] → [R, C]: out[r, c] = w_g self[r, g] for c ∈ g (the adjoint of `sumColumnGroups`).
+    public func repeatColumnGroups(_ groups: ColumnGroups) -> Tensor {
+        precondition(rank == 2 && shape[1] == groups.count, "repeatColumnGroups: shape \(shape) does not have \(groups.count) columns")
+        let rows = shape[0], cols = groups.columns, g = groups.count
+        let out = Tensor(uninitializedShape: [rows, cols])
+        let src = storage.pointer, dst = out.storage.pointer
+        groups.sizes.withUnsafeBufferPointer { sizes in
+            groups.weights.withUnsafeBufferPointer { w in
+                for r in 0..<rows {
+                    let s = src + r * g
+                    var d = dst + r * cols
+                    for k in 0..<g {
+                        let v = s[k] * w[k]
+                        for c in 0..<sizes[k] { d[c] = v }
+                        d += sizes[k]
+                    }
+                }
+            }
+        }
+        return out
+    }
+}

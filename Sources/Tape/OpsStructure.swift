@@ -154,6 +154,22 @@ extension Variable {
     }
 }
 
+// MARK: - Column groups (attention heads, spherical-harmonic degrees)
+
+extension Variable {
+    /// [R, C] → [R, G]: weighted sums over consecutive column groups. Equal to a product with a constant
+    /// block matrix, without the dense matrix.
+    public func sumColumnGroups(_ groups: ColumnGroups) -> Variable {
+        makeOp("sumColumnGroups", [self], value.sumColumnGroups(groups)) { c in [c.grad.repeatColumnGroups(groups)] }
+    }
+
+    /// [R, G] → [R, C]: each column repeated over its group, times the group's weight (adjoint of
+    /// `sumColumnGroups`).
+    public func repeatColumnGroups(_ groups: ColumnGroups) -> Variable {
+        makeOp("repeatColumnGroups", [self], value.repeatColumnGroups(groups)) { c in [c.grad.sumColumnGroups(groups)] }
+    }
+}
+
 // MARK: - Matrix products
 
 /// op(A)·op(B) for 2-D variables.

@@ -114,6 +114,26 @@ let opCases: [OpCase] = {
                            ([1, 3], [3, 1], false, false), ([3, 3], [3, 3], false, false)] as [([Int], [Int], Bool, Bool)] {
         c.append(OpCase(name: "matmul\(ta ? "T" : "N")\(tb ? "T" : "N")", shapes: [a, b]) { matmul($0[0], $0[1], transposeA: ta, transposeB: tb) })
     }
+    let groups = ColumnGroups(sizes: [3, 1, 2], weights: [0.5, -2, 1.5])
+    c.append(OpCase(name: "sumColumnGroups", shapes: [[4, 6]]) { $0[0].sumColumnGroups(groups) })
+    c.append(OpCase(name: "repeatColumnGroups", shapes: [[4, 3]]) { $0[0].repeatColumnGroups(groups) })
+    // Message passing over 6 "pairs": factor rows picked by i (5 atoms) and j (4 atoms), optional scatter.
+    let gi = [4, 0, 0, 2, 4, 1], gj = [3, 3, 1, 0, 2, 1]
+    c.append(OpCase(name: "gatheredProduct3", shapes: [[5, 3], [6, 3], [4, 3]]) {
+        gatheredProduct([GatheredFactor($0[0], gi), GatheredFactor($0[1]), GatheredFactor($0[2], gj)])
+    })
+    c.append(OpCase(name: "gatheredProduct3Scatter", shapes: [[5, 3], [6, 3], [4, 3]]) {
+        gatheredProduct([GatheredFactor($0[0], gi), GatheredFactor($0[1]), GatheredFactor($0[2], gj)], scatterInto: gj, count: 4)
+    })
+    c.append(OpCase(name: "gatheredProduct2Scatter", shapes: [[6, 2, 2], [4, 2, 2]]) {
+        gatheredProduct([GatheredFactor($0[0]), GatheredFactor($0[1], gj)], scatterInto: gi, count: 5)
+    })
+    c.append(OpCase(name: "gatheredProduct1", shapes: [[4, 3]]) {
+        gatheredProduct([GatheredFactor($0[0], gj)], scatterInto: gi, count: 5)
+    })
+    c.append(OpCase(name: "gatheredProduct4", shapes: [[5, 2], [6, 2], [4, 2], [6, 2]]) {
+        gatheredProduct([GatheredFactor($0[0], gi), GatheredFactor($0[1]), GatheredFactor($0[2], gj), GatheredFactor($0[3])])
+    })
     c.append(OpCase(name: "outerRows", shapes: [[4, 3], [4, 2]]) { outerRows($0[0], $0[1]) })
     c.append(OpCase(name: "outer", shapes: [[3], [4]]) { outer($0[0], $0[1]) })
     c.append(OpCase(name: "rowDot", shapes: [[5, 3], [5, 3]]) { rowDot($0[0], $0[1]) })
@@ -154,6 +174,38 @@ struct TapeSemanticsTests {
         // Second derivative is finite too.
         let h = tape.hessianVectorProduct(of: n.sum(), wrt: x, vector: Tensor.ones([2, 3]))
         #expect(h.value.isFinite)
+    }
+
+    @Test func columnGroupsEqualProductsWithTheirBlockMatrices() {
+        let groups = ColumnGroups(sizes: [3, 5, 7], weights: [0.5, -2, 1.5])
+        var block = Tensor.zeros([15, 3])
+        var col = 0
+        for (g, size) in groups.sizes.enumerated() {
+            for _ in 0..<size { block[col, g] = groups.weights[g]; col += 1 }
+        }
+        var rng = SeededGenerator(seed: 11)
+        let x = rng.normalTensor([6, 15]), y = rng.normalTensor([6, 3])
+        let sum = x.sumColumnGroups(groups), dense = Tensor.matmul(x, block)
+        let rep = y.repeatColumnGroups(groups), denseRep = Tensor.matmul(y, block, transposeB: true)
+        #expect(sum.shape == [6, 3] && rep.shape == [6, 15])
+        #expect(zip(sum.array, dense.array).allSatisfy { abs($0 - $1) <= 1e-14 * (1 + abs($1)) })
+        #expect(rep.array == denseRep.array)
+    }
+
+    @Test func gatheredProductEqualsGatherMultiplyScatterBitForBit() {
+        var rng = SeededGenerator(seed: 12)
+        let q = rng.normalTensor([5, 4]), w = rng.normalTensor([7, 4]), k = rng.normalTensor([3, 4])
+        let ii = [0, 4, 4, 1, 2, 3, 0], jj = [2, 0, 1, 1, 2, 0, 0]
+        let (vq, vw, vk) = (Variable(constant: q), Variable(constant: w), Variable(constant: k))
+        let fused = gatheredProduct([GatheredFactor(vq, ii), GatheredFactor(vw), GatheredFactor(vk, jj)])
+        let plain = vq.gatherRows(ii) * vw * vk.gatherRows(jj)
+        #expect(fused.value.bitwiseEqual(plain.value))
+        let fusedSum = gatheredProduct([GatheredFactor(vw), GatheredFactor(vk, jj)], scatterInto: ii, count: 5)
+        let plainSum = (vw * vk.gatherRows(jj)).scatterAddRows(ii, count: 5)
+        #expect(fusedSum.value.bitwiseEqual(plainSum.value))
+        // Every row of the scatter target is written, including rows no pair points to.
+        let sparse = gatheredProduct([GatheredFactor(vw)], scatterInto: [0, 0, 0, 0, 0, 0, 0], count: 3)
+        #expect(sparse.value.slice(axis: 0, 1..<3).array.allSatisfy { $0 == 0 })
     }
 
     @Test func unusedVariablesGetZeroGradient() {
@@ -199,6 +251,21 @@ struct TapeSemanticsTests {
             _ = tape.gradient(of: g.sum(), wrt: [x])
         }
         #expect(weakTape == nil)
+    }
+
+    /// A backward rule that captured a Variable would hold its tape forever (every relaxation step would leak
+    /// its graph).
+    @Test(arguments: opCases)
+    func everyOpReleasesItsTape(_ op: OpCase) {
+        weak var weakTape: Tape?
+        do {
+            let tape = Tape()
+            weakTape = tape
+            let xs = op.inputs(seed: 6).map { tape.variable($0) }
+            let g = tape.gradient(of: scalarized(op, seed: 6)(xs), wrt: xs, createGraph: true)
+            _ = tape.gradient(of: g.map { $0.sum() }.reduce(Variable(constant: 0), +), wrt: xs)
+        }
+        #expect(weakTape == nil, "\(op)")
     }
 }
 

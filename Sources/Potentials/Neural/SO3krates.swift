@@ -130,29 +130,25 @@ public struct SO3krates: Potential {
         return try SO3krates(config, parameters: p, provenance: m.filter { !known.contains($0.key) })
     }
 
-    /// Constant matrices of one model size: head sums and expansions, degree contraction.
+    /// The constant linear maps of one model size as column groups: per-head sums and expansions, per-degree
+    /// sums, expansions to the 2l+1 components of each degree, and the degree contraction c_l.
     struct Maps {
-        let headSum: Tensor, headExpand: Tensor
-        let degreeSum: Tensor, degreeExpand: Tensor
-        let contraction: Tensor
+        let headSum: ColumnGroups, headExpand: ColumnGroups
+        let degreeSum: ColumnGroups, degreeExpand: ColumnGroups
+        let contraction: ColumnGroups
         let components: Int
 
         init(_ c: Config) {
             let f = c.features, h = c.heads, nd = c.maxDegree
-            let m = SphericalHarmonics.componentCount(maxDegree: nd)
-            components = m
-            var hs = Tensor.zeros([f, h]), he = Tensor.zeros([h, f])
-            let fh = f / h
-            for k in 0..<f { hs[k, k / fh] = 1 / Double(fh).squareRoot(); he[k / fh, k] = 1 }
-            var ds = Tensor.zeros([f, nd])
-            let fd = f / nd
-            for k in 0..<f { ds[k, k / fd] = 1 / Double(fd).squareRoot() }
-            var de = Tensor.zeros([nd, m]), con = Tensor.zeros([m, nd])
-            for (col, l) in SphericalHarmonics.degrees(maxDegree: nd).enumerated() {
-                de[l - 1, col] = 1
-                con[col, l - 1] = 1 / Double(2 * l + 1).squareRoot()
-            }
-            headSum = hs; headExpand = he; degreeSum = ds; degreeExpand = de; contraction = con
+            components = SphericalHarmonics.componentCount(maxDegree: nd)
+            let fh = f / h, fd = f / nd
+            headSum = ColumnGroups(count: h, size: fh, weight: 1 / Double(fh).squareRoot())
+            headExpand = ColumnGroups(count: h, size: fh)
+            degreeSum = ColumnGroups(count: nd, size: fd, weight: 1 / Double(fd).squareRoot())
+            // Components are ordered by degree (SphericalHarmonics.degrees): 2l+1 consecutive columns each.
+            let sizes = (1...nd).map { 2 * $0 + 1 }
+            degreeExpand = ColumnGroups(sizes: sizes)
+            contraction = ColumnGroups(sizes: sizes, weights: sizes.map { 1 / Double($0).squareRoot() })
         }
     }
 
@@ -170,15 +166,12 @@ public struct SO3krates: Potential {
             let rbf = physNetBasis(geo.distances, cutoff: c.cutoff, count: c.radialBasis)
             let y = SphericalHarmonics.evaluate(unit, maxDegree: c.maxDegree)
             let cut = geo.cutoffWeights
-            let headSum = Variable(constant: maps.headSum), headExpand = Variable(constant: maps.headExpand)
-            let degreeSum = Variable(constant: maps.degreeSum), degreeExpand = Variable(constant: maps.degreeExpand)
-            let contraction = Variable(constant: maps.contraction)
             var chi = Variable(constant: Tensor.zeros([n, maps.components]))
             for l in 0..<c.layers {
                 let pre = "layers.\(l)"
                 // Filters (Eq. 20) from the radial basis and the contracted EV differences.
                 let dchi = chi.gatherRows(jj) - chi.gatherRows(ii)
-                let cPair = matmul(dchi.squared(), contraction)
+                let cPair = dchi.squared().sumColumnGroups(maps.contraction)
                 func filter(_ name: String) -> Variable {
                     dense(dense(rbf, p, "\(pre).\(name).rad0").silu(), p, "\(pre).\(name).rad1")
                         + dense(dense(cPair, p, "\(pre).\(name).sph0").silu(), p, "\(pre).\(name).sph1")
@@ -187,18 +180,18 @@ public struct SO3krates: Potential {
                 // Invariant attention, H heads, no softmax (Eqs. 15, 21).
                 let q = matmul(x, p["\(pre).att_x.q.weight"]!), k = matmul(x, p["\(pre).att_x.k.weight"]!)
                 let v = matmul(x, p["\(pre).att_x.v.weight"]!)
-                let alpha = matmul(q.gatherRows(ii) * wx * k.gatherRows(jj), headSum) * cut
-                let dx = (matmul(alpha, headExpand) * v.gatherRows(jj)).scatterAddRows(ii, count: n)
+                let alpha = gatheredProduct([GatheredFactor(q, ii), GatheredFactor(wx), GatheredFactor(k, jj)]).sumColumnGroups(maps.headSum) * cut
+                let dx = gatheredProduct([GatheredFactor(alpha.repeatColumnGroups(maps.headExpand)), GatheredFactor(v, jj)], scatterInto: ii, count: n)
                 // Equivariant attention, one head per degree, values Y_lm(r̂_ij) (Eq. 26).
                 let q2 = matmul(x, p["\(pre).att_chi.q.weight"]!), k2 = matmul(x, p["\(pre).att_chi.k.weight"]!)
-                let alpha2 = matmul(q2.gatherRows(ii) * wchi * k2.gatherRows(jj), degreeSum) * cut
-                let dchiAtom = (matmul(alpha2, degreeExpand) * y).scatterAddRows(ii, count: n)
+                let alpha2 = gatheredProduct([GatheredFactor(q2, ii), GatheredFactor(wchi), GatheredFactor(k2, jj)]).sumColumnGroups(maps.degreeSum) * cut
+                let dchiAtom = gatheredProduct([GatheredFactor(alpha2.repeatColumnGroups(maps.degreeExpand)), GatheredFactor(y)], scatterInto: ii, count: n)
                 x = x + dx
                 chi = chi + dchiAtom
                 // Exchange block (Eq. 25): mixes x with the invariants of χ and gates each degree.
-                let ab = dense(Variable.concatenate([x, matmul(chi.squared(), contraction)], axis: 1), p, "\(pre).exchange")
+                let ab = dense(Variable.concatenate([x, chi.squared().sumColumnGroups(maps.contraction)], axis: 1), p, "\(pre).exchange")
                 x = x + ab.slice(axis: 1, 0..<c.features)
-                chi = chi + matmul(ab.slice(axis: 1, c.features..<(c.features + c.maxDegree)), degreeExpand) * chi
+                chi = chi + ab.slice(axis: 1, c.features..<(c.features + c.maxDegree)).repeatColumnGroups(maps.degreeExpand) * chi
             }
         }
         let atomE = dense(dense(x, p, "readout.0").silu(), p, "readout.1") * c.energyScale

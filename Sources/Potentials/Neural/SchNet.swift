@@ -99,7 +99,7 @@ public struct SchNet: Potential {
             for l in 0..<c.layers {
                 let pre = "interactions.\(l)"
                 let w = dense(shiftedSoftplus(dense(rbf, p, "\(pre).filter0")), p, "\(pre).filter1") * geo.cutoffWeights
-                let m = (dense(x, p, "\(pre).in2f").gatherRows(jj) * w).scatterAddRows(ii, count: n)
+                let m = gatheredProduct([GatheredFactor(dense(x, p, "\(pre).in2f"), jj), GatheredFactor(w)], scatterInto: ii, count: n)
                 x = x + dense(shiftedSoftplus(dense(m, p, "\(pre).f2out0")), p, "\(pre).f2out1")
             }
         }
