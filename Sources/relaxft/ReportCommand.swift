@@ -282,7 +282,7 @@ func sweepSection(_ name: String, _ t: CSVTable) -> String {
 }
 
 func resultsSection(_ name: String, _ t: CSVTable) -> String {
-    var out = "<h3>\(escapeXML(name))</h3>"
+    let out = "<h3>\(escapeXML(name))</h3>"
     let splits = t.strings("split")
     var order: [String] = []
     for s in splits where !order.contains(s) { order.append(s) }

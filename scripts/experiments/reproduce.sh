@@ -23,7 +23,8 @@
 # Settings (environment variables; --quick lowers the defaults in brackets):
 #   BPTT_EPOCHS=30 [3]  STEPS=60 [40] (unrolled relaxer steps T)  LR_BPTT=3e-4  ETA=0.05 (frame step, Å²/eV)
 #   FIRE_DT=0.1  BATCH=4  EF_EPOCHS=60 [10]  LR_EF=3e-4  EVAL_FMAX=0.01  EVAL_STEPS=500  SEED=0
-#   THREADS=<cores>  RESULTS_MD=docs/results.md ("" to skip)
+#   THREADS=<cores>  RESULTS_MD=docs/results.md ("" to skip)  DATA=Fixtures/data/si-defects (another directory with the
+#   same file names: your own defect relaxations)
 #   MEMORY_JSON=OUT/memory.json (BENCH_JSON of scripts/bench memory)  SWEEP_CSV=OUT/sweep/sweep.csv (scripts/sweep collect)
 #   (both optional: their tables go into RESULTS_MD when the files exist)
 # Re-running resumes: finished trainings and evaluations (their outputs exist) are skipped.
@@ -67,7 +68,7 @@ SWEEP_CSV=${SWEEP_CSV:-$out/sweep/sweep.csv}
 export OPENBLAS_NUM_THREADS=1
 
 sel=scripts/experiments/select_frames.py
-data=Fixtures/data/si-defects
+data=${DATA:-Fixtures/data/si-defects}
 log() { echo "== $*" >&2; }
 
 # ---- data ----------------------------------------------------------------------------------------------------
