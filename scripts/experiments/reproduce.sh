@@ -27,6 +27,7 @@
 #   same file names: your own defect relaxations)
 #   MEMORY_JSON=OUT/memory.json (BENCH_JSON of scripts/bench memory)  SWEEP_CSV=OUT/sweep/sweep.csv (scripts/sweep collect)
 #   (both optional: their tables go into RESULTS_MD when the files exist)
+#   METHODS="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta ef" (a subset to save time)
 # Re-running resumes: finished trainings and evaluations (their outputs exist) are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -143,7 +144,11 @@ species_tag() { case $1 in chgnet) echo all ;; *) echo si ;; esac; }
 [ -f "$chgnet_file" ] || log "CHGNet not pulled (relaxft models pull chgnet-0.3.0): running without it"
 
 # ---- training ------------------------------------------------------------------------------------------------
-methods="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta ef"
+all_methods="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta ef"
+methods=${METHODS:-$all_methods}
+for meth in $methods; do
+  case " $all_methods " in *" $meth "*) ;; *) echo "reproduce.sh: unknown method $meth in METHODS (known: $all_methods)" >&2; exit 2 ;; esac
+done
 bptt_args() {
   case $1 in
     bptt-frame-ckpt) echo "--relaxer frame --relaxer-param eta=$ETA --grad checkpoint --steps $STEPS" ;;
