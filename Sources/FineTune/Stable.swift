@@ -302,39 +302,8 @@ public final class StableTrainer {
     /// Loss and gradient of the energy/force term on `frames` (total-energy and force-component MSE, weights
     /// normalised as in pretraining), with the metrics of the current weights.
     func energyForceGradient(_ frames: [Structure]) -> (loss: Double, grads: [String: Tensor], metrics: ForceFieldMetrics) {
-        let we = options.energyWeight / (options.energyWeight + options.forceWeight), wf = 1 - we
-        var acc = ForceFieldMetrics.Accumulator()
-        var total: [String: Tensor] = [:]
-        var lossSum = 0.0
-        var startIdx = 0
-        let batch = 8
-        while startIdx < frames.count {
-            let chunk = Array(frames[startIdx..<Swift.min(startIdx + batch, frames.count)])
-            let sys = AtomicSystem(structures: chunk, lists: chunk.map { NeighborList.build($0, cutoff: model.cutoff) })
-            let tape = Tape()
-            var params: [String: Variable] = [:], leaves: [Variable] = []
-            for (k, v) in model.parameters { params[k] = names.contains(k) ? tape.variable(v) : Variable(constant: v) }
-            for n in names { leaves.append(params[n]!) }
-            let x = tape.variable(Tensor.concatenate(chunk.map(\.positions), axis: 0))
-            let cells = Variable(constant: Tensor.concatenate(chunk.map { $0.cell.reshaped([1, 3, 3]) }, axis: 0))
-            let e = model.energies(sys, positions: x, cells: cells, parameters: params)
-            let f = -tape.gradient(of: e.sum(), wrt: [x], createGraph: true)[0]
-            let eRef = Tensor(chunk.map { $0.energy! })
-            let fRef = Tensor.concatenate(chunk.map { $0.forces! }, axis: 0)
-            // Batch means weighted by batch size so that the sum is the mean over all frames.
-            let share = Double(chunk.count) / Double(frames.count)
-            let fShare = Double(fRef.count) / Double(frames.reduce(0) { $0 + 3 * $1.count })
-            let loss = (e - eRef).squared().mean() * (we * share) + (f - fRef).squared().mean() * (wf * fShare)
-            for (k, st) in chunk.enumerated() {
-                acc.add(atoms: st.count, energy: e.value[flat: k], reference: st.energy,
-                        forces: f.value.slice(axis: 0, sys.atomOffsets[k]..<sys.atomOffsets[k + 1]), referenceForces: st.forces)
-            }
-            let g = tape.gradient(of: loss, wrt: leaves)
-            for (k, n) in names.enumerated() { total[n] = total[n].map { $0 + g[k].value } ?? g[k].value }
-            lossSum += loss.scalar
-            startIdx += batch
-        }
-        return (lossSum, total, acc.metrics)
+        let we = options.energyWeight / (options.energyWeight + options.forceWeight)
+        return energyForceLossAndGradient(model, trainable: names, frames: frames, energyWeight: we, forceWeight: 1 - we)
     }
 
     func scalars() -> [(String, Double)] { scalarNames.map { ($0, model.parameters[$0]!.scalar) } }

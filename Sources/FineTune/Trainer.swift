@@ -39,6 +39,13 @@ public struct FineTuneConfig: Codable, Sendable {
     public var relativeLearningRate = false
     /// Weight of the per-atom energy error at the relaxed structure in the loss (needs energy_relaxed).
     public var energyWeight: Double = 0
+    /// Frames with DFT forces (e.g. the training structures' DFT relaxation steps) for a force-matching term
+    /// added to every optimizer step: `forceWeight · mean (F − F_ref)²` over `forceFrames` frames drawn at
+    /// random, a regulariser against forgetting in the spirit of StABlE's QM term (Šípka et al. 2025, Eq. 6).
+    /// Optional so that config.json files of earlier runs still decode.
+    public var forceData: [String]? = nil
+    public var forceWeight: Double? = nil
+    public var forceFrames: Int? = nil
 
     public init(pretrained: String) { self.pretrained = pretrained }
 }
@@ -55,6 +62,8 @@ public struct EpochMetrics: Codable, Sendable {
     public var relaxer: [String: Double]
     public var skippedSteps: Int
     public var seconds: Double
+    /// RMS force error on the frames drawn for the force term during the epoch (eV/Å; nil without it).
+    public var trainForceRMSE: Double? = nil
 }
 
 /// Resumable state of a run (RUN_DIR/state.json); the weights are in RUN_DIR/last.safetensors.
@@ -105,15 +114,24 @@ public final class FineTuner {
     public private(set) var potential: any Potential
     public let train: [RelaxationExample]
     public let validation: [RelaxationExample]
+    /// Frames of the force-matching term (empty without it).
+    public let forceFrames: [Structure]
     public private(set) var state: TrainerState
     let baseRelaxer: any Relaxer
     let trainable: [String]
 
     /// `validationExamples`: a separate validation set (e.g. the val split of a dataset); nil takes a seeded
-    /// fraction `config.validationFraction` of `examples`.
+    /// fraction `config.validationFraction` of `examples`. `forceFrames`: the frames of `config.forceData`.
     public init(config: FineTuneConfig, potential: any Potential, examples: [RelaxationExample], validationExamples: [RelaxationExample]? = nil,
-                runDirectory: String) throws {
+                forceFrames: [Structure] = [], runDirectory: String) throws {
         self.config = config
+        self.forceFrames = forceFrames
+        if (config.forceWeight ?? 0) > 0 {
+            guard !forceFrames.isEmpty else { throw DatasetError(message: "a force weight needs frames with forces (forceData)") }
+            for (k, f) in forceFrames.enumerated() where f.forces == nil {
+                throw DatasetError(message: "force frame \(k) has no forces")
+            }
+        }
         self.runDirectory = runDirectory
         self.potential = potential
         baseRelaxer = try RelaxerFactory.make(config.relaxer, overrides: config.relaxerParameters)
@@ -224,6 +242,7 @@ public final class FineTuner {
             var order = Array(0..<train.count)
             state.rng.shuffle(&order)
             var losses: [Double] = []
+            var forceSquares = 0.0, forceComponents = 0
             var lastNorm = 0.0
             let settings = try self.settings(mode: mode)
             var b = 0
@@ -244,6 +263,13 @@ public final class FineTuner {
                     losses.append(r.loss)
                     for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(params[name]!.shape)) + r.gradients[name]! * w }
                     for name in config.trainRelaxer { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
+                }
+                if let wf = config.forceWeight, wf > 0 {
+                    let (_, g, m) = energyForceLossAndGradient(potential, trainable: trainable, frames: drawForceFrames(),
+                                                               energyWeight: 0, forceWeight: 1)
+                    for name in trainable { grads["p/" + name] = grads["p/" + name]! + g[name]! * wf }
+                    forceSquares += m.forceRMSE * m.forceRMSE * Double(m.forceComponents)
+                    forceComponents += m.forceComponents
                 }
                 guard grads.values.allSatisfy(\.isFinite), results.allSatisfy({ $0.loss.isFinite }) else {
                     state.skippedSteps += 1
@@ -273,6 +299,7 @@ public final class FineTuner {
             var metrics = EpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
                                        gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.hyper,
                                        skippedSteps: state.skippedSteps, seconds: 0)
+            if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
             var monitored = tr.mean
             if !validation.isEmpty {
                 let va = ErrorSummary(try evaluate(validation).map(\.deltaQ))
@@ -303,13 +330,30 @@ public final class FineTuner {
         return try summary()
     }
 
+    /// `config.forceFrames` frames (8 by default) drawn without replacement from the force frames, by the run's
+    /// seeded generator (so a resumed run draws the same ones).
+    func drawForceFrames() -> [Structure] {
+        let k = Swift.min(config.forceFrames ?? 8, forceFrames.count)
+        var idx = Array(forceFrames.indices)
+        // Partial Fisher–Yates: the first k entries are a uniform sample.
+        for i in 0..<k {
+            let j = i + state.rng.int(below: idx.count - i)
+            idx.swapAt(i, j)
+        }
+        return idx.prefix(k).map { forceFrames[$0] }
+    }
+
     func writeMetricsCSV() throws {
         let hyperNames = state.hyper.keys.sorted()
-        var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",") + ",skipped_steps,seconds"]
+        // The force term's column only when it is on, so that the file of a plain run keeps its layout.
+        let withForces = (config.forceWeight ?? 0) > 0
+        var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")
+            + ",skipped_steps,seconds" + (withForces ? ",train_force_rmse" : "")]
         func f(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
         for m in state.history {
             lines.append(["\(m.epoch)", f(m.trainDQMean), f(m.trainDQMedian), f(m.valDQMean), f(m.valDQMedian), f(m.gradientNorm), f(m.learningRate)]
-                .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),\(f(m.seconds))")
+                .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),\(f(m.seconds))"
+                + (withForces ? "," + f(m.trainForceRMSE) : ""))
         }
         try AtomicFile.write(lines.joined(separator: "\n") + "\n", to: runDirectory + "/metrics.csv")
     }

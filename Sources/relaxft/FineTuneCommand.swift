@@ -23,6 +23,9 @@ let finetuneCommand = Command(
             OptionSpec("--train-relaxer", value: "NAMES", help: "relaxer hyperparameters to train, e.g. eta or dt,dtmax"),
             OptionSpec("--train-params", value: "NAMES", help: "potential parameters to train (default: all)"),
             OptionSpec("--energy-weight", value: "W", default: "0", help: "add W·|E − E_ref|/N (eV/atom) at the relaxed structure to the loss (needs energy_relaxed)"),
+            OptionSpec("--force-data", value: "FILE", help: "frames with DFT forces (e.g. the training relaxations' ionic steps; repeatable) for --force-weight"),
+            OptionSpec("--force-weight", value: "W", default: "0", help: "add W·mean|F − F_ref|² ((eV/Å)²) on --force-frames random --force-data frames to every step's loss"),
+            OptionSpec("--force-frames", value: "K", default: "8", help: "frames drawn per optimizer step for the force term"),
             OptionSpec("--epochs", value: "N", default: "30", help: "training epochs"),
             OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
             OptionSpec("--relaxer-lr", value: "RATE", help: "learning rate of relaxer hyperparameters (default: --lr)"),
@@ -46,7 +49,8 @@ let finetuneCommand = Command(
             T relaxer steps and the reference relaxed structure, averaged over a batch. RUN_DIR receives best.safetensors
             (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv and
             state.json (for --resume); at the end summary.json (ΔQ before/after, best epoch, training cost: wall and CPU
-            seconds and peak resident memory of the process).
+            seconds and peak resident memory of the process). --force-weight mixes force matching on DFT frames into every
+            step (a regulariser against forgetting, as StABlE mixes in its QM loss); metrics.csv then has train_force_rmse.
             """),
     run: runFinetune)
 
@@ -114,6 +118,15 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         if config.energyWeight > 0 && config.gradient == "implicit" {
             throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
         }
+        let forceData = a.strings("force-data")
+        let forceWeight = try a.double("force-weight")!
+        guard forceWeight >= 0 else { throw UsageError(command: cmd, message: "--force-weight must be ≥ 0") }
+        if forceWeight > 0 && forceData.isEmpty { throw UsageError(command: cmd, message: "--force-weight needs --force-data FILE") }
+        if forceWeight > 0 {
+            config.forceData = forceData
+            config.forceWeight = forceWeight
+            config.forceFrames = try a.positiveInt("force-frames")!
+        }
         config.epochs = try a.positiveInt("epochs")!
         config.learningRate = try a.positiveDouble("lr")!
         config.relaxerLearningRate = try a.positiveDouble("relaxer-lr")
@@ -133,7 +146,6 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         if fm.fileExists(atPath: out), let items = try? fm.contentsOfDirectory(atPath: out), !items.isEmpty {
             throw UsageError(command: cmd, message: "run directory '\(out)' exists and is not empty (use a new --out, or --resume \(out))")
         }
-        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
     }
     let potential = try PotentialSpec.parse(config.pretrained)
     let examples = try loadExamples(data: config.data, initial: config.initial, target: config.target, command: cmd)
@@ -142,10 +154,24 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     if let v = validation {
         try checkElements(potential, spec: config.pretrained, numbers: v.map(\.initial.numbers), names: v.map(\.name), command: cmd)
     }
-    let trainer = try FineTuner(config: config, potential: potential, examples: examples, validationExamples: validation, runDirectory: runDir)
+    var forceFrames: [Structure] = []
+    for path in config.forceData ?? [] {
+        let frames = try StructureIO.read(path)
+        if let k = frames.firstIndex(where: { $0.forces == nil }) {
+            throw UsageError(command: cmd, message: "\(path): frame \(k + 1) has no forces (--force-data needs per-atom forces)")
+        }
+        forceFrames += frames
+    }
+    if !forceFrames.isEmpty {
+        try checkElements(potential, spec: config.pretrained, numbers: forceFrames.map(\.numbers), names: forceFrames.indices.map { "force frame \($0 + 1)" }, command: cmd)
+    }
+    let trainer = try FineTuner(config: config, potential: potential, examples: examples, validationExamples: validation,
+                                forceFrames: forceFrames, runDirectory: runDir)
     if resuming {
         try trainer.resume()
     } else {
+        // Created only now that every input has been read, so that bad input leaves nothing behind.
+        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         try AtomicFile.write(try JSONEncoder.pretty.encode(config), to: runDir + "/config.json")
     }
     let quiet = a.has("quiet")
@@ -159,6 +185,7 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
         line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
         for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
+        if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
         if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
         line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
         log(line)

@@ -115,6 +115,13 @@ struct ExperimentToolsTests {
                               "--train-params", "sigma,lambda", "--relative-lr", "--lr", "0.01", "--epochs", "2", "--threads", "2",
                               "--out", "run", "--quiet"])
         #expect(ft.status == 0, "\(ft.stderr)")
+        // The force term: needs --force-data, and frames with forces (train.extxyz has none); nothing is written.
+        let base = ["finetune", "--pretrained", perturbedSW, "--data", "train.extxyz", "--steps", "5", "--epochs", "1"]
+        let noData = try dir.run(base + ["--force-weight", "1", "--out", "f1"])
+        #expect(noData.status == 2 && noData.stderr.contains("--force-weight needs --force-data"), "\(noData.stderr)")
+        let noForces = try dir.run(base + ["--force-weight", "1", "--force-data", "train.extxyz", "--out", "f2"])
+        #expect(noForces.status != 0 && noForces.stderr.contains("train.extxyz: frame 1 has no forces"), "\(noForces.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir.path("f1")) && !FileManager.default.fileExists(atPath: dir.path("f2")))
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("run/summary.json")))) as? [String: Any])
         for k in ["wall_seconds", "cpu_seconds", "peak_rss_mb", "train_dq_mean_before", "train_dq_mean_after"] { #expect(summary[k] != nil, "\(k)") }
         let ev = try dir.run(["evaluate", "--model", perturbedSW, "--model", "run/best.safetensors", "--data", "test.extxyz",
