@@ -2,11 +2,13 @@
 # The experiment of issue 9 in one command: for each pretrained model (SO3krates, SchNet, and CHGNet when pulled),
 # on the GPAW Si-defect data in Fixtures/data/si-defects:
 #   1. evaluate the pretrained model (relax every test structure, ΔQ to the DFT-relaxed geometry);
-#   2. fine-tune through relaxations (BPTT): frame and FIRE relaxers, checkpoint and implicit gradients, and one
-#      variant that also trains the frame relaxer's step size eta;
+#   2. fine-tune through relaxations (BPTT): frame and FIRE relaxers, checkpoint and implicit gradients, one
+#      variant that also trains the frame relaxer's step size eta, and one that mixes force matching on the
+#      training structures' DFT frames into every step (bptt-fire-forces);
 #   3. fine-tune the conventional way: energy/force matching (relaxft pretrain --init) on the DFT relaxation
 #      frames of the same training structures (the same data budget: the structures BPTT sees, with every
-#      ionic step's energy and forces instead of only the end points);
+#      ionic step's energy and forces instead of only the end points); and both in sequence (ef-then-bptt: BPTT
+#      starting from the energy/force-matched model, the workflow the BPTT paper proposes);
 #   4. evaluate every model on the test split and on the unseen-defect-kind split, under one common protocol
 #      (FIRE to EVAL_FMAX) and, for BPTT models, also under their own training protocol;
 # and write OUT/results.csv (one row per model, method, protocol, split and structure, with the per-structure ΔQ),
@@ -27,7 +29,9 @@
 #   same file names: your own defect relaxations)
 #   MEMORY_JSON=OUT/memory.json (BENCH_JSON of scripts/bench memory)  SWEEP_CSV=OUT/sweep/sweep.csv (scripts/sweep collect)
 #   (both optional: their tables go into RESULTS_MD when the files exist)
-#   METHODS="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta ef" (a subset to save time)
+#   FORCE_WEIGHT=100 ((eV/Å)⁻², bptt-fire-forces)  LR_EF_BPTT=1e-4 (ef-then-bptt, cosine schedule)
+#   METHODS="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta bptt-fire-forces ef ef-then-bptt"
+#   (a subset to save time; ef-then-bptt needs ef, which always runs first)
 # Re-running resumes: finished trainings and evaluations (their outputs exist) are skipped.
 # Cost (measured on one core for the committed SO3krates, 63-atom cells, T = 60, checkpointed): about 12 s per
 # training structure and BPTT epoch; energy/force matching about 0.2 s per DFT frame and epoch. SchNet costs about
@@ -57,6 +61,8 @@ if [ $quick = 1 ]; then d_epochs=3; d_steps=40; d_ef=10; else d_epochs=30; d_ste
 BPTT_EPOCHS=${BPTT_EPOCHS:-$d_epochs}
 STEPS=${STEPS:-$d_steps}
 EF_EPOCHS=${EF_EPOCHS:-$d_ef}
+FORCE_WEIGHT=${FORCE_WEIGHT:-100}
+LR_EF_BPTT=${LR_EF_BPTT:-1e-4}
 LR_BPTT=${LR_BPTT:-3e-4}
 LR_EF=${LR_EF:-3e-4}
 ETA=${ETA:-0.05}
@@ -147,10 +153,14 @@ species_tag() { case $1 in chgnet) echo all ;; *) echo si ;; esac; }
 [ -f "$chgnet_file" ] || log "CHGNet not pulled (relaxft models pull chgnet-0.3.0): running without it"
 
 # ---- training ------------------------------------------------------------------------------------------------
-all_methods="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta ef"
-methods=${METHODS:-$all_methods}
-for meth in $methods; do
+all_methods="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta bptt-fire-forces ef ef-then-bptt"
+for meth in ${METHODS:-$all_methods}; do
   case " $all_methods " in *" $meth "*) ;; *) echo "reproduce.sh: unknown method $meth in METHODS (known: $all_methods)" >&2; exit 2 ;; esac
+done
+# In the canonical order, so that ef runs before ef-then-bptt, which starts from its model.
+methods=""
+for meth in $all_methods; do
+  case " ${METHODS:-$all_methods} " in *" $meth "*) methods="$methods $meth" ;; esac
 done
 bptt_args() {
   case $1 in
@@ -160,6 +170,10 @@ bptt_args() {
     # validation and the own-protocol evaluation) runs FIRE to EVAL_FMAX.
     bptt-fire-implicit) echo "--relaxer fire --relaxer-param dt=$FIRE_DT --grad implicit --steps $EVAL_STEPS --stop-fmax $EVAL_FMAX" ;;
     bptt-frame-eta) echo "--relaxer frame --relaxer-param eta=$ETA --grad checkpoint --steps $STEPS --train-relaxer eta --relaxer-lr 0.01 --relative-lr" ;;
+    bptt-fire-forces) echo "--relaxer fire --relaxer-param dt=$FIRE_DT --grad checkpoint --steps $STEPS" ;;  # + the force term (below)
+    # A smaller, decaying learning rate: the start is already good, and a pilot at LR_BPTT with the frame
+    # relaxer left it within 3 epochs.
+    ef-then-bptt) echo "--relaxer fire --relaxer-param dt=$FIRE_DT --grad checkpoint --steps $STEPS --lr $LR_EF_BPTT --schedule cosine" ;;
   esac
 }
 for m in $models; do
@@ -184,13 +198,21 @@ for m in $models; do
           --epochs "$EF_EPOCHS" --lr "$LR_EF" --batch "$BATCH" --schedule cosine --patience 1000 --seed "$SEED" --out "$run" > "$run.log" 2>&1
       fi
     else
+      start=$pre
+      extra=()
+      [ "$meth" = bptt-fire-forces ] && extra=(--force-data "$d/traj-train.extxyz" --force-weight "$FORCE_WEIGHT")
+      if [ "$meth" = ef-then-bptt ]; then
+        start=$out/train/$m-ef/best.safetensors
+        [ -s "$start" ] || { echo "reproduce.sh: ef-then-bptt needs the ef model $start" >&2; exit 1; }
+      fi
       if [ -f "$run/state.json" ]; then
         $bin finetune --resume "$run" --quiet --json > "$run.log" 2>&1
       else
         rm -rf "$run"
+        # bptt_args come last: ef-then-bptt overrides --lr.
         # shellcheck disable=SC2046
-        $bin finetune --pretrained "$pre" --data "$d/train.extxyz" "${val[@]}" $(bptt_args $meth) --epochs "$BPTT_EPOCHS" \
-          --lr "$LR_BPTT" --batch "$BATCH" --clip 10 --seed "$SEED" --threads "$THREADS" --out "$run" > "$run.log" 2>&1
+        $bin finetune --pretrained "$start" --data "$d/train.extxyz" "${val[@]}" --epochs "$BPTT_EPOCHS" --lr "$LR_BPTT" \
+          --batch "$BATCH" --clip 10 --seed "$SEED" --threads "$THREADS" $(bptt_args $meth) "${extra[@]}" --out "$run" > "$run.log" 2>&1
       fi
     fi
   done
@@ -214,7 +236,7 @@ for m in $models; do
       mv "$csv.tmp" "$csv"
     fi
     # BPTT models under the relaxation they were trained with (the pretrained model under the same one).
-    for meth in bptt-frame-ckpt bptt-fire-ckpt bptt-frame-eta; do
+    for meth in bptt-frame-ckpt bptt-fire-ckpt bptt-frame-eta bptt-fire-forces ef-then-bptt; do
       best=$out/train/$m-$meth/best.safetensors
       csv=$out/eval/$m-$split-own-$meth.csv
       [ -s "$best" ] && [ ! -s "$csv" ] || continue
@@ -226,7 +248,7 @@ for m in $models; do
 done
 
 # ---- results -------------------------------------------------------------------------------------------------
-settings="dataset=$dataset quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
+settings="dataset=$dataset quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF FORCE_WEIGHT=$FORCE_WEIGHT LR_EF_BPTT=$LR_EF_BPTT EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
 python3 scripts/experiments/results.py "$out"
 # Everything in one HTML file (training curves of every run too), and the figures for the Markdown document.
 $bin report "$out/results.csv" "$out"/eval/*-common.csv "$out"/train/*/ -o "$out/report.html" \

@@ -30,7 +30,9 @@ METHOD_NOTES = {
     'bptt-fire-ckpt': 'BPTT, FIRE, checkpointed gradients',
     'bptt-fire-implicit': 'implicit differentiation at the FIRE minimum',
     'bptt-frame-eta': 'BPTT, frame relaxer, η trained too',
+    'bptt-fire-forces': 'BPTT, FIRE, checkpointed, plus force matching on the training DFT frames in every step',
     'ef': 'conventional: energy/force matching on the DFT relaxation frames',
+    'ef-then-bptt': 'energy/force matching, then BPTT (FIRE, checkpointed) from that model',
 }
 
 
@@ -149,9 +151,14 @@ def summary_section(w, rows, models):
             un_b = mean_dq(best[1], 'unseen')[0]
             un = (f"; on the unseen kind ({un_n} structures) the same variant goes from {f3(un_pre)} to {f3(un_b)}, "
                   f"energy/force matching to {f3(mean_dq('ef', 'unseen')[0])}")
+        seq = ''
+        efb = mean_dq('ef-then-bptt', 'test')[0]
+        if efb == efb and ef == ef:
+            seq = (f" Energy/force matching followed by BPTT: {f3(efb)} (cut {pct(1 - efb / pre)}; "
+                   f"{pct(1 - efb / ef)} relative to energy/force matching alone).")
         lines.append(f"- **{m}** (test, {n} structures): pretrained mean ΔQ {f3(pre)}; best BPTT variant `{best[1]}` {f3(best[0])} "
                      f"(cut {pct(1 - best[0] / pre)}); energy/force matching {f3(ef)} (cut {pct(1 - ef / pre)}): BPTT {verdict} "
-                     f"energy/force matching here{un}.")
+                     f"energy/force matching here{un}.{seq}")
     if lines:
         w('## Summary (computed from the tables below)\n')
         w('\n'.join(lines))
