@@ -6,7 +6,7 @@ import Tape
 /// `energyWeight · mean_frames (E − E_ref)² + forceWeight · mean_components (F − F_ref)²` (eV², (eV/Å)²), with the
 /// metrics of the current weights. Frames are evaluated `chunk` at a time; the chunk terms are weighted so that
 /// the sum is the mean over all frames. With `energyWeight` 0 frames need only forces.
-/// Used by StABlE's QM term (Šípka et al. 2025, Eq. 6) and by the force regulariser of BPTT fine-tuning.
+/// Used by StABlE's QM term (Raja et al., TMLR 2025) and by the force regulariser of BPTT fine-tuning.
 func energyForceLossAndGradient(_ model: any Potential, trainable names: [String], frames: [Structure],
                                 energyWeight we: Double, forceWeight wf: Double, chunk batch: Int = 8)
     -> (loss: Double, grads: [String: Tensor], metrics: ForceFieldMetrics) {

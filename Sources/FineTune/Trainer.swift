@@ -41,7 +41,7 @@ public struct FineTuneConfig: Codable, Sendable {
     public var energyWeight: Double = 0
     /// Frames with DFT forces (e.g. the training structures' DFT relaxation steps) for a force-matching term
     /// added to every optimizer step: `forceWeight · mean (F − F_ref)²` over `forceFrames` frames drawn at
-    /// random, a regulariser against forgetting in the spirit of StABlE's QM term (Šípka et al. 2025, Eq. 6).
+    /// random, a regulariser against forgetting in the spirit of StABlE's QM term (Raja et al., TMLR 2025).
     /// Optional so that config.json files of earlier runs still decode.
     public var forceData: [String]? = nil
     public var forceWeight: Double? = nil
