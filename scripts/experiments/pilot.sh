@@ -25,8 +25,8 @@ scripts/setup
 bin=$repo/.build/release/relaxft
 pre=$repo/Fixtures/models/si-so3krates-pretrained.safetensors
 mkdir -p "$out"
-# Every split file holds the ids it is asked for, or the run stops.
-pick() {  # pick IDS OUT FILE...
+# gather IDS OUT FILE...: the frames of those structures (Si only) from the files that exist, in file order.
+gather() {
   local ids=$1 dst=$2; shift 2
   : > "$dst"
   for f in "$@"; do
@@ -37,22 +37,19 @@ pick() {  # pick IDS OUT FILE...
     cat "$dst.part" >> "$dst"
   done
   rm -f "$dst.part"
+}
+# pick IDS OUT FILE...: gather, and stop unless every structure was found.
+pick() {
+  gather "$@"
   local want have
-  want=$(tr ',' '\n' <<< "$ids" | wc -l)
-  have=$(grep -c Lattice= "$dst" || true)
-  [ "$have" = "$want" ] || { echo "pilot.sh: found $have of the $want structures $ids" >&2; exit 2; }
+  want=$(tr ',' '\n' <<< "$1" | wc -l)
+  have=$(grep -c Lattice= "$2" || true)
+  [ "$have" = "$want" ] || { echo "pilot.sh: found $have of the $want structures $1" >&2; exit 2; }
 }
 pick "$TRAIN" "$out/train.extxyz" $data/train.extxyz $data/val.extxyz $data/test.extxyz
 pick "$TEST" "$out/test.extxyz" $data/train.extxyz $data/val.extxyz $data/test.extxyz
 pick "$UNSEEN" "$out/unseen.extxyz" $data/test-unseen.extxyz
-: > "$out/traj-train.extxyz"
-for f in $data/trajectories-train.extxyz $data/trajectories-val.extxyz $data/trajectories-test.extxyz; do
-  [ -s "$f" ] || continue
-  rm -f "$out/part.extxyz"
-  python3 $sel "$f" "$out/part.extxyz" --keep "structure_id=$TRAIN" --species Si >/dev/null || continue
-  cat "$out/part.extxyz" >> "$out/traj-train.extxyz"
-done
-rm -f "$out/part.extxyz"
+gather "$TRAIN" "$out/traj-train.extxyz" $data/trajectories-train.extxyz $data/trajectories-val.extxyz $data/trajectories-test.extxyz
 echo "== pilot: train $(grep -c Lattice= "$out/train.extxyz") structures ($(grep -c Lattice= "$out/traj-train.extxyz") DFT frames), test $(grep -c Lattice= "$out/test.extxyz"), unseen $(grep -c Lattice= "$out/unseen.extxyz")" >&2
 
 common=(--data "$out/train.extxyz" --val-fraction 0 --relaxer fire --relaxer-param dt=0.1 --grad checkpoint --steps 60
