@@ -263,6 +263,34 @@ public struct NeighborList: Sendable {
         return out
     }
 
+    /// Each undirected pair once: `representatives` (pair indices, first occurrence in list order) and, for
+    /// every directed pair, the position in `representatives` of the pair it shares its undirected identity
+    /// with ((i, j, S) and (j, i, −S)). Per-pair quantities that depend on the pair only through |r_ij| or
+    /// other symmetric inputs (radial filters) are then computed once per undirected pair. A pair whose
+    /// reverse is missing (a list cut at a cutoff, rounding at the boundary) is its own representative.
+    public var undirectedPairs: (representatives: [Int], representativeOf: [Int]) {
+        struct Key: Hashable { let i, j, s0, s1, s2: Int }
+        var index: [Key: Int] = [:]
+        index.reserveCapacity(pairCount / 2 + 1)
+        var reps: [Int] = [], repOf = [Int](repeating: 0, count: pairCount)
+        reps.reserveCapacity(pairCount / 2 + 1)
+        for p in 0..<pairCount {
+            let i = first[p], j = second[p], s = (shifts[3 * p], shifts[3 * p + 1], shifts[3 * p + 2])
+            // Orientation-free key: the orientation with i < j, or for i == j the shift whose first nonzero
+            // component is positive.
+            let forward = i < j || (i == j && (s.0 > 0 || (s.0 == 0 && (s.1 > 0 || (s.1 == 0 && s.2 > 0)))))
+            let key = forward ? Key(i: i, j: j, s0: s.0, s1: s.1, s2: s.2) : Key(i: j, j: i, s0: -s.0, s1: -s.1, s2: -s.2)
+            if let r = index[key] {
+                repOf[p] = r
+            } else {
+                index[key] = reps.count
+                repOf[p] = reps.count
+                reps.append(p)
+            }
+        }
+        return (reps, repOf)
+    }
+
     /// The sub-list of the given pairs (keeps order).
     public func subset(_ pairs: [Int]) -> NeighborList {
         var s: [Int] = []

@@ -120,6 +120,30 @@ func pairSet(_ nl: NeighborList) -> Set<Pair> {
         }
     }
 
+    @Test func undirectedPairsMapBothDirectionsToOneRepresentative() {
+        // A cell thinner than the cutoff (i == j image pairs) and a periodic batch-like mix of shifts.
+        for (s, rc) in [(randomCell(seed: 8, n: 6, scale: 3, pbc: [true, true, true]), 5.0), (diamondSilicon(repeats: 1), 6.0)] {
+            let nl = NeighborList.build(s, cutoff: rc)
+            let (reps, repOf) = nl.undirectedPairs
+            #expect(reps.count * 2 == nl.pairCount)
+            #expect(reps.count == nl.halfPairIndices.count)
+            var uses = [Int](repeating: 0, count: reps.count)
+            for p in 0..<nl.pairCount {
+                let r = reps[repOf[p]]
+                uses[repOf[p]] += 1
+                let same = nl.first[p] == nl.first[r] && nl.second[p] == nl.second[r] && (0..<3).allSatisfy { nl.shifts[3 * p + $0] == nl.shifts[3 * r + $0] }
+                let reversed = nl.first[p] == nl.second[r] && nl.second[p] == nl.first[r] && (0..<3).allSatisfy { nl.shifts[3 * p + $0] == -nl.shifts[3 * r + $0] }
+                #expect(same || reversed)
+                #expect(same == (p == r))
+            }
+            #expect(uses.allSatisfy { $0 == 2 })
+        }
+        // Without its reverse, a pair stands for itself.
+        let one = NeighborList(first: [0, 1, 1], second: [1, 0, 2], shifts: [0, 0, 0, 0, 0, 0, 0, 0, 1], atomCount: 3, cutoff: 3)
+        #expect(one.undirectedPairs.representatives == [0, 2])
+        #expect(one.undirectedPairs.representativeOf == [0, 0, 1])
+    }
+
     @Test func pairDistanceGradientsMatchFiniteDifferences() {
         let s = randomCell(seed: 5, n: 5, scale: 3.2, pbc: [true, true, false])
         let nl = NeighborList.build(s, cutoff: 4.5)

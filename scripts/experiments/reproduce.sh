@@ -33,9 +33,9 @@
 #   METHODS="bptt-frame-ckpt bptt-fire-ckpt bptt-fire-implicit bptt-frame-eta bptt-fire-forces ef ef-then-bptt"
 #   (a subset to save time; ef-then-bptt needs ef, which always runs first)
 # Re-running resumes: finished trainings and evaluations (their outputs exist) are skipped.
-# Cost (measured on one core for the committed SO3krates, 63-atom cells, T = 60, checkpointed): about 12 s per
-# training structure and BPTT epoch; energy/force matching about 0.2 s per DFT frame and epoch. SchNet costs about
-# a third. Budget epochs and METHODS from these before starting the full run.
+# Cost (measured on one core for the committed SO3krates, 63-atom cells, T = 60, checkpointed): about 7 s per
+# training structure and BPTT epoch, the epoch's evaluation relaxations included; energy/force matching about 0.2 s
+# per DFT frame and epoch. SchNet costs about half. Budget epochs and METHODS from these before starting the full run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD

@@ -163,14 +163,18 @@ public struct SO3krates: Potential {
         let ii = sys.pairs.first, jj = sys.pairs.second
         if sys.pairs.pairCount > 0 && c.layers > 0 {
             let unit = geo.vectors / geo.distances
-            let rbf = physNetBasis(geo.distances, cutoff: c.cutoff, count: c.radialBasis)
+            // Filters depend on the pair only symmetrically (distance, contracted |χ_j − χ_i|²): computed once
+            // per undirected pair and gathered for both directions, which halves the filter networks' cost.
+            let (reps, repOf) = sys.pairs.undirectedPairs
+            let iiU = reps.map { ii[$0] }, jjU = reps.map { jj[$0] }
+            let rbf = physNetBasis(geo.distances.gatherRows(reps), cutoff: c.cutoff, count: c.radialBasis)
             let y = SphericalHarmonics.evaluate(unit, maxDegree: c.maxDegree)
             let cut = geo.cutoffWeights
             var chi = Variable(constant: Tensor.zeros([n, maps.components]))
             for l in 0..<c.layers {
                 let pre = "layers.\(l)"
                 // Filters (Eq. 20) from the radial basis and the contracted EV differences.
-                let dchi = chi.gatherRows(jj) - chi.gatherRows(ii)
+                let dchi = chi.gatherRows(jjU) - chi.gatherRows(iiU)
                 let cPair = dchi.squared().sumColumnGroups(maps.contraction)
                 func filter(_ name: String) -> Variable {
                     dense(dense(rbf, p, "\(pre).\(name).rad0").silu(), p, "\(pre).\(name).rad1")
@@ -180,11 +184,11 @@ public struct SO3krates: Potential {
                 // Invariant attention, H heads, no softmax (Eqs. 15, 21).
                 let q = matmul(x, p["\(pre).att_x.q.weight"]!), k = matmul(x, p["\(pre).att_x.k.weight"]!)
                 let v = matmul(x, p["\(pre).att_x.v.weight"]!)
-                let alpha = gatheredProduct([GatheredFactor(q, ii), GatheredFactor(wx), GatheredFactor(k, jj)]).sumColumnGroups(maps.headSum) * cut
+                let alpha = gatheredProduct([GatheredFactor(q, ii), GatheredFactor(wx, repOf), GatheredFactor(k, jj)]).sumColumnGroups(maps.headSum) * cut
                 let dx = gatheredProduct([GatheredFactor(alpha.repeatColumnGroups(maps.headExpand)), GatheredFactor(v, jj)], scatterInto: ii, count: n)
                 // Equivariant attention, one head per degree, values Y_lm(r̂_ij) (Eq. 26).
                 let q2 = matmul(x, p["\(pre).att_chi.q.weight"]!), k2 = matmul(x, p["\(pre).att_chi.k.weight"]!)
-                let alpha2 = gatheredProduct([GatheredFactor(q2, ii), GatheredFactor(wchi), GatheredFactor(k2, jj)]).sumColumnGroups(maps.degreeSum) * cut
+                let alpha2 = gatheredProduct([GatheredFactor(q2, ii), GatheredFactor(wchi, repOf), GatheredFactor(k2, jj)]).sumColumnGroups(maps.degreeSum) * cut
                 let dchiAtom = gatheredProduct([GatheredFactor(alpha2.repeatColumnGroups(maps.degreeExpand)), GatheredFactor(y)], scatterInto: ii, count: n)
                 x = x + dx
                 chi = chi + dchiAtom

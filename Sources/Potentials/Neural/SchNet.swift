@@ -95,11 +95,15 @@ public struct SchNet: Potential {
         let sys = geo.system
         if sys.pairs.pairCount > 0 && c.layers > 0 {
             let ii = sys.pairs.first, jj = sys.pairs.second
-            let rbf = gaussianBasis(geo.distances, cutoff: c.cutoff, count: c.radialBasis)
+            // The filter depends on the distance only: computed once per undirected pair, gathered for both
+            // directions (halves the filter network's cost).
+            let (reps, repOf) = sys.pairs.undirectedPairs
+            let rbf = gaussianBasis(geo.distances.gatherRows(reps), cutoff: c.cutoff, count: c.radialBasis)
+            let cutU = geo.cutoffWeights.gatherRows(reps)
             for l in 0..<c.layers {
                 let pre = "interactions.\(l)"
-                let w = dense(shiftedSoftplus(dense(rbf, p, "\(pre).filter0")), p, "\(pre).filter1") * geo.cutoffWeights
-                let m = gatheredProduct([GatheredFactor(dense(x, p, "\(pre).in2f"), jj), GatheredFactor(w)], scatterInto: ii, count: n)
+                let w = dense(shiftedSoftplus(dense(rbf, p, "\(pre).filter0")), p, "\(pre).filter1") * cutU
+                let m = gatheredProduct([GatheredFactor(dense(x, p, "\(pre).in2f"), jj), GatheredFactor(w, repOf)], scatterInto: ii, count: n)
                 x = x + dense(shiftedSoftplus(dense(m, p, "\(pre).f2out0")), p, "\(pre).f2out1")
             }
         }
