@@ -113,6 +113,14 @@ func checkShapes(_ loaded: OrderedDictionary<Tensor>, against expected: OrderedD
     }
 }
 
+/// The pairs at which filters that are symmetric in (i, j) are computed, and each directed pair's row among
+/// them: one per undirected pair when `shared`, else every directed pair for itself.
+func filterPairs(_ pairs: NeighborList, shared: Bool) -> (representatives: [Int], representativeOf: [Int]) {
+    if shared { return pairs.undirectedPairs }
+    let all = Array(0..<pairs.pairCount)
+    return (all, all)
+}
+
 /// Per-pair geometry of a batched system restricted to the cutoff: unit vectors, distances [P, 1], cutoff
 /// weights [P, 1]. The pair list is a value-level choice (pairs ≥ r_c are dropped; they have zero weight).
 struct PairGeometry {

@@ -65,6 +65,9 @@ public struct SO3krates: Potential {
     /// Extra metadata (training provenance) kept in model files.
     public var provenance: [String: String] = [:]
     let species: SpeciesTable
+    /// Filters computed once per undirected pair (the default) or per directed pair, as written in the paper;
+    /// the two agree to rounding, and tests compare them.
+    var sharesPairFilters = true
 
     public var kind: String { "so3krates" }
     public var cutoff: Double { config.cutoff }
@@ -165,7 +168,7 @@ public struct SO3krates: Potential {
             let unit = geo.vectors / geo.distances
             // Filters depend on the pair only symmetrically (distance, contracted |χ_j − χ_i|²): computed once
             // per undirected pair and gathered for both directions, which halves the filter networks' cost.
-            let (reps, repOf) = sys.pairs.undirectedPairs
+            let (reps, repOf) = filterPairs(sys.pairs, shared: sharesPairFilters)
             let iiU = reps.map { ii[$0] }, jjU = reps.map { jj[$0] }
             let rbf = physNetBasis(geo.distances.gatherRows(reps), cutoff: c.cutoff, count: c.radialBasis)
             let y = SphericalHarmonics.evaluate(unit, maxDegree: c.maxDegree)

@@ -39,6 +39,9 @@ public struct SchNet: Potential {
     public let config: Config
     public var provenance: [String: String] = [:]
     let species: SpeciesTable
+    /// Filters computed once per undirected pair (the default) or per directed pair, as written in the paper;
+    /// the two agree to rounding, and tests compare them.
+    var sharesPairFilters = true
 
     public var kind: String { "schnet" }
     public var cutoff: Double { config.cutoff }
@@ -97,7 +100,7 @@ public struct SchNet: Potential {
             let ii = sys.pairs.first, jj = sys.pairs.second
             // The filter depends on the distance only: computed once per undirected pair, gathered for both
             // directions (halves the filter network's cost).
-            let (reps, repOf) = sys.pairs.undirectedPairs
+            let (reps, repOf) = filterPairs(sys.pairs, shared: sharesPairFilters)
             let rbf = gaussianBasis(geo.distances.gatherRows(reps), cutoff: c.cutoff, count: c.radialBasis)
             let cutU = geo.cutoffWeights.gatherRows(reps)
             for l in 0..<c.layers {
