@@ -16,6 +16,9 @@
 #
 #   scripts/experiments/reproduce.sh [--quick] [--dataset auto|tiny|large] [--out DIR] [--models "so3krates schnet chgnet"]
 #
+# Output: --out DIR (or OUT), by default runs/reproduce for the large splits and runs/reproduce-quick for the tiny set.
+# A directory keeps a stamp of the data it was run on (data-stamp.txt) and refuses to resume on other data.
+#
 # Data: the full run needs the large splits (train, val, test, test-unseen and trajectories-train .extxyz, 62-65-atom
 # cells) and stops with exit 2 naming the missing files otherwise. --quick (and --dataset tiny) uses the
 # 12-structure tiny set (8-site cells), split by seed: replicas 0 and 1 of rattled, vacancy and sub_C train,
@@ -42,7 +45,7 @@ repo=$PWD
 
 quick=0
 dataset=${DATASET:-}
-out=${OUT:-runs/reproduce}
+out=${OUT:-}
 models=${MODELS:-}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -95,6 +98,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$dataset" = large ] && echo "reproduce.sh: the 64-atom DFT relaxations are still being computed (scripts/dft/start_queue.sh; see $data/README.md for the counts); scripts/experiments/reproduce.sh --quick runs the tiny set meanwhile." >&2
   exit 2
 fi
+# The tiny set and the large splits run in separate directories by default; a directory remembers the data it
+# was run on, so that resuming never mixes trainings on other data (a tiny-set run, or fewer DFT structures) into
+# this one's results.
+[ -n "$out" ] || { [ "$dataset" = tiny ] && out=runs/reproduce-quick || out=runs/reproduce; }
+used=("${need[@]}")
+[ "$dataset" = large ] && for f in $data/val.extxyz $data/trajectories-val.extxyz; do [ -s "$f" ] && used+=("$f"); done
+stamp="dataset=$dataset data=$(cat "${used[@]}" | sha256sum | cut -c1-16)"
+if [ -s "$out/data-stamp.txt" ] && [ "$(cat "$out/data-stamp.txt")" != "$stamp" ]; then
+  echo "reproduce.sh: $out holds a run on other data ($(cat "$out/data-stamp.txt"); now: $stamp)." >&2
+  echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
+  exit 2
+fi
+if [ -d "$out/train" ] && [ ! -s "$out/data-stamp.txt" ]; then
+  echo "reproduce.sh: $out holds a run without a data stamp (made by an older reproduce.sh): its data cannot be checked." >&2
+  echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
+  exit 2
+fi
+mkdir -p "$out"
+echo "$stamp" > "$out/data-stamp.txt"
 
 scripts/setup
 bin=$repo/.build/release/relaxft
