@@ -252,15 +252,18 @@ public struct NeighborList: Sendable {
     public var halfPairIndices: [Int] {
         var out: [Int] = []
         out.reserveCapacity(pairCount / 2)
-        for p in 0..<pairCount {
-            let i = first[p], j = second[p]
-            if i < j { out.append(p); continue }
-            if i == j {
-                let s = (shifts[3 * p], shifts[3 * p + 1], shifts[3 * p + 2])
-                if s.0 > 0 || (s.0 == 0 && (s.1 > 0 || (s.1 == 0 && s.2 > 0))) { out.append(p) }
-            }
-        }
+        for p in 0..<pairCount where isCanonical(p) { out.append(p) }
         return out
+    }
+
+    /// Whether pair p is the orientation of its undirected pair that the half list keeps: i < j, or i == j with
+    /// a shift whose first nonzero component is positive.
+    @inline(__always)
+    func isCanonical(_ p: Int) -> Bool {
+        let i = first[p], j = second[p]
+        if i != j { return i < j }
+        let s = (shifts[3 * p], shifts[3 * p + 1], shifts[3 * p + 2])
+        return s.0 > 0 || (s.0 == 0 && (s.1 > 0 || (s.1 == 0 && s.2 > 0)))
     }
 
     /// Each undirected pair once: `representatives` (pair indices, first occurrence in list order) and, for
@@ -276,10 +279,8 @@ public struct NeighborList: Sendable {
         reps.reserveCapacity(pairCount / 2 + 1)
         for p in 0..<pairCount {
             let i = first[p], j = second[p], s = (shifts[3 * p], shifts[3 * p + 1], shifts[3 * p + 2])
-            // Orientation-free key: the orientation with i < j, or for i == j the shift whose first nonzero
-            // component is positive.
-            let forward = i < j || (i == j && (s.0 > 0 || (s.0 == 0 && (s.1 > 0 || (s.1 == 0 && s.2 > 0)))))
-            let key = forward ? Key(i: i, j: j, s0: s.0, s1: s.1, s2: s.2) : Key(i: j, j: i, s0: -s.0, s1: -s.1, s2: -s.2)
+            // Orientation-free key: the canonical orientation's (i, j, S).
+            let key = isCanonical(p) ? Key(i: i, j: j, s0: s.0, s1: s.1, s2: s.2) : Key(i: j, j: i, s0: -s.0, s1: -s.1, s2: -s.2)
             if let r = index[key] {
                 repOf[p] = r
             } else {
