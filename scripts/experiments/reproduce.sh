@@ -17,7 +17,8 @@
 #   scripts/experiments/reproduce.sh [--quick] [--dataset auto|tiny|large] [--out DIR] [--models "so3krates schnet chgnet"]
 #
 # Output: --out DIR (or OUT), by default runs/reproduce for the large splits and runs/reproduce-quick for the tiny set.
-# A directory keeps a stamp of the data it was run on (data-stamp.txt) and refuses to resume on other data.
+# A directory keeps stamps of its data (train-stamp.txt, eval-stamp.txt): it refuses to resume on other training data,
+# and evaluates again when only the test data changed.
 #
 # Data: the full run needs the large splits (train, val, test, test-unseen and trajectories-train .extxyz, 62-65-atom
 # cells) and stops with exit 2 naming the missing files otherwise. --quick (and --dataset tiny) uses the
@@ -98,25 +99,36 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$dataset" = large ] && echo "reproduce.sh: the 64-atom DFT relaxations are still being computed (scripts/dft/start_queue.sh; see $data/README.md for the counts); scripts/experiments/reproduce.sh --quick runs the tiny set meanwhile." >&2
   exit 2
 fi
-# The tiny set and the large splits run in separate directories by default; a directory remembers the data it
-# was run on, so that resuming never mixes trainings on other data (a tiny-set run, or fewer DFT structures) into
-# this one's results.
+# The tiny set and the large splits run in separate directories by default. A directory remembers the data it
+# was trained and evaluated on: resuming on other training data (a tiny-set run, or more DFT structures) is
+# refused, so that trainings on other data never mix into one table; new test data only redoes the evaluations.
 [ -n "$out" ] || { [ "$dataset" = tiny ] && out=runs/reproduce-quick || out=runs/reproduce; }
-used=("${need[@]}")
-[ "$dataset" = large ] && for f in $data/val.extxyz $data/trajectories-val.extxyz; do [ -s "$f" ] && used+=("$f"); done
-stamp="dataset=$dataset data=$(cat "${used[@]}" | sha256sum | cut -c1-16)"
-if [ -s "$out/data-stamp.txt" ] && [ "$(cat "$out/data-stamp.txt")" != "$stamp" ]; then
-  echo "reproduce.sh: $out holds a run on other data ($(cat "$out/data-stamp.txt"); now: $stamp)." >&2
+if [ "$dataset" = large ]; then
+  train_used=($data/train.extxyz $data/val.extxyz $data/trajectories-train.extxyz)
+  [ -s $data/trajectories-val.extxyz ] && train_used+=($data/trajectories-val.extxyz)
+  eval_used=($data/test.extxyz $data/test-unseen.extxyz)
+else
+  train_used=("${need[@]}"); eval_used=("${need[@]}")
+fi
+train_stamp="dataset=$dataset training-data=$(cat "${train_used[@]}" | sha256sum | cut -c1-16)"
+eval_stamp="dataset=$dataset test-data=$(cat "${eval_used[@]}" | sha256sum | cut -c1-16)"
+if [ -s "$out/train-stamp.txt" ] && [ "$(cat "$out/train-stamp.txt")" != "$train_stamp" ]; then
+  echo "reproduce.sh: $out holds trainings on other data ($(cat "$out/train-stamp.txt"); now: $train_stamp)." >&2
   echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
   exit 2
 fi
-if [ -d "$out/train" ] && [ ! -s "$out/data-stamp.txt" ]; then
+if [ -d "$out/train" ] && [ ! -s "$out/train-stamp.txt" ]; then
   echo "reproduce.sh: $out holds a run without a data stamp (made by an older reproduce.sh): its data cannot be checked." >&2
   echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
   exit 2
 fi
 mkdir -p "$out"
-echo "$stamp" > "$out/data-stamp.txt"
+echo "$train_stamp" > "$out/train-stamp.txt"
+if [ -s "$out/eval-stamp.txt" ] && [ "$(cat "$out/eval-stamp.txt")" != "$eval_stamp" ]; then
+  echo "== the test data changed since the last evaluation: evaluating again" >&2
+  rm -rf "$out/eval"
+fi
+echo "$eval_stamp" > "$out/eval-stamp.txt"
 
 scripts/setup
 bin=$repo/.build/release/relaxft
