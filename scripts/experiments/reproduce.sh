@@ -15,6 +15,10 @@
 # OUT/report.html (figures), and docs/results.md (tables).
 #
 #   scripts/experiments/reproduce.sh [--quick] [--dataset auto|tiny|large] [--out DIR] [--models "so3krates schnet chgnet"]
+#                                    [--train-only]
+#
+# --train-only: prepare the data and run the trainings, nothing else; the test splits need not exist yet (a later run
+# without it evaluates).
 #
 # Output: --out DIR (or OUT), by default runs/reproduce for the large splits and runs/reproduce-quick for the tiny set.
 # A directory keeps stamps of its data (train-stamp.txt, eval-stamp.txt): it refuses to resume on other training data,
@@ -28,7 +32,8 @@
 #
 # Settings (environment variables; --quick lowers the defaults in brackets):
 #   BPTT_EPOCHS=30 [3]  STEPS=60 [40] (unrolled relaxer steps T)  LR_BPTT=3e-4  ETA=0.05 (frame step, Å²/eV)
-#   FIRE_DT=0.1  BATCH=4  EF_EPOCHS=60 [10]  LR_EF=3e-4  EVAL_FMAX=0.01  EVAL_STEPS=500  SEED=0
+#   FIRE_DT=0.1  BATCH=4 (BPTT structures per step)  BPTT_SCHEDULE=constant (or cosine)  EF_EPOCHS=60 [10]  LR_EF=3e-4
+#   EF_BATCH=4 (frames per step)  EVAL_FMAX=0.01  EVAL_STEPS=500  SEED=0
 #   THREADS=<cores>  RESULTS_MD=docs/results.md ("" to skip)  DATA=Fixtures/data/si-defects (another directory with the
 #   same file names: your own defect relaxations)
 #   MEMORY_JSON=OUT/memory.json (BENCH_JSON of scripts/bench memory)  SWEEP_CSV=OUT/sweep/sweep.csv (scripts/sweep collect)
@@ -45,12 +50,14 @@ cd "$(dirname "$0")/../.."
 repo=$PWD
 
 quick=0
+train_only=0
 dataset=${DATASET:-}
 out=${OUT:-}
 models=${MODELS:-}
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --train-only) train_only=1 ;;
     --dataset) [ $# -ge 2 ] || { echo "reproduce.sh: --dataset needs tiny or large" >&2; exit 2; }; dataset=$2; shift ;;
     --out|--models) [ $# -ge 2 ] || { echo "reproduce.sh: $1 needs a value" >&2; exit 2; } ;;&
     --out) out=$2; shift ;;
@@ -72,6 +79,8 @@ LR_EF=${LR_EF:-3e-4}
 ETA=${ETA:-0.05}
 FIRE_DT=${FIRE_DT:-0.1}
 BATCH=${BATCH:-4}
+EF_BATCH=${EF_BATCH:-4}
+BPTT_SCHEDULE=${BPTT_SCHEDULE:-constant}
 EVAL_FMAX=${EVAL_FMAX:-0.01}
 EVAL_STEPS=${EVAL_STEPS:-500}
 SEED=${SEED:-0}
@@ -89,7 +98,8 @@ log() { echo "== $*" >&2; }
 [ -n "$dataset" ] || { [ $quick = 1 ] && dataset=tiny || dataset=large; }
 case $dataset in
   tiny) need=($data/tiny.extxyz $data/trajectories-tiny.extxyz) ;;
-  large) need=($data/train.extxyz $data/val.extxyz $data/test.extxyz $data/test-unseen.extxyz $data/trajectories-train.extxyz) ;;
+  large) need=($data/train.extxyz $data/val.extxyz $data/trajectories-train.extxyz)
+         [ $train_only = 1 ] || need+=($data/test.extxyz $data/test-unseen.extxyz) ;;
   *) echo "reproduce.sh: --dataset must be tiny or large, not $dataset" >&2; exit 2 ;;
 esac
 missing=()
@@ -111,7 +121,7 @@ else
   train_used=("${need[@]}"); eval_used=("${need[@]}")
 fi
 train_stamp="dataset=$dataset training-data=$(cat "${train_used[@]}" | sha256sum | cut -c1-16)"
-eval_stamp="dataset=$dataset test-data=$(cat "${eval_used[@]}" | sha256sum | cut -c1-16)"
+eval_stamp="dataset=$dataset test-data=$({ cat "${eval_used[@]}" 2>/dev/null || true; } | sha256sum | cut -c1-16)"
 if [ -s "$out/train-stamp.txt" ] && [ "$(cat "$out/train-stamp.txt")" != "$train_stamp" ]; then
   echo "reproduce.sh: $out holds trainings on other data ($(cat "$out/train-stamp.txt"); now: $train_stamp)." >&2
   echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
@@ -124,11 +134,13 @@ if [ -d "$out/train" ] && [ ! -s "$out/train-stamp.txt" ]; then
 fi
 mkdir -p "$out"
 echo "$train_stamp" > "$out/train-stamp.txt"
-if [ -s "$out/eval-stamp.txt" ] && [ "$(cat "$out/eval-stamp.txt")" != "$eval_stamp" ]; then
-  echo "== the test data changed since the last evaluation: evaluating again" >&2
-  rm -rf "$out/eval"
+if [ $train_only = 0 ]; then
+  if [ -s "$out/eval-stamp.txt" ] && [ "$(cat "$out/eval-stamp.txt")" != "$eval_stamp" ]; then
+    echo "== the test data changed since the last evaluation: evaluating again" >&2
+    rm -rf "$out/eval"
+  fi
+  echo "$eval_stamp" > "$out/eval-stamp.txt"
 fi
-echo "$eval_stamp" > "$out/eval-stamp.txt"
 
 scripts/setup
 bin=$repo/.build/release/relaxft
@@ -142,7 +154,7 @@ split_files() {
   if [ "$dataset" = large ]; then
     python3 $sel $data/train.extxyz "$d/train.extxyz" "${sp[@]}" >/dev/null
     [ -s $data/val.extxyz ] && python3 $sel $data/val.extxyz "$d/val.extxyz" "${sp[@]}" >/dev/null || true
-    python3 $sel $data/test.extxyz "$d/test.extxyz" "${sp[@]}" >/dev/null
+    [ -s $data/test.extxyz ] && python3 $sel $data/test.extxyz "$d/test.extxyz" "${sp[@]}" >/dev/null || true
     [ -s $data/test-unseen.extxyz ] && python3 $sel $data/test-unseen.extxyz "$d/unseen.extxyz" "${sp[@]}" >/dev/null || true
     # The same structures' ionic steps (converged relaxations only, as BPTT gets).
     local ids
@@ -229,7 +241,7 @@ for m in $models; do
         # Reference energies refitted: the model was trained on VASP data, these frames are GPAW's (another
         # energy zero); forces are unaffected, and energies enter the loss with weight 0.01 as in pretraining.
         $bin pretrain --init "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" \
-          --epochs "$EF_EPOCHS" --lr "$LR_EF" --batch "$BATCH" --schedule cosine --patience 1000 --seed "$SEED" --out "$run" > "$run.log" 2>&1
+          --epochs "$EF_EPOCHS" --lr "$LR_EF" --batch "$EF_BATCH" --schedule cosine --patience 1000 --seed "$SEED" --out "$run" > "$run.log" 2>&1
       fi
     else
       start=$pre
@@ -246,11 +258,16 @@ for m in $models; do
         # bptt_args come last: ef-then-bptt overrides --lr.
         # shellcheck disable=SC2046
         $bin finetune --pretrained "$start" --data "$d/train.extxyz" "${val[@]}" --epochs "$BPTT_EPOCHS" --lr "$LR_BPTT" \
-          --batch "$BATCH" --clip 10 --seed "$SEED" --threads "$THREADS" $(bptt_args $meth) "${extra[@]}" --out "$run" > "$run.log" 2>&1
+          --batch "$BATCH" --schedule "$BPTT_SCHEDULE" --clip 10 --seed "$SEED" --threads "$THREADS" $(bptt_args $meth) "${extra[@]}" --out "$run" > "$run.log" 2>&1
       fi
     fi
   done
 done
+
+if [ $train_only = 1 ]; then
+  log "trainings done ($out/train); --train-only: no evaluation"
+  exit 0
+fi
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
 for m in $models; do
@@ -282,7 +299,7 @@ for m in $models; do
 done
 
 # ---- results -------------------------------------------------------------------------------------------------
-settings="dataset=$dataset quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF FORCE_WEIGHT=$FORCE_WEIGHT LR_EF_BPTT=$LR_EF_BPTT EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
+settings="dataset=$dataset quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH BPTT_SCHEDULE=$BPTT_SCHEDULE EF_BATCH=$EF_BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF FORCE_WEIGHT=$FORCE_WEIGHT LR_EF_BPTT=$LR_EF_BPTT EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
 python3 scripts/experiments/results.py "$out"
 # Everything in one HTML file (training curves of every run too), and the figures for the Markdown document.
 $bin report "$out/results.csv" "$out"/eval/*-common.csv "$out"/train/*/ -o "$out/report.html" \
