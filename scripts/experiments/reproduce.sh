@@ -287,7 +287,8 @@ for m in $models; do
       mv "$csv.tmp" "$csv"
     fi
     # BPTT models under the relaxation they were trained with (the pretrained model under the same one).
-    for meth in bptt-frame-ckpt bptt-fire-ckpt bptt-frame-eta bptt-fire-forces ef-then-bptt; do
+    for meth in $methods; do
+      case $meth in ef|bptt-fire-implicit) continue ;; esac  # no own unrolled protocol: the common one is theirs
       best=$out/train/$m-$meth/best.safetensors
       csv=$out/eval/$m-$split-own-$meth.csv
       [ -s "$best" ] && [ ! -s "$csv" ] || continue
