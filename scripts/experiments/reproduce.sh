@@ -96,12 +96,15 @@ log() { echo "== $*" >&2; }
 
 # ---- data ----------------------------------------------------------------------------------------------------
 [ -n "$dataset" ] || { [ $quick = 1 ] && dataset=tiny || dataset=large; }
+# Files the trainings read and files only the evaluation reads (the tiny set holds both in one file).
 case $dataset in
-  tiny) need=($data/tiny.extxyz $data/trajectories-tiny.extxyz) ;;
-  large) need=($data/train.extxyz $data/val.extxyz $data/trajectories-train.extxyz)
-         [ $train_only = 1 ] || need+=($data/test.extxyz $data/test-unseen.extxyz) ;;
+  tiny) train_used=($data/tiny.extxyz $data/trajectories-tiny.extxyz); eval_used=("${train_used[@]}") ;;
+  large) train_used=($data/train.extxyz $data/val.extxyz $data/trajectories-train.extxyz)
+         eval_used=($data/test.extxyz $data/test-unseen.extxyz) ;;
   *) echo "reproduce.sh: --dataset must be tiny or large, not $dataset" >&2; exit 2 ;;
 esac
+need=("${train_used[@]}")
+[ $train_only = 1 ] || need+=("${eval_used[@]}")
 missing=()
 for f in "${need[@]}"; do [ -s "$f" ] || missing+=("$f"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -113,25 +116,14 @@ fi
 # was trained and evaluated on: resuming on other training data (a tiny-set run, or more DFT structures) is
 # refused, so that trainings on other data never mix into one table; new test data only redoes the evaluations.
 [ -n "$out" ] || { [ "$dataset" = tiny ] && out=runs/reproduce-quick || out=runs/reproduce; }
-if [ "$dataset" = large ]; then
-  train_used=($data/train.extxyz $data/val.extxyz $data/trajectories-train.extxyz)
-  [ -s $data/trajectories-val.extxyz ] && train_used+=($data/trajectories-val.extxyz)
-  eval_used=($data/test.extxyz $data/test-unseen.extxyz)
-else
-  train_used=("${need[@]}"); eval_used=("${need[@]}")
-fi
+[ "$dataset" = large ] && [ -s $data/trajectories-val.extxyz ] && train_used+=($data/trajectories-val.extxyz)
 train_stamp="dataset=$dataset training-data=$(cat "${train_used[@]}" | sha256sum | cut -c1-16)"
 eval_stamp="dataset=$dataset test-data=$({ cat "${eval_used[@]}" 2>/dev/null || true; } | sha256sum | cut -c1-16)"
+refuse() { echo "reproduce.sh: $out holds $1" >&2; echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2; exit 2; }
 if [ -s "$out/train-stamp.txt" ] && [ "$(cat "$out/train-stamp.txt")" != "$train_stamp" ]; then
-  echo "reproduce.sh: $out holds trainings on other data ($(cat "$out/train-stamp.txt"); now: $train_stamp)." >&2
-  echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
-  exit 2
+  refuse "trainings on other data ($(cat "$out/train-stamp.txt"); now: $train_stamp)."
 fi
-if [ -d "$out/train" ] && [ ! -s "$out/train-stamp.txt" ]; then
-  echo "reproduce.sh: $out holds a run without a data stamp (made by an older reproduce.sh): its data cannot be checked." >&2
-  echo "reproduce.sh: give a new directory with --out, or remove $out to start over." >&2
-  exit 2
-fi
+[ -d "$out/train" ] && [ ! -s "$out/train-stamp.txt" ] && refuse "a run without a data stamp (made by an older reproduce.sh): its data cannot be checked."
 mkdir -p "$out"
 echo "$train_stamp" > "$out/train-stamp.txt"
 if [ $train_only = 0 ]; then
