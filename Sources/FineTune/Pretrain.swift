@@ -477,8 +477,8 @@ public final class Pretrainer {
             let old = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? (PretrainEpochMetrics.header + "\n")
             try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
             try saveCheckpoint()
-            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last"))
-            if improved { try ModelFile.save(model, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best")) }
+            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last"), derived: true)
+            if improved { try ModelFile.save(model, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best"), derived: true) }
             log(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
                        state.epoch, options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
                        vl, vm.energyMAE, vm.forceMAE, vm.forceRMSE, improved ? "  *best" : "", row.seconds))
@@ -503,8 +503,8 @@ public final class Pretrainer {
     /// Provenance metadata for model files written by this run.
     func provenance(kind: String) -> [String: String] {
         [
-            "training_data": options.dataFiles.joined(separator: ","),
-            "training_validation": options.valFiles.isEmpty ? "fraction \(options.valFraction) of the training frames (seed \(options.seed))" : options.valFiles.joined(separator: ","),
+            "training_data": options.dataFiles.map(ModelFile.recordedArgument).joined(separator: ","),
+            "training_validation": options.valFiles.isEmpty ? "fraction \(options.valFraction) of the training frames (seed \(options.seed))" : options.valFiles.map(ModelFile.recordedArgument).joined(separator: ","),
             "training_command": recordedCommand,
             "training_epochs": "\(state.epoch)",
             "training_best_epoch": "\(state.bestEpoch)",

@@ -431,7 +431,7 @@ public final class StableTrainer {
                 state.bestEpoch = state.epoch + 1
                 var bm = model
                 bm.parameters = paramsAtStart
-                try ModelFile.save(bm, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best", epoch: state.epoch + 1))
+                try ModelFile.save(bm, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best", epoch: state.epoch + 1), derived: true)
             }
 
             // Phase changes (StABlE's simulate/learn cycle).
@@ -455,7 +455,7 @@ public final class StableTrainer {
                     state.reductions = 0
                     state.plateauBest = nil
                     state.plateauBad = 0
-                    try ModelFile.save(model, to: runDirectory + "/end_of_cycle\(state.cycle).safetensors", extraMetadata: provenance(kind: "end of cycle \(state.cycle)", epoch: state.epoch + 1))
+                    try ModelFile.save(model, to: runDirectory + "/end_of_cycle\(state.cycle).safetensors", extraMetadata: provenance(kind: "end of cycle \(state.cycle)", epoch: state.epoch + 1), derived: true)
                     note += calm ? "  → simulate (no replica unstable)" : "  → simulate (learning rate reduced \(o.maxReductions + 1) times)"
                 }
             }
@@ -489,7 +489,7 @@ public final class StableTrainer {
             try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
             try writeRDF()
             try saveCheckpoint()
-            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last", epoch: state.epoch))
+            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last", epoch: state.epoch), derived: true)
             var line = String(format: "epoch %d/%d %@ unstable %d/%d", state.epoch, o.epochs, learning ? "learn   " : "simulate", unstable.count, o.replicas)
             if let t = row.meanTimeToInstability { line += String(format: " (at %.3g ps)", t / 1000) }
             if let l = obsLoss, let a = mae { line += String(format: "  RDF MSE %.4g MAE %.4g (%d samples)", l, a, pooled.count) }
@@ -526,8 +526,8 @@ public final class StableTrainer {
     func provenance(kind: String, epoch: Int) -> [String: String] {
         [
             "training_method": "StABlE (Boltzmann estimator on the RDF, energy/force weight \(options.lambda))",
-            "training_reference": options.reference,
-            "training_data": options.dataFiles.joined(separator: ","),
+            "training_reference": ModelFile.recordedArgument(options.reference),
+            "training_data": options.dataFiles.map(ModelFile.recordedArgument).joined(separator: ","),
             "training_command": recordedCommand,
             "training_epochs": "\(epoch)",
             "training_checkpoint": kind,

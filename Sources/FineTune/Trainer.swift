@@ -207,8 +207,8 @@ public final class FineTuner {
     func saveModel(to path: String, epoch: Int) throws {
         try ModelFile.save(potential, to: path, extraMetadata: [
             "relaxation_protocol": relaxationProtocol.metadataValue,
-            "training": "relaxft finetune (BPTT) from \(config.pretrained), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer), T = \(config.steps)",
-        ])
+            "training": "relaxft finetune (BPTT) from \(ModelFile.recordedArgument(config.pretrained)), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer), T = \(config.steps)",
+        ], derived: true)
     }
 
     func saveState() throws {

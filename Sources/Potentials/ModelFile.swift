@@ -34,11 +34,53 @@ public enum ModelFile {
 
     public static var knownKinds: [String] { loaders.keys.sorted() }
 
-    public static func save(_ potential: any Potential, to path: String, extraMetadata: [String: String] = [:]) throws {
-        var meta = potential.metadata
+    /// Saves a potential with its metadata plus `extraMetadata`. `derived`: the potential was loaded from a model
+    /// file and trained further, so the loaded file's training records describe its parent (see `derivedMetadata`).
+    public static func save(_ potential: any Potential, to path: String, extraMetadata: [String: String] = [:],
+                            derived: Bool = false) throws {
+        var meta = derived ? derivedMetadata(parent: potential.metadata, stage: [:]) : potential.metadata
         meta["relaxft_kind"] = potential.kind
         for (k, v) in extraMetadata { meta[k] = v }
         try SafeTensors.write(potential.parameters.map { ($0.key, $0.value) }, metadata: meta, to: path)
+    }
+
+    /// A path or command-line argument as recorded in metadata: relative to the working directory when it lies below
+    /// it (where a checkout lives is machine-specific and would leak into committed model files).
+    public static func recordedArgument(_ arg: String) -> String {
+        let cwd = FileManager.default.currentDirectoryPath
+        guard cwd.count > 1 else { return arg }
+        let prefix = cwd.hasSuffix("/") ? cwd : cwd + "/"
+        if arg.hasPrefix(prefix) { return String(arg.dropFirst(prefix.count)) }
+        if let eq = arg.firstIndex(of: "="), arg.hasPrefix("-"), arg[arg.index(after: eq)...].hasPrefix(prefix) {
+            return String(arg[...eq]) + String(arg[arg.index(after: eq)...].dropFirst(prefix.count))
+        }
+        return arg
+    }
+
+    /// Keys that record how a model was trained and what it scored (not what it is).
+    public static func isTrainingRecord(_ key: String) -> Bool {
+        key == "training" || key == "relaxation_protocol" || key.hasPrefix("training_") || key.hasPrefix("test_")
+    }
+
+    /// Metadata of a model trained from `parent`: architecture and settings are inherited, but the parent's training
+    /// records would be read as this model's (its test scores, its epochs), so they move into `lineage`, a JSON
+    /// array of the earlier stages' records, oldest first; `stage` (this training's records) is added.
+    public static func derivedMetadata(parent: [String: String], stage: [String: String]) -> [String: String] {
+        var meta = parent.filter { !isTrainingRecord($0.key) && $0.key != "lineage" }
+        var lineage: [[String: String]] = []
+        if let old = parent["lineage"], let data = old.data(using: .utf8),
+           let decoded = try? JSONDecoder().decode([[String: String]].self, from: data) {
+            lineage = decoded
+        }
+        let records = parent.filter { isTrainingRecord($0.key) }
+        if !records.isEmpty { lineage.append(records) }
+        if !lineage.isEmpty {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            meta["lineage"] = String(data: try! enc.encode(lineage), encoding: .utf8)!
+        }
+        for (k, v) in stage { meta[k] = v }
+        return meta
     }
 
     /// Loads a model file; the metadata is returned too (provenance, relaxer settings, …).

@@ -23,7 +23,7 @@ func runInfo(_ args: ParsedArguments) throws -> Int32 {
     let arch = architectureKeys.compactMap { k in meta[k].map { "\(k)=\($0)" } }
     if !arch.isEmpty { print("architecture: \(arch.joined(separator: ", "))") }
     if let ref = model.parameters["atomic_energies"] { print("reference energies (eV): \(ref.array.map { String(format: "%.6f", $0) }.joined(separator: ", "))") }
-    let shown = Set(architectureKeys + ["elements", "relaxft_kind", "cutoff"])
+    let shown = Set(architectureKeys + ["elements", "relaxft_kind", "cutoff", "lineage"])
     let rest = meta.keys.filter { !shown.contains($0) }.sorted()
     let training = rest.filter { $0.hasPrefix("training_") || $0.hasPrefix("test_") }
     let other = rest.filter { !training.contains($0) }
@@ -34,6 +34,15 @@ func runInfo(_ args: ParsedArguments) throws -> Int32 {
     if !training.isEmpty {
         print("provenance:")
         for k in training { print("  \(k): \(meta[k]!)") }
+    }
+    // Records of the models this one was trained from (ModelFile.derivedMetadata).
+    if let text = meta["lineage"], let data = text.data(using: .utf8),
+       let stages = try? JSONDecoder().decode([[String: String]].self, from: data), !stages.isEmpty {
+        print("trained from (earlier stages, oldest first):")
+        for (i, stage) in stages.enumerated() {
+            print("  stage \(i + 1):")
+            for k in stage.keys.sorted() { print("    \(k): \(stage[k]!)") }
+        }
     }
     return 0
 }

@@ -50,7 +50,7 @@ let pretrainCommand = Command(
 
 func runPretrain(_ args: ParsedArguments) throws -> Int32 {
     let started = Date()
-    let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
+    let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).map(ModelFile.recordedArgument).joined(separator: " ")
     let trainer: Pretrainer
     do {
         if let dir = args.string("resume") {

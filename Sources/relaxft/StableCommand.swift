@@ -78,7 +78,7 @@ let stableCommand = Command(
 
 func runStable(_ args: ParsedArguments) throws -> Int32 {
     func usage(_ m: String) -> UsageError { UsageError(command: "stable", message: m) }
-    let command = "relaxft stable " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
+    let command = "relaxft stable " + CommandLine.arguments.dropFirst(2).map(ModelFile.recordedArgument).joined(separator: " ")
     let trainer: StableTrainer
     let json = args.has("json")
     let out = FileHandle.standardOutput, err = FileHandle.standardError

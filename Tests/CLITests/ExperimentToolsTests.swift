@@ -88,7 +88,7 @@ struct ExperimentToolsTests {
         let sel = try runTool("/usr/bin/python3", [repoRoot.appendingPathComponent("scripts/experiments/select_frames.py").path, traj, si,
                                                    "--keep", "defect=rattled", "--keep", "seed=5000", "--species", "Si"], in: dir.url)
         #expect(sel.status == 0 && sel.stdout.hasPrefix("13"), "\(sel.stdout) \(sel.stderr)")
-        let (initial, _) = try ModelFile.load(model)
+        let (initial, initialMeta) = try ModelFile.load(model)
         for (name, refit) in [("keep", false), ("refit", true)] {
             let run = try dir.run(["pretrain", "--init", model, "--data", si, "--val-fraction", "0.25", "--epochs", "1", "--batch", "5",
                                    "--lr", "1e-4", "--out", name] + (refit ? ["--refit-reference-energies"] : []))
@@ -96,6 +96,12 @@ struct ExperimentToolsTests {
             let (trained, meta) = try ModelFile.load(dir.path("\(name)/last.safetensors"))
             #expect(trained.kind == "schnet" && trained.parameterCount == initial.parameterCount)
             #expect(meta["training_init"]?.hasPrefix("si-schnet-pretrained.safetensors") == true)
+            // Paths below the working directory are recorded relative to it; the parent's records (its command,
+            // its test scores) move into the lineage instead of passing for this model's.
+            #expect(meta["training_data"] == "si.xyz" && meta["training_command"]?.contains(dir.path("")) == false, "\(meta)")
+            #expect(meta["test_mlearn_test"] == nil && initialMeta["test_mlearn_test"] != nil)
+            let lineage = try JSONDecoder().decode([[String: String]].self, from: Data(try #require(meta["lineage"]).utf8))
+            #expect(lineage.count == 1 && lineage[0]["training_command"] == initialMeta["training_command"] && lineage[0]["test_mlearn_test"] == initialMeta["test_mlearn_test"])
             let e0 = initial.parameters["atomic_energies"]!, e1 = trained.parameters["atomic_energies"]!
             #expect(refit ? e0.maxAbsDifference(e1) > 0.01 : e0 == e1, "GPAW and VASP energy zeros differ by ~0.1 eV/atom")
             #expect(trained.parameters["embedding"] != initial.parameters["embedding"] || trained.parameters.keys.contains { trained.parameters[$0] != initial.parameters[$0] && $0 != "atomic_energies" })

@@ -228,4 +228,23 @@ func relDiff(_ a: Tensor, _ b: Tensor) -> Double { a.maxAbsDifference(b) / max(b
         do { _ = try ModelFile.load(path) } catch { #expect("\(error)".contains("has shape"), "\(error)") }
         #expect(throws: PotentialSpecError.self) { _ = try SO3krates(.init(features: 10, heads: 4)) }
     }
+
+    /// A model trained from a trained model keeps its architecture keys, and each stage's records stay apart:
+    /// the parent's move into `lineage` (oldest first), so a file never shows its parent's scores as its own.
+    @Test func derivedMetadataKeepsEachStagesRecordsApart() throws {
+        let base = ["features": "8", "elements": "Si", "training_command": "relaxft pretrain A", "test_x": "MAE 1"]
+        let second = ModelFile.derivedMetadata(parent: base, stage: ["training_command": "relaxft pretrain --init B"])
+        #expect(second["features"] == "8" && second["elements"] == "Si" && second["test_x"] == nil)
+        #expect(second["training_command"] == "relaxft pretrain --init B")
+        let third = ModelFile.derivedMetadata(parent: second, stage: ["training": "relaxft finetune C", "relaxation_protocol": "{}"])
+        let lineage = try JSONDecoder().decode([[String: String]].self, from: Data(try #require(third["lineage"]).utf8))
+        #expect(lineage == [["training_command": "relaxft pretrain A", "test_x": "MAE 1"], ["training_command": "relaxft pretrain --init B"]])
+        #expect(third["training_command"] == nil && third["training"] == "relaxft finetune C" && third["features"] == "8")
+        #expect(ModelFile.derivedMetadata(parent: ["features": "8"], stage: [:]) == ["features": "8"], "no records, no lineage")
+        let cwd = FileManager.default.currentDirectoryPath
+        #expect(ModelFile.recordedArgument(cwd + "/runs/x.extxyz") == "runs/x.extxyz")
+        #expect(ModelFile.recordedArgument("--data=" + cwd + "/x.extxyz") == "--data=x.extxyz")
+        #expect(ModelFile.recordedArgument("/elsewhere/x.extxyz") == "/elsewhere/x.extxyz")
+    }
+
 }
