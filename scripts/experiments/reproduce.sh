@@ -10,7 +10,8 @@
 #      ionic step's energy and forces instead of only the end points); and both in sequence (ef-then-bptt: BPTT
 #      starting from the energy/force-matched model, the workflow the BPTT paper proposes);
 #   4. evaluate every model on the test split and on the unseen-defect-kind split, under one common protocol
-#      (FIRE to EVAL_FMAX) and, for BPTT models, also under their own training protocol;
+#      (FIRE to EVAL_FMAX) and, for BPTT models, also under their own training protocol; and on the validation
+#      split (common protocol; it picked the best epochs, so it is reported apart);
 # and write OUT/results.csv (one row per model, method, protocol, split and structure, with the per-structure ΔQ),
 # OUT/report.html (figures), and docs/results.md (tables).
 #
@@ -265,7 +266,7 @@ fi
 for m in $models; do
   pre=$(model_path $m)
   d=$out/data/$(species_tag $m)
-  for split in test unseen; do
+  for split in test unseen val; do
     [ -s "$d/$split.extxyz" ] || continue
     csv=$out/eval/$m-$split-common.csv
     if [ ! -s "$csv" ]; then
@@ -278,6 +279,8 @@ for m in $models; do
         --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-common.json"
       mv "$csv.tmp" "$csv"
     fi
+    # The validation split picked the best epochs: common protocol only, reported apart from the held-out splits.
+    [ "$split" = val ] && continue
     # BPTT models under the relaxation they were trained with (the pretrained model under the same one).
     for meth in $methods; do
       case $meth in ef|bptt-fire-implicit) continue ;; esac  # no own unrolled protocol: the common one is theirs
@@ -292,7 +295,7 @@ for m in $models; do
 done
 
 # ---- results -------------------------------------------------------------------------------------------------
-settings="dataset=$dataset quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH BPTT_SCHEDULE=$BPTT_SCHEDULE EF_BATCH=$EF_BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF FORCE_WEIGHT=$FORCE_WEIGHT LR_EF_BPTT=$LR_EF_BPTT EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
+settings="dataset=$dataset data=$data quick=$quick BPTT_EPOCHS=$BPTT_EPOCHS STEPS=$STEPS LR_BPTT=$LR_BPTT ETA=$ETA FIRE_DT=$FIRE_DT BATCH=$BATCH BPTT_SCHEDULE=$BPTT_SCHEDULE EF_BATCH=$EF_BATCH EF_EPOCHS=$EF_EPOCHS LR_EF=$LR_EF FORCE_WEIGHT=$FORCE_WEIGHT LR_EF_BPTT=$LR_EF_BPTT EVAL_FMAX=$EVAL_FMAX EVAL_STEPS=$EVAL_STEPS SEED=$SEED"
 python3 scripts/experiments/results.py "$out"
 # Everything in one HTML file (training curves of every run too), and the figures for the Markdown document.
 $bin report "$out/results.csv" "$out"/eval/*-common.csv "$out"/train/*/ -o "$out/report.html" \
