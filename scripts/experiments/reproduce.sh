@@ -16,10 +16,11 @@
 # OUT/report.html (figures), and docs/results.md (tables).
 #
 #   scripts/experiments/reproduce.sh [--quick] [--dataset auto|tiny|large] [--out DIR] [--models "so3krates schnet chgnet"]
-#                                    [--train-only]
+#                                    [--train-only | --eval-only]
 #
 # --train-only: prepare the data and run the trainings, nothing else; the test splits need not exist yet (a later run
-# without it evaluates).
+# without it evaluates). --eval-only: start no training; evaluate (and tabulate) the models whose trainings exist,
+# e.g. after models trained with different budgets by separate runs.
 #
 # Output: --out DIR (or OUT), by default runs/reproduce for the large splits and runs/reproduce-quick for the tiny set.
 # A directory keeps stamps of its data (train-stamp.txt, eval-stamp.txt): it refuses to resume on other training data,
@@ -52,6 +53,7 @@ repo=$PWD
 
 quick=0
 train_only=0
+eval_only=0
 dataset=${DATASET:-}
 out=${OUT:-}
 models=${MODELS:-}
@@ -59,6 +61,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --train-only) train_only=1 ;;
+    --eval-only) eval_only=1 ;;
     --dataset) [ $# -ge 2 ] || { echo "reproduce.sh: --dataset needs tiny or large" >&2; exit 2; }; dataset=$2; shift ;;
     --out|--models) [ $# -ge 2 ] || { echo "reproduce.sh: $1 needs a value" >&2; exit 2; } ;;&
     --out) out=$2; shift ;;
@@ -215,7 +218,9 @@ bptt_args() {
     ef-then-bptt) echo "--relaxer fire --relaxer-param dt=$FIRE_DT --grad checkpoint --steps $STEPS --lr $LR_EF_BPTT --schedule cosine" ;;
   esac
 }
+[ $train_only = 1 ] && [ $eval_only = 1 ] && { echo "reproduce.sh: --train-only and --eval-only exclude each other" >&2; exit 2; }
 for m in $models; do
+  [ $eval_only = 1 ] && break
   pre=$(model_path $m)
   d=$out/data/$(species_tag $m)
   val=(--val-fraction 0)
