@@ -16,6 +16,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -235,7 +236,6 @@ def sweep_section(w, path, md_dir):
 
 def data_section(w, out, data):
     """Structures per split and defect kind, as the trainings and evaluations read them (OUT/data/<tag>/)."""
-    import re
     tables = []
     for tag, who in (('si', 'Si-only (SO3krates, SchNet)'), ('all', 'all species (CHGNet)')):
         d = Path(out) / 'data' / tag
@@ -276,8 +276,10 @@ def data_section(w, out, data):
 
 def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=None):
     md_dir = Path(md_path).resolve().parent
-    dataset = dict(kv.split('=', 1) for kv in settings.split()).get('dataset', '?') if settings else '?'
-    quick = dict(kv.split('=', 1) for kv in settings.split()).get('quick', '0') == '1' if settings else False
+    cfg = dict(kv.split('=', 1) for kv in settings.split()) if settings else {}
+    dataset = cfg.get('dataset', '?')
+    quick = cfg.get('quick', '0') == '1'
+    data = cfg.get('data', 'Fixtures/data/si-defects')
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True).stdout.strip()
@@ -288,7 +290,6 @@ def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=N
     w = L.append
     large = '?'
     try:
-        import re
         m = re.search(r'Large \(62–65-atom\) structures converged: (\d+) of (\d+)', (Path('Fixtures/data/si-defects/README.md')).read_text())
         large = f'{m.group(1)} of {m.group(2)}' if m else '?'
     except OSError:
@@ -314,7 +315,7 @@ def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=N
         w(notes.read_text().strip() + '\n')
     summary_section(w, rows, models)
     if dataset == 'large':
-        data_section(w, out, dict(kv.split('=', 1) for kv in settings.split()).get('data', 'Fixtures/data/si-defects'))
+        data_section(w, out, data)
     w('## What was run\n')
     w('| method | what |\n|---|---|')
     for m, note in METHOD_NOTES.items():
@@ -409,9 +410,7 @@ def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=N
     w('## Reproduce\n')
     w('```sh')
     if dataset == 'large':
-        env = ' '.join(kv for kv in settings.split() if kv.split('=', 1)[0] in
-                       ('BPTT_EPOCHS', 'STEPS', 'BATCH', 'BPTT_SCHEDULE', 'EF_EPOCHS', 'EF_BATCH'))
-        data = dict(kv.split('=', 1) for kv in settings.split()).get('data', 'Fixtures/data/si-defects')
+        env = ' '.join(f'{k}={cfg[k]}' for k in ('BPTT_EPOCHS', 'STEPS', 'BATCH', 'BPTT_SCHEDULE', 'EF_EPOCHS', 'EF_BATCH') if k in cfg)
         w(f'DATA={data} {env} \\\n  scripts/experiments/reproduce.sh          # everything below, resumable')
     else:
         w('scripts/experiments/reproduce.sh' + (' --quick' if quick else '') + '          # everything below, resumable')
@@ -427,7 +426,7 @@ def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=N
     w('# memory of the gradient modes (63-atom cell, T = 60), then the robustness sweep:')
     w('BENCH_T=60 BENCH_JSON=OUT/memory.json scripts/bench memory')
     spec = 'sweep-full.txt' if dataset == 'large' else 'sweep-quick.txt'
-    w(f'scripts/sweep scripts/experiments/{spec} --out OUT/sweep --jobs 1 && scripts/sweep collect OUT/sweep')
+    w(f'scripts/sweep scripts/experiments/{spec} --out OUT/sweep --jobs 1          # writes OUT/sweep/sweep.csv')
     w('scripts/experiments/reproduce.sh' + (' --quick' if quick else '') + '          # again: adds both tables here')
     w('```\n')
     Path(md_path).parent.mkdir(parents=True, exist_ok=True)
