@@ -216,6 +216,10 @@ def readme(done, planned, pending):
       '1e-5 eV / N_valence), plus GPAW\'s default density and eigenstate criteria.')
     w('- `energy` is ASE\'s potential energy from GPAW, i.e. extrapolated to zero smearing; '
       'forces are GPAW\'s.')
+    w('- GPAW 22.8 predates the fix (24.1.0) of a Γ-only plane-wave bug: random initial wave '
+      'functions could leave a fake state at 0 eV, occupied in periodic cells. GPAW\'s default '
+      'number of bands is below the LCAO basis size here, so every calculation started from '
+      'LCAO wave functions only; `relax.py` checks each GPAW log for it before recording a job.')
     w(f'- Cell: 2×2×2 conventional diamond cell (64 sites) for train/val/test/test-unseen, '
       f'1×1×1 (8 sites) for `tiny`, at the fitted lattice constant a = {lat["a0"]} Å; the cell '
       'is fixed.')

@@ -115,6 +115,15 @@ def main(which, jid):
     tr.close()
     world.barrier()
 
+    # GPAW < 24.1 could put a fake 0 eV state into Γ-only plane-wave runs
+    # whose initial guess used random wave functions (release notes of
+    # 24.1.0, "bug0"); ours start from LCAO only. Every rank refuses a run
+    # that did not, so none waits on the others.
+    for log in sorted(d.glob('gpaw-*.txt')):
+        if 'from random numbers' in log.read_text():
+            raise SystemExit(f'{log}: random initial wave functions (GPAW < 24.1 '
+                             'Γ-point bug); not recorded as finished')
+
     if world.rank == 0:
         frames = readable_frames(traj)
         fmax = P.fmax_of(frames[-1].get_forces())
