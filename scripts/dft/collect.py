@@ -1,6 +1,6 @@
 """Collect the finished DFT jobs into the committed extended-XYZ files.
 
-    python3 scripts/dft/collect.py
+    /usr/bin/python3 scripts/dft/collect.py   (any python3 with ase >= 3.22)
 
 Re-runnable at any time: reads scripts/dft/work/jobs/*/*/, rewrites every file
 of Fixtures/data/si-defects/ (except lattice.json) from what has finished,
@@ -335,7 +335,7 @@ def readme(done, planned, pending):
       '# one job by hand\n'
       'OMP_NUM_THREADS=1 mpiexec --allow-run-as-root -n 2 /usr/bin/python3 scripts/dft/relax.py large vacancy-1100\n'
       '# rebuild these files from whatever has finished (any time)\n'
-      'python3 scripts/dft/collect.py\n'
+      '/usr/bin/python3 scripts/dft/collect.py    # any python3 with ase\n'
       '```\n')
     w(f'Jobs still pending: {len(pending)}. Scratch (GPAW logs, .traj, restart files) lives in '
       '`scripts/dft/work/`, which is not committed and does not survive a new machine: run the '
