@@ -52,4 +52,37 @@ import Relax
             }
         }
     }
+    /// Counts: each split file holds exactly the converged structures `results.json` lists for it, each trajectory
+    /// has `dft_steps + 1` frames (step 0 = initial), and the minimum sizes hold (tiny ≥ 10, large ≥ 60;
+    /// train, val and test each hold every seen kind; test-unseen only kinds train never saw).
+    @Test func countsMatchTheJobRecord() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: Self.dir + "/results.json"))
+        let record = try #require(try JSONSerialization.jsonObject(with: data) as? [String: [String: Any]])
+        var kindsBySplit: [String: Set<String>] = [:]
+        var large = 0
+        for split in Self.splits {
+            let frames = try StructureIO.read(Self.dir + "/\(split).extxyz")
+            let expected = record.values.filter { ($0["split"] as? String) == split && ($0["converged"] as? Bool) == true }
+            #expect(frames.count == expected.count, "\(split): \(frames.count) structures, results.json lists \(expected.count)")
+            let ids = Set(frames.compactMap { $0.info["structure_id"]?.stringValue })
+            #expect(ids == Set(expected.compactMap { $0["id"] as? String }), "\(split): structure ids differ from results.json")
+            var steps: [String: [Int]] = [:]
+            for t in try StructureIO.read(Self.dir + "/trajectories-\(split).extxyz") {
+                if let id = t.info["structure_id"]?.stringValue, let k = t.info["step"]?.intValue { steps[id, default: []].append(k) }
+            }
+            for f in frames {
+                let id = f.info["structure_id"]?.stringValue ?? "?"
+                let n = try #require(f.info["dft_steps"]?.intValue, "\(split) \(id): no dft_steps")
+                #expect(steps[id] == Array(0...n), "\(split) \(id): trajectory steps are not 0...\(n)")
+                if let kind = f.info["defect"]?.stringValue { kindsBySplit[split, default: []].insert(kind) }
+            }
+            if split != "tiny" { large += frames.count }
+        }
+        #expect(try StructureIO.read(Self.dir + "/tiny.extxyz").count >= 10)
+        #expect(large >= 60, "\(large) large structures")
+        let seen = kindsBySplit["train"] ?? []
+        #expect(seen.count >= 5, "train kinds: \(seen.sorted())")
+        for split in ["val", "test"] { #expect(kindsBySplit[split] == seen, "\(split) kinds: \(kindsBySplit[split] ?? [])") }
+        #expect(!(kindsBySplit["test-unseen"] ?? []).isEmpty && (kindsBySplit["test-unseen"] ?? []).isDisjoint(with: seen))
+    }
 }
