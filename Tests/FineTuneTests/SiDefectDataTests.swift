@@ -59,7 +59,7 @@ import Relax
         let data = try Data(contentsOf: URL(fileURLWithPath: Self.dir + "/results.json"))
         let record = try #require(try JSONSerialization.jsonObject(with: data) as? [String: [String: Any]])
         var kindsBySplit: [String: Set<String>] = [:]
-        var large = 0
+        var countBySplit: [String: Int] = [:]
         for split in Self.splits {
             let frames = try StructureIO.read(Self.dir + "/\(split).extxyz")
             let expected = record.values.filter { ($0["split"] as? String) == split && ($0["converged"] as? Bool) == true }
@@ -76,9 +76,10 @@ import Relax
                 #expect(steps[id] == Array(0...n), "\(split) \(id): trajectory steps are not 0...\(n)")
                 if let kind = f.info["defect"]?.stringValue { kindsBySplit[split, default: []].insert(kind) }
             }
-            if split != "tiny" { large += frames.count }
+            countBySplit[split] = frames.count
         }
-        #expect(try StructureIO.read(Self.dir + "/tiny.extxyz").count >= 10)
+        let large = countBySplit.filter { $0.key != "tiny" }.values.reduce(0, +)
+        #expect(countBySplit["tiny", default: 0] >= 10)
         #expect(large >= 60, "\(large) large structures")
         let seen = kindsBySplit["train"] ?? []
         #expect(seen.count >= 5, "train kinds: \(seen.sorted())")
