@@ -64,7 +64,9 @@ public struct NeighborList: Sendable {
     }
 
     /// Builds the list. Along non-periodic axes the cell only sets the binning frame; with no usable cell
-    /// (molecules) a Cartesian frame is used. Positions need not be wrapped.
+    /// (molecules) a Cartesian frame is used. Positions need not be wrapped. Inputs from outside (files, options,
+    /// a relaxation's or a simulation's state) are checked first with `check`/`validate`: a list that
+    /// `estimatedPairs` puts beyond memory would take that long to build.
     public static func build(positions: Tensor, cell: Tensor, pbc: [Bool], cutoff: Double) -> NeighborList {
         let n = positions.shape[0]
         precondition(cutoff > 0 && cutoff.isFinite, "cutoff must be positive")
@@ -97,7 +99,7 @@ public struct NeighborList: Sendable {
                 if periodic[k] {
                     let w = f.rounded(.down)
                     f -= w
-                    if f >= 1 { f -= 1; wrap[3 * a + k] = Int(w) + 1 } else { wrap[3 * a + k] = Int(w) }
+                    if f >= 1 { f -= 1; wrap[3 * a + k] = clampedInt(w) + 1 } else { wrap[3 * a + k] = clampedInt(w) }
                 } else {
                     lo[k] = Swift.min(lo[k], f)
                     hi[k] = Swift.max(hi[k], f)
@@ -113,10 +115,10 @@ public struct NeighborList: Sendable {
             let delta = cutoff / heights[k]
             let range = periodic[k] ? 1.0 : Swift.max(hi[k] - lo[k], 0)
             // Cap the bin count so that sparse or huge frames do not allocate absurd grids.
-            nb[k] = Swift.max(1, Swift.min(Int((range / delta).rounded(.down)), 1 + 2 * Int(Double(n).squareRoot()) + 64))
+            nb[k] = Swift.max(1, Swift.min(clampedInt((range / delta).rounded(.down)), 1 + 2 * Int(Double(n).squareRoot()) + 64))
             if !periodic[k] && range == 0 { nb[k] = 1 }
             width[k] = range > 0 ? range / Double(nb[k]) : 1
-            reach[k] = Swift.max(1, Int((delta / width[k]).rounded(.up)))
+            reach[k] = Swift.max(1, clampedInt((delta / width[k]).rounded(.up)))
             if !periodic[k] { reach[k] = Swift.min(reach[k], nb[k]) }
         }
         let totalBins = nb[0] * nb[1] * nb[2]
@@ -126,7 +128,7 @@ public struct NeighborList: Sendable {
             var b = [0, 0, 0]
             for k in 0..<3 {
                 let f = periodic[k] ? s[3 * a + k] : s[3 * a + k] - lo[k]
-                b[k] = Swift.min(Swift.max(Int((f / width[k]).rounded(.down)), 0), nb[k] - 1)
+                b[k] = Swift.min(Swift.max(clampedInt((f / width[k]).rounded(.down)), 0), nb[k] - 1)
             }
             binOf[a] = (b[0] * nb[1] + b[1]) * nb[2] + b[2]
             binCount[binOf[a] + 1] += 1
@@ -336,11 +338,24 @@ public struct VerletNeighborList: Sendable {
         referenceCell = cell
     }
 
+    /// A list not built yet, for inputs `NeighborList.problem` refuses: empty, and built at the next `update`.
+    public init(unbuiltFor positions: Tensor, cell: Tensor, pbc: [Bool], cutoff: Double, skin: Double = 0.5) {
+        self.cutoff = cutoff
+        self.skin = skin
+        self.pbc = pbc
+        list = NeighborList(first: [], second: [], shifts: [], atomCount: positions.shape[0], cutoff: cutoff + skin)
+        referencePositions = positions
+        referenceCell = cell
+        builds = 0
+        stale = true
+    }
+
     let pbc: [Bool]
+    private var stale = false
 
     /// Whether positions (or the cell) moved enough since the last build that pairs could be missed.
     public func needsRebuild(positions: Tensor, cell: Tensor) -> Bool {
-        if positions.shape != referencePositions.shape { return true }
+        if stale || positions.shape != referencePositions.shape { return true }
         // A changed cell changes image distances; for simplicity any change triggers a rebuild.
         if cell.maxAbsDifference(referenceCell) > 0 { return true }
         let half2 = 0.25 * skin * skin
@@ -365,6 +380,7 @@ public struct VerletNeighborList: Sendable {
         referencePositions = positions
         referenceCell = cell
         builds += 1
+        stale = false
         return true
     }
 }

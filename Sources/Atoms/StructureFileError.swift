@@ -40,12 +40,12 @@ public struct StructureFileError: Error, CustomStringConvertible, Equatable, Sen
     }
 
     public var description: String {
-        "\(path)\(line.map { ":\($0)" } ?? ""): \(kind.rawValue): expected \(expected), found \(found)"
+        "\(path)\(line.map { ":\($0)" } ?? ""): \(kind.rawValue): expected \(expected), found \(found)".escapingControlCharacters()
     }
 }
 
 /// Quotes a piece of input for an error message, shortened so one bad line cannot flood the terminal.
 func quoted<S: StringProtocol>(_ s: S, limit: Int = 60) -> String {
     let t = s.count > limit ? String(s.prefix(limit)) + "…" : String(s)
-    return "'\(t)'"
+    return "'\(t.escapingControlCharacters())'"
 }
