@@ -131,3 +131,50 @@ public struct StillingerWeber: Potential {
         return (tj, tk)
     }
 }
+
+/// Scalar parameters by name, with a clear error for a missing one or one of another shape (model files).
+func scalarParameters(_ p: OrderedDictionary<Tensor>, _ names: [String], kind: String) throws -> [String: Double] {
+    var out: [String: Double] = [:]
+    for name in names {
+        guard let t = p[name] else { throw PotentialSpecError(message: "\(kind): parameter \(name) is missing") }
+        guard t.count == 1 && t.rank <= 1 else { throw PotentialSpecError(message: "\(kind): parameter \(name) must be a scalar, found shape \(t.shape)") }
+        out[name] = t.array[0]
+    }
+    for name in p.keys where !names.contains(name) {
+        throw PotentialSpecError(message: "\(kind): unexpected parameter '\(name)' (parameters: \(names.joined(separator: ", ")))")
+    }
+    return out
+}
+
+extension LennardJones {
+    /// σ > 0, ε ≥ 0, 0 < rc ≤ the cutoff limit, and for the smooth cutoff 0 ≤ ro < rc.
+    public func checkParameters() throws {
+        let v = try scalarParameters(parameters, ["sigma", "epsilon"], kind: "lj")
+        func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "lj: \(s)") }
+        if !(v["sigma"]! > 0 && v["sigma"]!.isFinite) { try fail("sigma must be a positive length, got \(v["sigma"]!) Å") }
+        if !(v["epsilon"]! >= 0 && v["epsilon"]!.isFinite) { try fail("epsilon (the well depth) must be ≥ 0, got \(v["epsilon"]!) eV") }
+        if !(rc > 0 && rc.isFinite) { try fail("rc must be a positive length, got \(rc) Å") }
+        if smooth && !(ro >= 0 && ro < rc) { try fail("the smooth cutoff needs 0 ≤ ro < rc, got ro = \(ro) Å, rc = \(rc) Å") }
+        if !ro.isFinite { try fail("ro must be finite, got \(ro)") }
+        try checkCommonParameters()
+    }
+}
+
+extension StillingerWeber {
+    /// σ > 0, a > 0 (the cutoff is aσ), ε, λ, γ ≥ 0, finite A, B, p, q, −1 ≤ cos θ₀ ≤ 1, cos ε ≥ 0.
+    public func checkParameters() throws {
+        let v = try scalarParameters(parameters, ["epsilon", "sigma", "A", "B", "lambda", "gamma"], kind: "sw")
+        func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "sw: \(s)") }
+        for (name, x) in v.sorted(by: { $0.key < $1.key }) where !x.isFinite { try fail("\(name) must be finite, got \(x)") }
+        if !(v["sigma"]! > 0) { try fail("sigma must be a positive length, got \(v["sigma"]!) Å") }
+        for name in ["epsilon", "lambda", "gamma"] where !(v[name]! >= 0) { try fail("\(name) must be ≥ 0, got \(v[name]!)") }
+        if !(a > 0 && a.isFinite) { try fail("a must be positive (the cutoff is a·sigma), got \(a)") }
+        if !(p.isFinite && q.isFinite) { try fail("p and q must be finite, got p = \(p), q = \(q)") }
+        if !(cosTheta0 >= -1 && cosTheta0 <= 1) { try fail("cos_theta0 must be in [-1, 1], got \(cosTheta0)") }
+        if !(cosEpsilon >= 0 && cosEpsilon.isFinite) { try fail("cos_epsilon must be ≥ 0, got \(cosEpsilon)") }
+        try checkCommonParameters()
+    }
+
+    /// Three-body terms make the work per pair grow with the neighbour count; 1 kB per pair is a lower estimate.
+    public var bytesPerPair: Double { 1024 }
+}

@@ -16,7 +16,9 @@ public enum ModelFile {
     static let loaders: [String: Loader] = [
         "lj": { p, m in
             let rc = m["rc"].flatMap(Double.init), ro = m["ro"].flatMap(Double.init)
-            var lj = LennardJones(sigma: p["sigma"]?.scalar ?? 1, epsilon: p["epsilon"]?.scalar ?? 1, rc: rc, ro: ro, smooth: m["smooth"] == "true")
+            // Shapes are checked by checkParameters after loading; here only a default rc needs sigma.
+            let sigma = p["sigma"]?.array.first ?? 1
+            var lj = LennardJones(sigma: sigma, epsilon: 1, rc: rc, ro: ro, smooth: m["smooth"] == "true")
             lj.parameters = p
             return lj
         },
@@ -24,6 +26,10 @@ public enum ModelFile {
             func hyper(_ k: String, _ d: Double) -> Double { m[k].flatMap(Double.init) ?? d }
             var sw = StillingerWeber(a: hyper("a", 1.8), p: hyper("p", 4), q: hyper("q", 0),
                                      cosTheta0: hyper("cos_theta0", -1.0 / 3.0), cosEpsilon: hyper("cos_epsilon", 0))
+            // A model file names every parameter: a missing one is an error, not silently the 1985 value.
+            if let missing = sw.parameters.keys.first(where: { p[$0] == nil }) {
+                throw PotentialSpecError(message: "sw: parameter \(missing) is missing")
+            }
             for (k, v) in p { sw.parameters[k] = v }
             return sw
         },
@@ -94,7 +100,14 @@ public enum ModelFile {
         }
         var params = OrderedDictionary<Tensor>()
         for (name, t) in tensors { params[name] = t }
-        return (try loader(params, meta), meta)
+        let potential: any Potential
+        do {
+            potential = try loader(params, meta)
+            try potential.checkParameters()
+        } catch let e as PotentialSpecError {
+            throw PotentialSpecError(message: "\(path): \(e.message)")
+        }
+        return (potential, meta)
     }
 }
 
@@ -103,6 +116,15 @@ public enum ModelFile {
 /// model in the local store (`chgnet-0.3.0` → `$RELAXFT_HOME/models/chgnet-0.3.0.safetensors`).
 public enum PotentialSpec {
     public static func parse(_ spec: String) throws -> any Potential {
+        let p = try parseUnchecked(spec)
+        try p.checkParameters()
+        return p
+    }
+
+    static func parseUnchecked(_ spec: String) throws -> any Potential {
+        guard !spec.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw PotentialSpecError(message: "empty potential specification (use lj, sw, a model name such as chgnet-0.3.0, or a .safetensors model file)")
+        }
         if spec.hasSuffix(".safetensors") || spec.contains("/") {
             guard FileManager.default.fileExists(atPath: spec) else { throw PotentialSpecError(message: "model file '\(spec)' not found") }
             return try ModelFile.load(spec).potential

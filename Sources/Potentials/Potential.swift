@@ -118,6 +118,81 @@ public protocol Potential: Sendable {
     var metadata: [String: String] { get }
     /// Energies [S] of the batched structures.
     func energies(_ system: AtomicSystem, positions: Variable, cells: Variable, parameters: [String: Variable]) -> Variable
+    /// Atomic numbers the potential can evaluate; nil: every element (classical potentials treat every atom
+    /// alike). Callers check structures with `checkInput` before evaluating: an uncovered element is an error.
+    var coveredElements: Set<Int>? { get }
+    /// Memory one neighbour pair takes in an evaluation with forces (features, tape), bytes: a lower estimate
+    /// used to refuse structures whose evaluation could not fit in memory.
+    var bytesPerPair: Double { get }
+    /// Throws a `PotentialSpecError` when a parameter or hyperparameter makes no physical sense (not finite, a
+    /// length that is not positive, a cutoff beyond `PotentialLimits.maximumCutoff`). Run after loading a
+    /// model, parsing a specification and every optimizer step.
+    func checkParameters() throws
+}
+
+/// Bounds on what a potential may ask for.
+public enum PotentialLimits {
+    /// Largest interaction cutoff accepted, Å: ten times what interatomic potentials use (5–10 Å). Beyond it a
+    /// cutoff is a unit or typing mistake, and its neighbour lists would grow with its cube.
+    public static let maximumCutoff = 100.0
+    /// Smallest interaction cutoff accepted, Å: the closest two atoms of a structure file may be (its readers
+    /// refuse closer ones), so a potential with a shorter cutoff could never see a pair.
+    public static let minimumCutoff = 0.1
+
+    /// Why `cutoff` is outside [minimumCutoff, maximumCutoff] (or not a number), or nil.
+    public static func cutoffProblem(_ cutoff: Double) -> String? {
+        guard cutoff.isFinite && cutoff > 0 else { return "the cutoff must be a positive length, got \(cutoff) Å" }
+        if cutoff > maximumCutoff { return "cutoff \(cutoff) Å is beyond \(maximumCutoff) Å (interatomic potentials use 5–10 Å)" }
+        if cutoff < minimumCutoff { return "cutoff \(cutoff) Å is below \(minimumCutoff) Å, closer than atoms may be: the potential would never see a pair" }
+        return nil
+    }
+}
+
+/// A structure a potential cannot evaluate: an element it does not cover, or a neighbour list beyond memory.
+public struct PotentialInputError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(message: String) { self.message = message }
+    public var description: String { message }
+}
+
+extension Potential {
+    public var coveredElements: Set<Int>? { nil }
+    public var bytesPerPair: Double { 512 }
+    public func checkParameters() throws { try checkCommonParameters() }
+
+    /// The checks every potential shares: finite parameters, a positive finite cutoff within the limit.
+    public func checkCommonParameters() throws {
+        for (name, t) in parameters where !t.isFinite {
+            let i = t.array.firstIndex { !$0.isFinite } ?? 0
+            throw PotentialSpecError(message: "\(kind): parameter \(name) has a non-finite value (\(t.array[i])\(t.count > 1 ? " at index \(i)" : ""))")
+        }
+        if let p = PotentialLimits.cutoffProblem(cutoff) { throw PotentialSpecError(message: "\(kind): \(p)") }
+    }
+
+    /// Elements of `numbers` this potential does not cover (sorted atomic numbers; empty when all are covered).
+    public func uncoveredElements(_ numbers: [Int]) -> [Int] {
+        guard let covered = coveredElements else { return [] }
+        return Array(Set(numbers).subtracting(covered)).sorted()
+    }
+
+    /// Checks that this potential can evaluate `structure`: every element covered, a neighbour list (cutoff plus
+    /// `skin`) that can be built and, with the evaluation's own per-pair memory, fits `MemoryBudget`. `name` names
+    /// the structure and `potentialName` the potential in messages (default: its kind).
+    public func checkInput(_ structure: Structure, name: String, potentialName: String? = nil, skin: Double = 0) throws {
+        let missing = uncoveredElements(structure.numbers)
+        if !missing.isEmpty {
+            let known = (coveredElements ?? []).sorted()
+            let knownText = known.count > 20 ? "Z = \(known.first!)…\(known.last!)" : known.map(Self.symbol).joined(separator: ", ")
+            throw PotentialInputError(message: "\(name) contains \(missing.map(Self.symbol).joined(separator: ", ")), which \(potentialName ?? kind) does not cover (its elements: \(knownText))")
+        }
+        do {
+            try NeighborList.validate(structure, cutoff: cutoff + skin, name: name, extraBytesPerPair: bytesPerPair)
+        } catch let e as NeighborListError {
+            throw PotentialInputError(message: e.message)
+        }
+    }
+
+    static func symbol(_ z: Int) -> String { z >= 0 && z < Elements.symbols.count ? Elements.symbols[z] : "Z=\(z)" }
 }
 
 extension Potential {
@@ -146,6 +221,12 @@ public struct Evaluation: Sendable {
     /// Stress per structure [S, 3, 3] (eV/Å³, ASE convention: σ = (1/V)∂E/∂ε, positive = tensile).
     public var stresses: Tensor?
     public var energy: Double { energies.sum() }
+
+    public init(energies: Tensor, forces: Tensor, stresses: Tensor?) {
+        self.energies = energies
+        self.forces = forces
+        self.stresses = stresses
+    }
 }
 
 extension Potential {

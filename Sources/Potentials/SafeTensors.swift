@@ -51,9 +51,13 @@ public enum SafeTensors {
                 throw FileError(path: path, message: "malformed header entry '\(name)'")
             }
             guard let dt = DType(rawValue: dts) else { throw FileError(path: path, message: "tensor '\(name)': unsupported dtype \(dts) (F64, F32, I64, I32 are read)") }
-            let count = shape.reduce(1, *)
-            guard shape.allSatisfy({ $0 >= 0 }), offs[0] >= 0, offs[1] - offs[0] == count * dt.size, headerEnd + offs[1] <= bytes.count else {
-                throw FileError(path: path, message: "tensor '\(name)': data offsets \(offs) do not match shape \(shape) and dtype \(dts)")
+            // Sizes from the header are checked without trapping: a shape whose product overflows, or offsets
+            // past the end of the file, are errors (the bytes must be in the file).
+            guard shape.allSatisfy({ $0 >= 0 }), let count = checkedProduct(shape), let size = checkedProduct([count, dt.size]) else {
+                throw FileError(path: path, message: "tensor '\(name)': shape \(shape) is not a valid size")
+            }
+            guard offs[0] >= 0, offs[1] >= offs[0], offs[1] - offs[0] == size, offs[1] <= bytes.count - headerEnd else {
+                throw FileError(path: path, message: "tensor '\(name)': data offsets \(offs) do not match shape \(shape) and dtype \(dts) (\(bytes.count - headerEnd) data bytes)")
             }
             entries.append((name, dt, shape, offs[0], offs[1]))
         }

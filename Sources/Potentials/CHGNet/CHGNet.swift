@@ -34,10 +34,16 @@ public struct CHGNet: Potential {
                 guard let s = m[k], let v = Double(s) else { throw PotentialSpecError(message: "chgnet model file: missing or invalid '\(k)'") }
                 return v
             }
+            func integer(_ k: String) throws -> Int {
+                guard let v = Int(exactly: try number(k)), (0...1000).contains(v) else {
+                    throw PotentialSpecError(message: "chgnet model file: '\(k)' = \(m[k] ?? "") is not an integer from 0 to 1000")
+                }
+                return v
+            }
             atomCutoff = try number("atom_graph_cutoff")
             bondCutoff = try number("bond_graph_cutoff")
-            cutoffCoeff = Int(try number("cutoff_coeff"))
-            nConv = Int(try number("n_conv"))
+            cutoffCoeff = try integer("cutoff_coeff")
+            nConv = try integer("n_conv")
             let required: [(String, String)] = [("non_linearity", "silu"), ("gMLP_norm", "layer"), ("readout_norm", "layer"),
                                                 ("mlp_first", "true"), ("update_bond", "true"), ("update_angle", "true")]
             for (k, v) in required where m[k] != v {

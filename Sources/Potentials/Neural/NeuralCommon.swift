@@ -151,13 +151,28 @@ struct SharedHyperparameters {
     static let keys: Set<String> = ["features", "layers", "cutoff", "radial_basis", "radial_basis_size", "cutoff_function",
                                     "elements", "energy_scale", "relaxft_kind"]
 
-    func validate(_ kind: String, minFeatures: Int) throws {
+    /// Checks the hyperparameters, and that `parameterCount` parameters (a closed form of the architecture,
+    /// evaluated before anything is allocated) fit in memory with their gradients and Adam's two moments.
+    func validate(_ kind: String, minFeatures: Int, parameterCount: Double) throws {
         func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "\(kind): \(s)") }
         if features < minFeatures || layers < 0 || radialBasis < 2 { try fail("features ≥ \(minFeatures), layers ≥ 0, radial basis ≥ 2 required") }
-        if !(cutoff > 0 && cutoff.isFinite) { try fail("cutoff must be positive, got \(cutoff)") }
+        if let p = PotentialLimits.cutoffProblem(cutoff) { try fail(p) }
         if elements.isEmpty || Set(elements).count != elements.count { try fail("elements must be a non-empty list without repeats") }
         if !(energyScale > 0 && energyScale.isFinite) { try fail("energy scale must be positive") }
+        do {
+            try MemoryBudget.require(4 * 8 * parameterCount,
+                                     for: "\(kind) with \(features) features, \(layers) layers and \(radialBasis) radial basis functions "
+                                        + "(\(String(format: "%.3g", parameterCount)) parameters, with gradients and optimizer state)")
+        } catch let e as ResourceError {
+            try fail(e.message)
+        }
     }
+
+    /// Memory of one neighbour pair in an evaluation with forces: the per-pair radial basis and, per layer, a few
+    /// [pairs, features] filter tensors kept for the backward pass (a lower estimate).
+    var bytesPerPair: Double { 8 * (Double(radialBasis) + 8 * Double(features) * Double(Swift.max(layers, 1))) }
+
+    var coveredElements: Set<Int> { Set(elements) }
 
     func metadata(basis: String, provenance: [String: String]) -> [String: String] {
         var m = provenance

@@ -50,8 +50,17 @@ public struct SO3krates: Potential {
             SharedHyperparameters(features: features, layers: layers, cutoff: cutoff, radialBasis: radialBasis, elements: elements, energyScale: energyScale)
         }
 
+        /// Number of parameters `initialParameters` creates, in closed form (Double: no overflow, nothing allocated).
+        var parameterCount: Double {
+            let f = Double(features), nd = Double(maxDegree), k = Double(radialBasis), e = Double(elements.count)
+            let hs = Swift.max((f / 4).rounded(.down), 1)
+            let filter = (k * f + f) + (f * f + f) + (nd * hs + hs) + (hs * f + f)
+            let layer = 2 * filter + 5 * f * f + (f + nd) * (f + nd) + (f + nd)
+            return e * f + Double(layers) * layer + (f * f + f) + (f + 1) + e
+        }
+
         public func validate() throws {
-            try shared.validate("so3krates", minFeatures: 1)
+            try shared.validate("so3krates", minFeatures: 1, parameterCount: parameterCount)
             func fail(_ s: String) throws -> Never { throw PotentialSpecError(message: "so3krates: \(s)") }
             if heads < 1 { try fail("heads must be positive") }
             if !(1...3).contains(maxDegree) { try fail("max degree must be 1, 2 or 3, got \(maxDegree)") }

@@ -32,7 +32,14 @@ public struct SchNet: Potential {
             SharedHyperparameters(features: features, layers: layers, cutoff: cutoff, radialBasis: radialBasis, elements: elements, energyScale: energyScale)
         }
 
-        public func validate() throws { try shared.validate("schnet", minFeatures: 2) }
+        /// Number of parameters `initialParameters` creates, in closed form (Double: no overflow, nothing allocated).
+        var parameterCount: Double {
+            let f = Double(features), k = Double(radialBasis), e = Double(elements.count), h = (f / 2).rounded(.down)
+            let layer = (k * f + f) + (f * f + f) + f * f + 2 * (f * f + f)
+            return e * f + Double(layers) * layer + (f * h + h) + (h + 1) + e
+        }
+
+        public func validate() throws { try shared.validate("schnet", minFeatures: 2, parameterCount: parameterCount) }
     }
 
     public var parameters: OrderedDictionary<Tensor>
