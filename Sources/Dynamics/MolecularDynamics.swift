@@ -77,6 +77,8 @@ public final class MolecularDynamics {
     var cached: (indices: [Int], system: AtomicSystem)?
     /// Force evaluations (batched calls) so far.
     public private(set) var forceCalls = 0
+    /// Per replica, why it was last found failed (non-finite values, an explosion), or nil; see `step`.
+    public private(set) var failures: [String?]
 
     public var atomCount: Int { structure.count }
     public var replicaCount: Int { replicas.count }
@@ -103,6 +105,7 @@ public final class MolecularDynamics {
         self.settings = settings
         masses = s0.masses
         lists = Array(repeating: nil, count: starts.count)
+        failures = Array(repeating: nil, count: starts.count)
         let t0 = initialTemperature ?? settings.temperature
         replicas = starts.enumerated().map { r, s in
             var rng = SeededGenerator(seed: seed &+ 0x9E37_79B9 &* UInt64(r + 1))
@@ -123,7 +126,27 @@ public final class MolecularDynamics {
         masses = structure.masses
         replicas = states
         lists = Array(repeating: nil, count: states.count)
+        failures = Array(repeating: nil, count: states.count)
     }
+
+    /// Checks before a run that `replicas` replicas of `structure` can be simulated with `potential`: every
+    /// element covered, positions that can be binned, and the batched neighbour lists and force evaluation
+    /// (all replicas in one graph) within `MemoryBudget`. `name` names the structure in messages.
+    public static func checkRequest(_ structure: Structure, replicas: Int, potential: any Potential, settings: MDSettings, name: String,
+                                    potentialName: String? = nil) throws {
+        guard replicas >= 1 else { throw ResourceError(message: "at least one replica is needed, got \(replicas)") }
+        try potential.checkInput(structure, name: name, potentialName: potentialName, skin: settings.skin)
+        let pairs = NeighborList.estimatedPairs(positions: structure.positions, cell: structure.cell, pbc: structure.pbc,
+                                                cutoff: potential.cutoff + settings.skin)
+        // Per replica: its list and the batched graph's share, plus the state (positions, velocities, forces) and its copies.
+        let perReplica = pairs * (NeighborList.bytesPerPair + potential.bytesPerPair) + Double(structure.count) * 3 * 8 * 8
+        try MemoryBudget.require(Double(replicas) * perReplica,
+                                 for: "\(replicas) replicas of \(name) (\(structure.count) atoms, about \(String(format: "%.3g", pairs)) pairs each, evaluated in one batch)")
+    }
+
+    /// Kinetic temperature (K) above which a replica has exploded: 100 times the target and at least 10⁵ K, far
+    /// above any state an interatomic potential describes (a numerical blow-up, not physics).
+    public var explosionTemperature: Double { Swift.max(1e5, 100 * settings.temperature) }
 
     static func chainLength(_ t: Thermostat) -> Int {
         if case .noseHoover(_, let m) = t { return Swift.max(m, 1) }
@@ -162,6 +185,7 @@ public final class MolecularDynamics {
         for (k, r) in idx.enumerated() {
             replicas[r] = states[k]
             lists[r] = nil
+            failures[r] = nil
         }
         cached = nil
     }
@@ -265,15 +289,30 @@ public final class MolecularDynamics {
                 drift(r, dt)
             }
         }
-        let failed = evaluate(active)
+        var failed = evaluate(active)
         let failedSet = Set(failed)
         for r in active where !failedSet.contains(r) {
             kick(r, 0.5 * dt)
             if case .noseHoover(let tau, let m) = settings.thermostat { chainHalfStep(r, dt: dt, tau: tau, chain: m) }
             replicas[r].step += 1
+            if let why = explosion(r) {
+                failures[r] = why
+                failed.append(r)
+            }
         }
-        for r in failed { replicas[r].step += 1 }
-        return failed
+        for r in failed where failedSet.contains(r) { replicas[r].step += 1 }
+        return failed.sorted()
+    }
+
+    /// The check run on every replica after every step (O(N)): non-finite velocities or a kinetic temperature
+    /// above `explosionTemperature`. Positions, energies and forces are checked where they are evaluated.
+    func explosion(_ r: Int) -> String? {
+        guard replicas[r].velocities.allSatisfy(\.isFinite) else { return "non-finite velocities" }
+        let t = temperature(r)
+        guard t <= explosionTemperature else {
+            return String(format: "exploded: kinetic temperature %.3g K, above %.3g K", t, explosionTemperature)
+        }
+        return nil
     }
 
     /// v += h·F/m
@@ -342,7 +381,13 @@ public final class MolecularDynamics {
         var failed: [Int] = []
         var good: [Int] = []
         for r in idx {
-            if replicas[r].positions.allSatisfy(\.isFinite) { good.append(r) } else { failed.append(r) }
+            // Finite positions within the range the neighbour list bins (the cutoff and cell were checked at the start).
+            if let (atom, x) = NeighborList.unboundedCoordinate(positions(r)) {
+                failures[r] = x.isFinite ? "atom \(atom + 1) flew to \(x) Å" : "atom \(atom + 1) has a non-finite position"
+                failed.append(r)
+            } else {
+                good.append(r)
+            }
         }
         guard !good.isEmpty else { return failed }
         let cutoff = potential.cutoff
@@ -382,7 +427,8 @@ public final class MolecularDynamics {
             let fr = Array(f[(3 * n * k)..<(3 * n * (k + 1))])
             replicas[r].potentialEnergy = e
             replicas[r].forces = fr
-            if !e.isFinite || !fr.allSatisfy(\.isFinite) { failed.append(r) }
+            if !e.isFinite { failures[r] = "the potential energy is \(e)"; failed.append(r) }
+            else if let i = fr.firstIndex(where: { !$0.isFinite }) { failures[r] = "the force on atom \(i / 3 + 1) is \(fr[i])"; failed.append(r) }
         }
         return failed.sorted()
     }

@@ -24,7 +24,29 @@ public struct RDFSettings: Codable, Sendable, Equatable {
 
     public var rMax: Double { radii.last! }
     /// Pairs farther than this contribute less than e^−32 of a Gaussian's peak to any radius.
-    var pairCutoff: Double { rMax + 8 * sigma }
+    public var pairCutoff: Double { rMax + 8 * sigma }
+
+    /// Most radii one pair distance may be smeared over (within 8σ on each side): the work per pair.
+    public static let maximumRadiiPerPair = 100_000.0
+
+    /// `bins` bin centres up to `rMax` smeared by `sigma`, checked before anything is allocated: 0 < rMax ≤ 100 Å,
+    /// 0 < σ < rMax, the radii (and a differentiable RDF's
+    /// [pairs, radii] tensor, `pairsForGradient` pairs) within `MemoryBudget`, and at most
+    /// `maximumRadiiPerPair` radii under one pair's Gaussian. `option` names the options in messages.
+    public static func checked(rMax: Double, bins: Int, sigma: Double, pairsForGradient: Double = 0,
+                               option: (rMax: String, bins: String, sigma: String) = ("rMax", "bins", "sigma")) throws -> RDFSettings {
+        guard rMax > 0 && rMax <= 100 else { throw ResourceError(message: "\(option.rMax) must be in (0, 100] Å, got \(rMax)") }
+        guard sigma > 0 && sigma < rMax else { throw ResourceError(message: "\(option.sigma) must be in (0, \(option.rMax)), got \(sigma)") }
+        guard bins >= 1 else { throw ResourceError(message: "\(option.bins) must be positive, got \(bins)") }
+        let b = Double(bins)
+        try MemoryBudget.require(8 * b * (8 + 4 * pairsForGradient), for: "\(option.bins) \(bins) (the RDF on \(bins) radii\(pairsForGradient > 0 ? " for about \(String(format: "%.3g", pairsForGradient)) pairs" : ""))")
+        let perPair = 16 * sigma / rMax * b
+        guard perPair <= maximumRadiiPerPair else {
+            throw ResourceError(message: "\(option.bins) \(bins) with \(option.sigma) \(sigma) Å smears every pair distance over about \(String(format: "%.3g", perPair)) radii "
+                                + "(at most \(Int(maximumRadiiPerPair))); use fewer bins or a smaller \(option.sigma)")
+        }
+        return RDFSettings(rMax: rMax, bins: bins, sigma: sigma)
+    }
 }
 
 /// Gaussian-smeared radial distribution function

@@ -10,7 +10,8 @@ public struct SegmentResult: Sendable {
     /// Per replica, the step (counted from the start of the segment, 1-based) at which it was first found
     /// unstable, or nil.
     public var unstableStep: [Int?]
-    /// Per replica, whether it stopped on a non-finite energy, force or position.
+    /// Per replica, whether it stopped on a non-finite energy, force, position or velocity, or exploded (see
+    /// `MolecularDynamics.explosionTemperature`); `failure` says which.
     public var nonFinite: [Bool]
     /// Per replica, the atoms whose neighbourhood broke the bond criterion when it was found unstable.
     public var unstableAtoms: [[Int]]
@@ -18,6 +19,8 @@ public struct SegmentResult: Sendable {
     public var maxBondDeviation: [Double]
     /// Steps actually taken per replica.
     public var stepsTaken: [Int]
+    /// Per replica, why it stopped when `nonFinite` (e.g. "exploded: kinetic temperature 1.2e+21 K, above 1e+05 K").
+    public var failure: [String?] = []
 }
 
 extension MolecularDynamics {
@@ -31,7 +34,8 @@ extension MolecularDynamics {
         let r = replicaCount
         var result = SegmentResult(samples: Array(repeating: [], count: r), unstableStep: Array(repeating: nil, count: r),
                                    nonFinite: Array(repeating: false, count: r), unstableAtoms: Array(repeating: [], count: r),
-                                   maxBondDeviation: Array(repeating: 0, count: r), stepsTaken: Array(repeating: 0, count: r))
+                                   maxBondDeviation: Array(repeating: 0, count: r), stepsTaken: Array(repeating: 0, count: r),
+                                   failure: Array(repeating: nil, count: r))
         var active = indices
         var k = 0
         while k < steps && !active.isEmpty {
@@ -41,6 +45,7 @@ extension MolecularDynamics {
             var stop = Set<Int>()
             for q in failed {
                 result.nonFinite[q] = true
+                result.failure[q] = failures[q]
                 if result.unstableStep[q] == nil { result.unstableStep[q] = k; result.unstableAtoms[q] = Array(0..<atomCount) }
                 result.maxBondDeviation[q] = .infinity
                 stop.insert(q)

@@ -62,6 +62,11 @@ public struct RelaxationExample: Sendable {
     public var initialEnergy: Double?
     /// A label for grouping results, e.g. the defect kind.
     public var group: String?
+    /// Where the example was read ("train.xyz: frame 3"), for messages; nil for examples built in code.
+    public var source: String?
+
+    /// How messages name the example: its source and name.
+    public var displayName: String { source.map { "\($0) (\(name))" } ?? name }
 
     public init(name: String, initial: Structure, target: Tensor, targetEnergy: Double? = nil, initialEnergy: Double? = nil, group: String? = nil) {
         precondition(target.shape == initial.positions.shape, "target positions must have shape \(initial.positions.shape)")

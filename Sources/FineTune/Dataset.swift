@@ -17,6 +17,11 @@ public enum RelaxationDataset {
                 throw DatasetError(message: "\(source): frame \(k) has no per-atom column pos_relaxed:R:3 (the DFT-relaxed positions)")
             }
             guard t.isFinite else { throw DatasetError(message: "\(source): frame \(k): pos_relaxed has a non-finite value") }
+            for key in ["energy_relaxed", "energy_initial"] {
+                if let v = s.info[key], !(v.doubleValue?.isFinite ?? false) {
+                    throw DatasetError(message: "\(source): frame \(k): \(key) is \(v), expected a finite energy in eV")
+                }
+            }
             if let c = s.info["cell_relaxed"]?.doublesValue {
                 guard c.count == 9, Tensor(shape: [3, 3], c).maxAbsDifference(s.cell) < 1e-8 else {
                     throw DatasetError(message: "\(source): frame \(k): cell_relaxed differs from the cell; only fixed-cell relaxations are supported")
@@ -25,9 +30,11 @@ public enum RelaxationDataset {
             var initial = s
             initial.arrays["pos_relaxed"] = nil
             let name = s.info["name"]?.stringValue ?? s.info["structure_id"]?.description ?? "\(source)#\(k)"
-            return RelaxationExample(name: name, initial: initial, target: t, targetEnergy: s.info["energy_relaxed"]?.doubleValue,
-                                     initialEnergy: s.info["energy_initial"]?.doubleValue,
-                                     group: s.info["defect"]?.stringValue ?? s.info["kind"]?.stringValue)
+            var example = RelaxationExample(name: name, initial: initial, target: t, targetEnergy: s.info["energy_relaxed"]?.doubleValue,
+                                            initialEnergy: s.info["energy_initial"]?.doubleValue,
+                                            group: s.info["defect"]?.stringValue ?? s.info["kind"]?.stringValue)
+            example.source = "\(source): frame \(k + 1)"
+            return example
         }
     }
 
@@ -48,7 +55,10 @@ public enum RelaxationDataset {
             guard a.cell.maxAbsDifference(b.cell) < 1e-8 else {
                 throw DatasetError(message: "frame \(k): the cells of \(initialSource) and \(targetSource) differ; only fixed-cell relaxations are supported")
             }
-            return RelaxationExample(name: a.info["name"]?.stringValue ?? "\(initialSource)#\(k)", initial: a, target: b.positions, targetEnergy: b.energy)
+            if let e = b.energy, !e.isFinite { throw DatasetError(message: "\(targetSource): frame \(k): the energy is \(e), expected a finite energy in eV") }
+            var example = RelaxationExample(name: a.info["name"]?.stringValue ?? "\(initialSource)#\(k)", initial: a, target: b.positions, targetEnergy: b.energy)
+            example.source = "\(initialSource): frame \(k + 1)"
+            return example
         }
     }
 
@@ -62,5 +72,34 @@ public enum RelaxationDataset {
         if validationFraction > 0 && n > 1 { nv = Swift.max(nv, 1) }
         nv = Swift.min(nv, Swift.max(n - 1, 0))
         return (Array(idx[nv...]).sorted(), Array(idx[..<nv]).sorted())
+    }
+}
+
+/// Labelled frames (energies, forces, stresses) for energy/force training and metrics.
+public enum LabelledFrames {
+    /// Checks that every frame has a finite energy and finite forces of shape [N, 3] (and a finite stress when it
+    /// has one, and `requireLabels` the energy and forces): a NaN label would poison every gradient it enters.
+    /// Errors name the file and the frame (1-based, as `--frames` and error messages of the readers count).
+    public static func check(_ frames: [Structure], source: String, requireLabels: Bool = true) throws {
+        for (k, f) in frames.enumerated() {
+            let which = "\(source): frame \(k + 1)"
+            if let (atom, x) = NeighborList.unboundedCoordinate(f.positions) {
+                throw DatasetError(message: "\(which): atom \(atom + 1) is at \(x) Å, beyond ±\(NeighborList.maximumCoordinate) Å (not an atomistic position)")
+            }
+            if let e = f.energy {
+                guard e.isFinite else { throw DatasetError(message: "\(which): the energy is \(e), expected a finite energy in eV") }
+            } else if requireLabels {
+                throw DatasetError(message: "\(which) has no energy")
+            }
+            if let fr = f.forces {
+                guard fr.shape == [f.count, 3] else { throw DatasetError(message: "\(which): forces have shape \(fr.shape), expected [\(f.count), 3]") }
+                if let i = fr.array.firstIndex(where: { !$0.isFinite }) {
+                    throw DatasetError(message: "\(which): the force on atom \(i / 3 + 1) is \(fr.array[i]), expected finite forces in eV/Å")
+                }
+            } else if requireLabels {
+                throw DatasetError(message: "\(which) has no forces")
+            }
+            if let st = f.stress, !st.isFinite { throw DatasetError(message: "\(which): the stress has a non-finite component") }
+        }
     }
 }

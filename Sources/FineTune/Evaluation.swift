@@ -66,6 +66,9 @@ public struct ExampleEvaluation: Codable, Sendable {
     public var differingBonds: Int
     /// Same basin as the reference: ΔQ below the basin threshold and the same bonding topology.
     public var sameBasin: Bool
+    /// Why the relaxation failed (non-finite energy, forces or positions; see `RelaxationFailure`), or nil. A
+    /// failed relaxation is never converged; its ΔQ is that of the last state that passed the check.
+    public var failure: String? = nil
 }
 
 /// The "same basin as the reference" criterion of `relaxft evaluate`.
@@ -101,8 +104,11 @@ public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any 
         if let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
         // A diverged relaxation (non-finite positions) has no bond graph: -1, never the same basin.
         let bonds = x.array.allSatisfy(\.isFinite) ? BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale) : -1
-        return ExampleEvaluation(name: ex.name, group: ex.group, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd, converged: r.fmax < p.convergedFmax,
+        let failed = r.failure != nil
+        return ExampleEvaluation(name: ex.name, group: ex.group, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd,
+                                 converged: !failed && r.fmax < p.convergedFmax,
                                  fmax: r.fmax, steps: r.steps, energy: r.finalEnergy, energyErrorPerAtom: eErr,
-                                 relaxationEnergyError: relaxErr, differingBonds: bonds, sameBasin: bonds == 0 && dq < basin.deltaQ)
+                                 relaxationEnergyError: relaxErr, differingBonds: failed ? -1 : bonds,
+                                 sameBasin: !failed && bonds == 0 && dq < basin.deltaQ, failure: r.failure?.description)
     }
 }

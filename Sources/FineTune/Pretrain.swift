@@ -122,17 +122,18 @@ public final class Pretrainer {
     var metricsPath: String { runDirectory + "/metrics.csv" }
 
     /// Reads frames from structure files (extended XYZ in practice); every frame needs an energy and forces.
-    public static func loadFrames(_ paths: [String]) throws -> [Structure] {
-        var out: [Structure] = []
+    public static func loadFrames(_ paths: [String]) throws -> [Structure] { try loadNamedFrames(paths).frames }
+
+    /// `loadFrames`, with each frame's name for messages ("train.xyz: frame 3").
+    static func loadNamedFrames(_ paths: [String]) throws -> (frames: [Structure], names: [String]) {
+        var out: [Structure] = [], names: [String] = []
         for p in paths {
             let fs = try StructureIO.read(p)
-            for (k, f) in fs.enumerated() {
-                guard f.energy != nil else { throw PretrainError(message: "\(p): frame \(k) has no energy") }
-                guard f.forces != nil else { throw PretrainError(message: "\(p): frame \(k) has no forces") }
-            }
+            do { try LabelledFrames.check(fs, source: p) } catch let e as DatasetError { throw PretrainError(message: e.message) }
             out += fs
+            names += fs.indices.map { "\(p): frame \($0 + 1)" }
         }
-        return out
+        return (out, names)
     }
 
     /// A new run: reads the data, splits it, fits reference energies, initialises the model and writes
@@ -143,8 +144,9 @@ public final class Pretrainer {
         if fm.fileExists(atPath: runDirectory + "/checkpoint.safetensors") {
             throw PretrainError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
         }
-        try fm.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        // Data and model first: a run that cannot start leaves no directory behind.
         try self.init(options: options, runDirectory: runDirectory, checkpoint: nil)
+        try fm.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try enc.encode(options), to: runDirectory + "/config.json")
@@ -166,8 +168,8 @@ public final class Pretrainer {
     private init(options: PretrainOptions, runDirectory: String, checkpoint: String?) throws {
         self.options = options
         self.runDirectory = runDirectory
-        let train = try Self.loadFrames(options.dataFiles)
-        let val = try Self.loadFrames(options.valFiles)
+        let (train, trainNames) = try Self.loadNamedFrames(options.dataFiles)
+        let (val, valNames) = try Self.loadNamedFrames(options.valFiles)
         testSets = try options.testFiles.map { ($0, try Self.loadFrames([$0])) }
         let all = train + val
         frames = all
@@ -188,13 +190,8 @@ public final class Pretrainer {
             guard Self.referenceEnergies(of: m) != nil else {
                 throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet)")
             }
-            let dataElements = Set(all.flatMap(\.numbers))
-            if let known = Self.modelElements(m) {
-                let missing = dataElements.subtracting(known)
-                if !missing.isEmpty {
-                    throw PretrainError(message: "the data contains \(missing.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")), which \(path) does not know (its elements: \(known.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")))")
-                }
-            }
+            let names = trainNames + valNames
+            for (k, f) in all.enumerated() { try m.checkInput(f, name: names[k], potentialName: path) }
             if options.refitReferenceEnergies == true && checkpoint == nil { try Self.refitReferenceEnergies(&m, frames: trainFrames) }
         } else {
             let elements = Array(Set(all.flatMap(\.numbers))).sorted()
@@ -218,6 +215,11 @@ public final class Pretrainer {
         }
         referenceParameter = Self.referenceEnergies(of: m)!.name
         let cutoff = m.cutoff
+        // Elements, positions and list sizes checked before any list is built.
+        if options.initModel == nil {
+            let names = trainNames + valNames
+            for (k, f) in all.enumerated() { try m.checkInput(f, name: names[k]) }
+        }
         lists = all.map { NeighborList.build($0, cutoff: cutoff) }
         let sched: LearningRateSchedule
         switch options.schedule {
@@ -292,13 +294,6 @@ public final class Pretrainer {
         default:
             return nil
         }
-    }
-
-    /// Elements a model declares in its metadata (nil: no list, e.g. CHGNet's H–Pu).
-    static func modelElements(_ m: any Potential) -> Set<Int>? {
-        guard let s = m.metadata["elements"] else { return nil }
-        let zs = s.split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-        return zs.isEmpty ? nil : Set(zs)
     }
 
     /// Shifts a model's per-element reference energies by the least-squares fit of E_ref − E_model over

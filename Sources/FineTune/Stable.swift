@@ -238,19 +238,24 @@ public final class StableTrainer {
             let fs = try StructureIO.read(o.reference)
             guard fs.count > o.referenceSkip else { throw StableError(message: "\(o.reference): \(fs.count) frame(s), none left after skipping \(o.referenceSkip)") }
             refFrames = Array(fs[o.referenceSkip...])
-            rdf = RDFSettings(rMax: o.rdfMax, bins: o.rdfBins, sigma: o.rdfSigma)
+            do { rdf = try RDFSettings.checked(rMax: o.rdfMax, bins: o.rdfBins, sigma: o.rdfSigma, option: ("--rdf-rmax", "--rdf-bins", "--rdf-sigma")) }
+            catch let e as ResourceError { throw StableError(message: e.message) }
             referenceRDF = RadialDistribution.average(refFrames, settings: rdf)
         }
         var s: Structure
+        var startName = "the starting structure"
         if !o.structureFile.isEmpty {
             let fs = try StructureIO.read(o.structureFile)
             let k = o.structureFrame < 0 ? fs.count + o.structureFrame : o.structureFrame
             guard k >= 0 && k < fs.count else { throw StableError(message: "--structure-frame \(o.structureFrame): \(o.structureFile) has \(fs.count) frame(s)") }
             s = fs[k]
+            startName = "\(o.structureFile): frame \(k + 1)"
         } else if let f = refFrames.first {
             s = f
+            startName = "\(o.reference): frame \(o.referenceSkip + 1)"
         } else if let f = trainFrames.first {
             s = f
+            startName = "\(o.dataFiles.first ?? "--data"): frame 1"
         } else {
             throw StableError(message: "no starting structure: give --structure (or a reference trajectory, or --data)")
         }
@@ -262,6 +267,10 @@ public final class StableTrainer {
         let bonds = BondSet.detect(s, cutoff: o.bondCutoff)
         monitor = StabilityMonitor(bonds: bonds, criterion: InstabilityCriterion(maxBondDeviation: bonds.count > 0 ? o.bondThreshold : nil, minimumDistance: o.minDistance), structure: s)
         settings = MDSettings(timestep: o.timestep, temperature: o.temperature, thermostat: o.thermostat)
+        // Elements the model covers, positions it can bin, replicas that fit in memory: checked before any MD.
+        do { try MolecularDynamics.checkRequest(s, replicas: o.replicas, potential: m0, settings: settings, name: startName,
+                                                   potentialName: o.pretrained) }
+        catch { throw StableError(message: "\(error)") }
 
         var adam = Adam(learningRate: o.learningRate)
         // Relative steps for potentials made of scalars (σ ≈ 2 Å and λ ≈ 20 move alike); not for network weights.

@@ -90,7 +90,9 @@ public func absoluteInverseApply(_ h: Variable, _ f: Variable) -> Variable {
         }
     }
     guard let (omega, vectors) = try? h.value.symmetricEigen() else {
-        preconditionFailure("BFGS: eigen-decomposition of the Hessian failed")
+        // Only a Hessian with non-finite entries (an overflowing update) gets here: the step is NaN, and the
+        // relaxation loop reports the non-finite positions it leads to instead of trapping.
+        return Variable(constant: Tensor(shape: f.value.shape, [Double](repeating: .nan, count: n)))
     }
     let w = omega.array
     let inv = w.map { 1 / Swift.abs($0) }

@@ -40,6 +40,10 @@ public struct RelaxationResult: Sendable {
     public var maxDisplacement: Double
     public var forceCalls: Int
     public var seconds: Double
+    /// Why the relaxation stopped early (a non-finite energy, force or position; positions that cannot be
+    /// evaluated), or nil. A failed relaxation is never converged; `structure` and the energies are then those
+    /// of the last state that passed the check (step `failure.step − 1`), and NaN when even the input failed.
+    public var failure: RelaxationFailure? = nil
 }
 
 /// Relaxes `structure` with `relaxer` (values only, nothing recorded), calling `onStep` for the initial
@@ -79,17 +83,26 @@ public func relax<R: Relaxer>(_ structure: Structure, potential: any Potential, 
     var state = relaxer.start(positions: Variable(constant: x0), hyper: hyper, evaluate: evaluate)
     var step = 0
     var converged = false
-    var initialEnergy = 0.0
-    var fmax = Double.infinity
+    var initialEnergy = Double.nan
+    var fmax = Double.nan
+    var failure: RelaxationFailure? = nil
+    // The last state that passed the finiteness check: what a failed relaxation reports.
+    var good: (positions: Tensor, cell: Tensor, atomEnergy: Double, forces: Tensor, stress: Tensor?, energy: Double)? = nil
     while true {
         if state.forces == nil || state.energy == nil {
             let (e, f) = evaluate(state.positions)
             state.energy = e
             state.forces = f
         }
-        fmax = maxRowNorm(state.forces!.value)
         let energy = state.energy!.scalar
+        if let f = RelaxationFailure.check(step: step, energy: energy, forces: state.forces!.value, positions: current.positions,
+                                           cell: current.cell, evaluatorProblem: evaluator.problem) {
+            failure = f
+            break
+        }
+        fmax = maxRowNorm(state.forces!.value)
         if step == 0 { initialEnergy = energy }
+        good = (current.positions, current.cell, lastAtomEnergy, lastAtomForces, lastStress, energy)
         onStep(RelaxationStep(step: step, energy: energy, fmax: fmax, positions: current.positions, cell: current.cell, forces: lastAtomForces))
         if fmax < settings.fmax { converged = true; break }
         if step >= settings.maxSteps { break }
@@ -98,15 +111,15 @@ public func relax<R: Relaxer>(_ structure: Structure, potential: any Potential, 
     }
     var final = structure
     final.removeCalculatorResults()  // the input's results (say, a stress) belong to the initial geometry
-    final.positions = current.positions
-    final.cell = current.cell
-    final.energy = lastAtomEnergy
-    final.forces = lastAtomForces
-    if let s = lastStress { final.stress = s }
-    let disp = Structure.minimumImage(current.positions - structure.positions, cell: structure.cell, pbc: structure.pbc)
+    final.positions = good?.positions ?? structure.positions
+    final.cell = good?.cell ?? structure.cell
+    final.energy = good?.atomEnergy ?? .nan
+    final.forces = good?.forces
+    if let s = good?.stress { final.stress = s }
+    let disp = Structure.minimumImage(final.positions - structure.positions, cell: structure.cell, pbc: structure.pbc)
     return RelaxationResult(structure: final, converged: converged, steps: step, initialEnergy: initialEnergy,
-                            finalEnergy: state.energy!.scalar, fmax: fmax, maxDisplacement: maxRowNorm(disp),
-                            forceCalls: evaluator.evaluations, seconds: Date().timeIntervalSince(t0))
+                            finalEnergy: good?.energy ?? .nan, fmax: fmax, maxDisplacement: maxRowNorm(disp),
+                            forceCalls: evaluator.evaluations, seconds: Date().timeIntervalSince(t0), failure: failure)
 }
 
 /// Relaxer by command-line name with hyperparameter overrides (`name=value`).

@@ -125,7 +125,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
             _ = try Pretrainer.loadFrames([path])
             Issue.record("no error")
         } catch let e as PretrainError {
-            #expect(e.message.contains("frame 0 has no energy"), "\(e)")
+            #expect(e.message.contains("frame 1 has no energy"), "\(e)")
         }
     }
 
