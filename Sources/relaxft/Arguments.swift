@@ -1,3 +1,4 @@
+import Atoms
 import Foundation
 
 /// A command-line option: `--name VALUE` (or `--name=VALUE`), or a flag when `value` is nil.
@@ -148,7 +149,8 @@ enum ArgumentParser {
     }
 }
 
-/// Writes to standard error.
+/// Writes to standard error, with control characters from inputs (terminal escapes in a file name, a
+/// structure file or a model's metadata) shown as escapes.
 func printError(_ s: String) {
-    FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+    FileHandle.standardError.write(Data((s.escapingControlCharacters(keepNewlines: true) + "\n").utf8))
 }

@@ -11,7 +11,9 @@ let demoCommand = Command(
 /// Lennard-Jones on an 8-atom cluster: forces from the tape, Hessian-vector products by double backward and
 /// the mixed derivative ∂²E/∂x∂σ, each against central finite differences.
 func runDemo(_ args: ParsedArguments) throws -> Int32 {
-    let seed = UInt64(try args.int("seed") ?? 1)
+    guard let seed = UInt64(args.string("seed") ?? "1") else {
+        throw UsageError(command: "demo", message: "--seed expects a non-negative integer, got '\(args.string("seed") ?? "")'")
+    }
     var rng = SeededGenerator(seed: seed)
     var x = Tensor.zeros([8, 3])
     for a in 0..<8 { for k in 0..<3 { x[a, k] = Double((a >> k) & 1) * 1.12 + 0.05 * rng.normal() } }

@@ -67,31 +67,35 @@ struct ModelReport: Encodable {
     var relaxation: RelaxationProtocol
     var seconds: Double
     var improvementValues: [Double] = []
+    /// Relaxations that failed (non-finite energy, forces or positions): never converged.
+    var failed = 0
 
     enum CodingKeys: String, CodingKey {
-        case label, model, n, dq_mean, dq_median, dq_max, dq_fraction_below, rmsd_mean, converged_fraction, same_topology_fraction
+        case label, model, n, failed, dq_mean, dq_median, dq_max, dq_fraction_below, rmsd_mean, converged_fraction, same_topology_fraction
         case same_basin_fraction, initial_dq_mean, energy_error_mean_abs_per_atom, relax_energy_error_mean_abs, improvement_mean
         case improvement_median, by_group, relaxation, seconds
     }
 }
 
-/// Atomic numbers of the elements a model file declares (neural models list them; nil: no restriction known).
-func declaredElements(_ potential: any Potential) -> Set<Int>? {
-    guard let list = potential.metadata["elements"] else { return nil }
-    let zs = list.split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-    return zs.isEmpty ? nil : Set(zs)
-}
-
-/// A usage error instead of a crash when the data holds elements a model does not know.
+/// A usage error instead of a crash when the data holds elements a model does not cover.
 func checkElements(_ potential: any Potential, spec: String, numbers: [[Int]], names: [String], command: String) throws {
-    guard let known = declaredElements(potential) else { return }
     for (z, name) in zip(numbers, names) {
-        let missing = Set(z).subtracting(known)
+        let missing = potential.uncoveredElements(z)
         if !missing.isEmpty {
-            let m = missing.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
-            let k = known.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
+            let m = missing.map { Elements.symbols[$0] }.joined(separator: ", ")
+            let known = (potential.coveredElements ?? []).sorted()
+            let k = known.count > 20 ? "Z = \(known.first!)…\(known.last!)" : known.map { Elements.symbols[$0] }.joined(separator: ", ")
             throw UsageError(command: command, message: "\(name) contains \(m), which \(spec) does not know (its elements: \(k)); leave such structures out of the data")
         }
+    }
+}
+
+/// Element coverage, then positions and neighbour-list size (`Potential.checkInput`) for every structure.
+func checkInputs(_ potential: any Potential, spec: String, structures: [Structure], names: [String], command: String) throws {
+    try checkElements(potential, spec: spec, numbers: structures.map(\.numbers), names: names, command: command)
+    for (s, name) in zip(structures, names) {
+        do { try potential.checkInput(s, name: name, potentialName: spec, skin: RelaxationSettings().skin) }
+        catch let e as PotentialInputError { throw UsageError(command: command, message: e.message) }
     }
 }
 
@@ -115,7 +119,7 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     // options override.
     let potentials = try models.map { try PotentialSpec.parse($0) }
     for (spec, p) in zip(models, potentials) {
-        try checkElements(p, spec: spec, numbers: examples.map(\.initial.numbers), names: examples.map(\.name), command: cmd)
+        try checkInputs(p, spec: spec, structures: examples.map(\.initial), names: examples.map(\.displayName), command: cmd)
     }
     var proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 1000, stopFmax: 0.01)
     for spec in models where spec.hasSuffix(".safetensors") {
@@ -132,6 +136,7 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     for (k, (spec, potential)) in zip(models, potentials).enumerated() {
         let t0 = Date()
         let evals = try evaluateRelaxations(examples, potential: potential, protocol: proto, threads: threads, basin: basin)
+        for e in evals { if let f = e.failure { printError("relaxft evaluate: \(labels[k]): \(e.name): the relaxation failed at \(f); counted as not converged") } }
         let dq = ErrorSummary(evals.map(\.deltaQ), thresholds: thresholds)
         let n = Double(max(evals.count, 1))
         func meanAbs(_ xs: [Double]) -> Double? { xs.isEmpty ? nil : xs.map { abs($0) }.reduce(0, +) / Double(xs.count) }
@@ -153,7 +158,8 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
                                    energy_error_mean_abs_per_atom: meanAbs(evals.compactMap(\.energyErrorPerAtom)),
                                    relax_energy_error_mean_abs: meanAbs(evals.compactMap(\.relaxationEnergyError)),
                                    improvement_mean: imp?.mean, improvement_median: imp?.median, by_group: groups,
-                                   relaxation: proto, seconds: Date().timeIntervalSince(t0), improvementValues: imp?.values ?? []))
+                                   relaxation: proto, seconds: Date().timeIntervalSince(t0), improvementValues: imp?.values ?? [],
+                                   failed: evals.filter { $0.failure != nil }.count))
         perStructure.append(evals)
     }
     if let csv = a.string("csv") {
@@ -213,6 +219,7 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     }
     print(row("RMSD mean (Å)", reports.map { String(format: "%.4f", $0.rmsd_mean) }))
     print(row("converged fraction", reports.map { String(format: "%.3f", $0.converged_fraction) }))
+    if reports.contains(where: { $0.failed > 0 }) { print(row("failed (non-finite)", reports.map { "\($0.failed)" })) }
     print(row("same bonds as reference", reports.map { String(format: "%.3f", $0.same_topology_fraction) }))
     print(row("same basin (ΔQ < \(basin.deltaQ), same bonds)", reports.map { String(format: "%.3f", $0.same_basin_fraction) }))
     print(row("initial ΔQ mean (do nothing)", reports.map { String(format: "%.4f", $0.initial_dq_mean) }))

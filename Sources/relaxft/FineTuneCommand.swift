@@ -149,10 +149,10 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     }
     let potential = try PotentialSpec.parse(config.pretrained)
     let examples = try loadExamples(data: config.data, initial: config.initial, target: config.target, command: cmd)
-    try checkElements(potential, spec: config.pretrained, numbers: examples.map(\.initial.numbers), names: examples.map(\.name), command: cmd)
+    try checkInputs(potential, spec: config.pretrained, structures: examples.map(\.initial), names: examples.map(\.displayName), command: cmd)
     let validation = try config.validationData.map { try loadExamples(data: $0, initial: nil, target: nil, command: cmd) }
     if let v = validation {
-        try checkElements(potential, spec: config.pretrained, numbers: v.map(\.initial.numbers), names: v.map(\.name), command: cmd)
+        try checkInputs(potential, spec: config.pretrained, structures: v.map(\.initial), names: v.map(\.displayName), command: cmd)
     }
     var forceFrames: [Structure] = []
     for path in config.forceData ?? [] {

@@ -53,9 +53,10 @@ let mdCommand = Command(
             the info keys replica, step, time_fs, temperature and total_energy; ase.io.read gives velocities with
             atoms.get_velocities().
 
-            Exit codes: 0 when every replica finished its steps; 1 when a replica stopped early (non-finite energy
-            or forces, or unstable with --stop-unstable; the trajectory is written all the same); 2 for bad options
-            or input.
+            Exit codes: 0 when every replica finished its steps; 1 when a replica stopped early (non-finite energy,
+            forces or velocities, an explosion: a kinetic temperature above 100 times --temperature and 10⁵ K; or
+            unstable with --stop-unstable; the summary gives the time; the trajectory is written all the same); 2
+            for bad options or input (elements the potential does not cover, replicas that would not fit in memory).
             """),
     run: runMD)
 
@@ -85,16 +86,20 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
     let equilibrate = try args.int("equilibrate") ?? 0
     guard equilibrate >= 0 else { throw usage("--equilibrate must be 0 or more") }
     let rdfPath = args.string("rdf")
-    let rdfSettings = RDFSettings(rMax: try args.positiveDouble("rdf-rmax")!, bins: try args.positiveInt("rdf-bins")!, sigma: try args.positiveDouble("rdf-sigma")!)
+    let rdfSettings: RDFSettings
+    do {
+        rdfSettings = try RDFSettings.checked(rMax: try args.positiveDouble("rdf-rmax")!, bins: try args.positiveInt("rdf-bins")!,
+                                              sigma: try args.positiveDouble("rdf-sigma")!, option: ("--rdf-rmax", "--rdf-bins", "--rdf-sigma"))
+    } catch let e as ResourceError { throw usage(e.message) }
     if let r = rdfPath {
         if sameFile(r, input) { throw usage("--rdf \(r) is the input; name another file") }
-        try requireWritableDirectory(r, option: "--rdf")
+        try requireWritableDirectory(r, option: "--rdf", command: "md")
     }
     let trajectoryPath = args.string("output")
     if let t = trajectoryPath {
         if let f = StructureFormat(path: t), f != .extxyz { throw usage("-o \(t): trajectories are extended XYZ; name the file .xyz or .extxyz") }
         if sameFile(t, input) { throw usage("-o \(t) is the input; name another file") }
-        try requireWritableDirectory(t, option: "-o")
+        try requireWritableDirectory(t, option: "-o", command: "md")
     }
     let frames = try StructureIO.read(input)
     let k = frameIndex < 0 ? frames.count + frameIndex : frameIndex
@@ -107,6 +112,13 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
     let json = args.has("json"), quiet = args.has("quiet")
     let log = Terminal(handle: json ? FileHandle.standardError : FileHandle.standardOutput)
     let settings = MDSettings(timestep: dt, temperature: temperature, thermostat: thermostat, skin: skin)
+    // Elements, positions and the memory of R batched replicas (and of the RDF's pair list), before any MD.
+    do {
+        try MolecularDynamics.checkRequest(start, replicas: replicas, potential: potential, settings: settings, name: input, potentialName: spec)
+        if rdfPath != nil { try NeighborList.validate(start, cutoff: rdfSettings.pairCutoff, name: "\(input) (--rdf)") }
+    } catch let e as PotentialInputError { throw usage(e.message) }
+    catch let e as ResourceError { throw usage(e.message) }
+    catch let e as NeighborListError { throw usage(e.message) }
     let md = MolecularDynamics(starts: Array(repeating: start, count: replicas), potential: potential, settings: settings, seed: seed, initialTemperature: t0)
     let bonds = BondSet.detect(start, cutoff: bondCutoff)
     let monitor = StabilityMonitor(bonds: bonds, criterion: InstabilityCriterion(maxBondDeviation: bonds.count > 0 ? threshold : nil, minimumDistance: minDistance), structure: start)
@@ -129,7 +141,8 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
     if equilibrate > 0 {
         let eq = md.runSegment(Array(0..<replicas), steps: equilibrate, monitor: nil, stopUnstable: false)
         if let bad = eq.nonFinite.firstIndex(of: true) {
-            printError("relaxft md: replica \(bad) reached a non-finite energy or force during the \(equilibrate) equilibration steps")
+            let at = eq.unstableStep[bad].map { String(format: " at %.4g ps", Double($0) * dt / 1000) } ?? ""
+            printError("relaxft md: replica \(bad) failed\(at) of the \(equilibrate) equilibration steps: \(eq.failure[bad] ?? "non-finite energy or forces")")
             return 1
         }
         for r in 0..<replicas { md.replicas[r].step = 0 }
@@ -199,19 +212,20 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
         if let u = result.unstableStep[r] {
             unstableTime = Double(u) * dt / 1000
             line += String(format: "; unstable at %.4g ps", unstableTime!)
-            if result.nonFinite[r] { line += " (non-finite energy or forces: stopped)" }
+            if result.nonFinite[r] { line += " (\(result.failure[r] ?? "non-finite energy or forces"): stopped)" }
             else if result.unstableAtoms[r].isEmpty, let d = minDistance { line += String(format: " (two atoms closer than %.3g Å)", d) }
             else { line += String(format: " (max bond deviation %.3f Å, atoms %@)", result.maxBondDeviation[r], result.unstableAtoms[r].prefix(8).map(String.init).joined(separator: " ")) }
         } else {
             line += String(format: "; stable (max bond deviation %.3f Å)", result.maxBondDeviation[r])
         }
         stableTimes.append(unstableTime ?? simulated)
-        if taken < steps { exit = 1 }
+        if taken < steps || result.nonFinite[r] { exit = 1 }
         if !quiet || json { log.line(line) }
         reports.append("{" + [
             ("replica", "\(r)"), ("steps", "\(taken)"), ("time_ps", jsonNumber(Double(taken) * dt / 1000)), ("mean_temperature", jsonNumber(meanT)),
             ("max_energy_drift_per_atom", thermostat.name == "langevin" ? "null" : jsonNumber(maxDrift[r])), ("unstable_at_ps", unstableTime.map(jsonNumber) ?? "null"), ("stable_time_ps", jsonNumber(stableTimes[r])),
-            ("non_finite", "\(result.nonFinite[r])"), ("max_bond_deviation", jsonNumber(result.maxBondDeviation[r])),
+            ("non_finite", "\(result.nonFinite[r])"), ("failure", result.failure[r].map(jsonString) ?? "null"),
+            ("max_bond_deviation", jsonNumber(result.maxBondDeviation[r])),
         ].map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}")
     }
     let sortedTimes = stableTimes.sorted()

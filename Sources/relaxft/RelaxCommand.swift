@@ -66,9 +66,13 @@ let relaxCommand = Command(
             (GPa), volume and initial_volume (Å³).
 
             Exit codes: 0 when every frame converged; 1 when some frame did not converge within --steps (its
-            structure is written all the same); 2 for bad options or input, with a message naming the option or
-            the file and line, and nothing written (OUT and TRAJ go to temporary files renamed into place at the
-            end).
+            structure is written all the same) or failed (a non-finite energy, force or position during the
+            relaxation: the last finite state is written, with the info key failure); 2 for bad options or input,
+            with a message naming the option or the file and line, and nothing written (OUT and TRAJ go to
+            temporary files renamed into place at the end). An input the potential gives a non-finite energy or
+            force for, or with elements it does not cover, is bad input. OUT and TRAJ may be symbolic links (the
+            file they point to is replaced), /dev/null, a pipe or /dev/stdout (written when complete); directories
+            and block devices are refused.
             """),
     run: runRelax)
 
@@ -172,6 +176,8 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
         case let w? where !warnings.contains(w): warnings.append(w)
         default: break
         }
+        do { try potential.checkInput(s, name: which, potentialName: potentialSpec, skin: settings.skin) }
+        catch let e as PotentialInputError { throw usage(e.message) }
     }
     for w in warnings { printError("relaxft relax: warning: \(w)") }
 
@@ -218,14 +224,17 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
             } catch { trajectoryError = error }
         }
         if let e = trajectoryError { throw e }
-        guard result.finalEnergy.isFinite, result.fmax.isFinite else {
-            throw RelaxError(message: "frame \(k) of \(input): the potential gave a non-finite energy or force (atoms too close?); nothing written")
+        if let f = result.failure, f.step == 0 {
+            // Nothing to relax from: the input itself gives a non-finite energy or force.
+            throw RelaxError(message: "frame \(k) of \(input): the potential \(potentialSpec) cannot be evaluated at the input structure: \(f.reason) "
+                             + "(atoms too close, or parameters out of range?); nothing written")
         }
         allConverged = allConverged && result.converged
         var out = result.structure
         out.info["converged"] = .bool(result.converged)
         out.info["steps"] = .int(result.steps)
         out.info["fmax"] = .double(result.fmax)
+        if let f = result.failure { out.info["failure"] = .string(f.description) }
         relaxed.append(out)
         let initialVolume = structures[k].volume, volume = result.structure.volume
         let e0 = result.initialEnergy - settings.pressure * initialVolume, e1 = result.structure.energy ?? .nan
@@ -238,7 +247,7 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
             ("max_displacement", jsonNumber(result.maxDisplacement)), ("force_calls", "\(result.forceCalls)"),
             ("seconds", jsonNumber(result.seconds)), ("relaxer", jsonString(relaxer.name)),
             ("relaxer_parameters", "{" + relaxer.hyperparameters.map { "\(jsonString($0.key)): \(jsonNumber($0.value))" }.joined(separator: ", ") + "}"),
-            ("potential", jsonString(potentialSpec)),
+            ("potential", jsonString(potentialSpec)), ("failure", result.failure.map { jsonString($0.description) } ?? "null"),
         ]
         if settings.relaxCell {
             fields += [("enthalpy", jsonNumber(result.finalEnergy)), ("initial_enthalpy", jsonNumber(result.initialEnergy)),
@@ -247,15 +256,22 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
         reports.append("{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}")
     }
 
-    // The structures first (their writer checks them), then the trajectory, whose text is already on disk:
-    // only a failed rename could leave one without the other, and neither is ever half-written.
-    try StructureIO.write(relaxed, output, format: outFormat)
-    try trajectory?.commit()
+    // The structures' text first (its writer checks them); then whichever destination can fail late goes first:
+    // a device or pipe (written when committed) before a file that is renamed into place. Only a failure of the
+    // second could leave one without the other, and neither is ever half-written.
+    let outputText = try StructureIO.text(relaxed, format: outFormat, path: output)
+    if case .stream? = try? AtomicFile.destination(output) {
+        try AtomicFile.write(outputText, to: output)
+        try trajectory?.commit()
+    } else {
+        try trajectory?.commit()
+        try AtomicFile.write(outputText, to: output)
+    }
     let converged = relaxed.filter { $0.info["converged"] == .bool(true) }.count
     let kept = outFormat == .vasp ? "vasp: positions and cell only" : settings.relaxCell ? "extxyz, with energy, forces and stress" : "extxyz, with energy and forces"
     var done = "relaxft relax: \(converged) of \(relaxed.count) frame(s) converged; wrote \(output) (\(kept))"
     if let t = trajectoryPath { done += "; trajectory \(t) (\(trajectoryFrames) frames)" }
-    if !allConverged { done += "; exit code 1: not every frame converged within \(steps) steps" }
+    if !allConverged { done += "; exit code 1: not every frame converged within \(steps) steps" + (relaxed.contains { $0.info["failure"] != nil } ? " (some failed)" : "") }
     terminal.line(done)
     if json { for r in reports { print(r) } }
     return allConverged ? 0 : 1
@@ -327,14 +343,11 @@ func sameFile(_ a: String, _ b: String) -> Bool {
     return resolved(a) == resolved(b)
 }
 
-func requireWritableDirectory(_ path: String, option: String) throws {
-    let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-    var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-        throw UsageError(command: "relax", message: "\(option) \(path): no directory \(directory)")
-    }
-    guard FileManager.default.isWritableFile(atPath: directory) else {
-        throw UsageError(command: "relax", message: "\(option) \(path): directory \(directory) is not writable")
+/// Checks before any work that `path` can be written (see `AtomicFile.destination`: symbolic links are written
+/// through, devices and pipes streamed into, directories and block devices refused).
+func requireWritableDirectory(_ path: String, option: String, command: String = "relax") throws {
+    do { _ = try AtomicFile.destination(path) } catch let e as StructureFileError {
+        throw UsageError(command: command, message: "\(option) \(path): \(e.found) (expected \(e.expected))")
     }
 }
 
@@ -342,8 +355,13 @@ func requireWritableDirectory(_ path: String, option: String) throws {
 func summary(frame k: Int, result r: RelaxationResult, fmaxTarget: Double, initialEnergy e0: Double,
              volumes: (Double, Double)?, enthalpies: (Double, Double)?) -> String {
     let e1 = r.structure.energy ?? .nan
-    var s = "frame \(k): " + (r.converged ? "converged in \(r.steps) steps (fmax \(cFormat("%.4g", r.fmax)) < \(fmaxTarget) eV/Å)"
-                                         : "NOT converged in \(r.steps) steps (fmax \(cFormat("%.4g", r.fmax)) ≥ \(fmaxTarget) eV/Å)")
+    var s = "frame \(k): "
+    if let f = r.failure {
+        s += "FAILED at step \(f.step): \(f.reason); kept step \(f.step - 1) (fmax \(cFormat("%.4g", r.fmax)) eV/Å)"
+    } else {
+        s += r.converged ? "converged in \(r.steps) steps (fmax \(cFormat("%.4g", r.fmax)) < \(fmaxTarget) eV/Å)"
+                         : "NOT converged in \(r.steps) steps (fmax \(cFormat("%.4g", r.fmax)) ≥ \(fmaxTarget) eV/Å)"
+    }
     s += cFormat("; energy %.6f -> %.6f eV (change %+.6f eV)", e0, e1, e1 - e0)
     if let (h0, h1) = enthalpies { s += cFormat("; enthalpy %.6f -> %.6f eV", h0, h1) }
     if let (v0, v1) = volumes { s += cFormat("; volume %.4f -> %.4f Å³", v0, v1) }

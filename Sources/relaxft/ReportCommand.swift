@@ -45,7 +45,8 @@ struct CSVTable {
     }
 
     static func read(_ path: String) throws -> CSVTable {
-        let text = try String(contentsOfFile: path, encoding: .utf8)
+        guard let data = FileManager.default.contents(atPath: path) else { throw UsageError(command: "report", message: "\(path): cannot read the file") }
+        guard let text = String(data: data, encoding: .utf8) else { throw UsageError(command: "report", message: "\(path): not a UTF-8 text (CSV) file") }
         var header: [String]? = nil, rows: [[String]] = [], comments: [String] = []
         for raw in text.split(whereSeparator: \.isNewline) {
             let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
@@ -96,6 +97,12 @@ func classify(_ t: CSVTable, path: String) -> ((String, CSVTable) -> ReportInput
     return nil
 }
 
+/// A summary.json as a dictionary, or nil when the file is unreadable or not a JSON object.
+func readSummary(_ path: String) -> [String: Any]? {
+    guard let data = FileManager.default.contents(atPath: path) else { return nil }
+    return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+}
+
 /// The inputs found at `path` (a file, a run directory, a sweep directory or a directory of runs).
 func gatherReportInputs(_ path: String, name: String, depth: Int = 0) throws -> [ReportInput] {
     var isDir: ObjCBool = false
@@ -104,7 +111,7 @@ func gatherReportInputs(_ path: String, name: String, depth: Int = 0) throws -> 
     }
     if !isDir.boolValue {
         if path.hasSuffix(".json") {
-            guard let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] else { return [] }
+            guard let obj = readSummary(path) else { throw UsageError(command: "report", message: "\(path): not a JSON object (a summary.json)") }
             return [.summary(name, obj)]
         }
         let t = try CSVTable.read(path)
@@ -119,12 +126,19 @@ func gatherReportInputs(_ path: String, name: String, depth: Int = 0) throws -> 
     var out: [ReportInput] = []
     for f in files where f.hasSuffix(".csv") {
         let p = path + "/" + f
-        guard let t = try? CSVTable.read(p), let make = classify(t, path: p) else { continue }
+        let table: CSVTable
+        do { table = try CSVTable.read(p) } catch let e as UsageError {
+            printError("relaxft report: warning: \(e.message); skipped")
+            continue
+        }
+        guard let make = classify(table, path: p) else { continue }
+        let t = table
         let label = f == "metrics.csv" || f == "sweep.csv" || f == "results.csv" ? name : name + "/" + String(f.dropLast(4))
         out.append(make(label, t))
     }
-    if files.contains("summary.json"), let obj = try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path + "/summary.json"))) as? [String: Any] {
-        out.append(.summary(name, obj))
+    if files.contains("summary.json") {
+        if let obj = readSummary(path + "/summary.json") { out.append(.summary(name, obj)) }
+        else { printError("relaxft report: warning: \(path)/summary.json is not a JSON object; skipped") }
     }
     // A sweep directory: the training curves of its runs too.
     if files.contains("plan.json"), fm.fileExists(atPath: path + "/runs") {
