@@ -29,7 +29,7 @@ let package = Package(
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"], exclude: ["Malformed"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
-        .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Potentials", "Atoms", "Tape"]),
+        .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Relax", "Potentials", "Atoms", "Tape"]),
         .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss", "Potentials", "Atoms", "Tape"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
         .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape"]),

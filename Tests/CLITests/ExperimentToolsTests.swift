@@ -2,27 +2,52 @@ import Foundation
 import Testing
 import Atoms
 import Potentials
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Runs an executable (relaxft, or python3 scripts) in `dir` with a given PATH; output goes through files, since a
-/// pipe could fill up and block.
-func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:]) throws -> CLIRun {
+/// pipe could fill up and block. With a `timeout` (seconds) the process is killed when it runs longer
+/// (`CLIRun.timedOut`). The child is spawned and reaped here (posix_spawn, waitpid), not by Foundation's Process,
+/// whose reaping can starve when many tests wait at once.
+func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:],
+             timeout: Double? = nil) throws -> CLIRun {
     let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: outputs) }
     let (o, e) = (outputs.appendingPathComponent("stdout"), outputs.appendingPathComponent("stderr"))
-    _ = FileManager.default.createFile(atPath: o.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: e.path, contents: nil)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = args
-    process.currentDirectoryURL = dir
-    process.environment = ["OPENBLAS_NUM_THREADS": "1", "PATH": path].merging(environment) { $1 }
-    process.standardOutput = try FileHandle(forWritingTo: o)
-    process.standardError = try FileHandle(forWritingTo: e)
-    try process.run()
-    process.waitUntilExit()
-    return CLIRun(status: process.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8),
-                  stderr: try String(contentsOf: e, encoding: .utf8))
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, o.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_addopen(&actions, 2, e.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    // The shell changes directory, then exec keeps the pid: a signal ending the tool ends this child.
+    let argv = ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", dir.path, executable] + args
+    let env = ["OPENBLAS_NUM_THREADS": "1", "PATH": path].merging(environment) { $1 }.map { "\($0.key)=\($0.value)" }
+    let cArgs = argv.map { strdup($0) } + [nil], cEnv = env.map { strdup($0) } + [nil]
+    defer { (cArgs + cEnv).forEach { free($0) } }
+    var pid = pid_t()
+    let spawned = posix_spawn(&pid, "/bin/sh", &actions, nil, cArgs, cEnv)
+    guard spawned == 0 else { throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "posix_spawn failed: \(spawned)"]) }
+    var status: Int32 = 0
+    var timedOut = false
+    let deadline = timeout.map { Date().addingTimeInterval($0) }
+    while true {
+        let r = waitpid(pid, &status, deadline == nil ? 0 : WNOHANG)
+        if r == pid { break }
+        if r < 0 && errno != EINTR { break }
+        if let d = deadline, Date() > d, !timedOut {
+            timedOut = true
+            kill(pid, SIGKILL)
+        }
+        if deadline != nil { usleep(2000) }
+    }
+    // Linux wait status: the low 7 bits are the signal (0: exited), the next byte the exit code.
+    let signal = status & 0x7F, exited = signal == 0
+    // Invalid UTF-8 (a crash dump, echoed binary input) is shown with replacement characters rather than lost.
+    func text(_ url: URL) -> String { String(decoding: (try? Data(contentsOf: url)) ?? Data(), as: UTF8.self) }
+    return CLIRun(status: exited ? (status >> 8) & 0xFF : signal, stdout: text(o), stderr: text(e), signaled: !exited && !timedOut, timedOut: timedOut)
 }
 
 func readCSV(_ path: String) throws -> (header: [String], rows: [[String: String]]) {

@@ -24,6 +24,9 @@ struct CLIRun {
     let status: Int32
     let stdout: String
     let stderr: String
+    /// Ended by a signal (`status` is the signal number), or killed at the time limit.
+    var signaled = false
+    var timedOut = false
 
     /// The JSON objects of stdout, one per line.
     var json: [[String: Any]] {

@@ -1,0 +1,227 @@
+import Foundation
+import Testing
+import Atoms
+import FineTune
+import Potentials
+import Relax
+import Tape
+@testable import Dynamics
+
+/// Counts calls across copies (the potential is a value; relaxations copy it).
+final class CallCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; n += 1; return n - 1 }
+}
+
+/// A potential that behaves as `inner` for its first `healthy` energy evaluations and then returns energies
+/// multiplied by `poison` (NaN: NaN energies and forces; infinity: infinite energies, non-finite forces).
+struct PoisonedPotential: Potential {
+    var inner: any Potential
+    let healthy: Int
+    let poison: Double
+    let calls = CallCounter()
+
+    var kind: String { inner.kind }
+    var cutoff: Double { inner.cutoff }
+    var parameters: OrderedDictionary<Tensor> {
+        get { inner.parameters }
+        set { inner.parameters = newValue }
+    }
+    var metadata: [String: String] { inner.metadata }
+
+    func energies(_ system: AtomicSystem, positions: Variable, cells: Variable, parameters: [String: Variable]) -> Variable {
+        let e = inner.energies(system, positions: positions, cells: cells, parameters: parameters)
+        return calls.next() < healthy ? e : e * poison
+    }
+}
+
+/// A vacancy in 64-atom silicon with its neighbours pushed: something for a relaxation to do.
+func strainedVacancy() -> Structure {
+    let s = Structure.diamond(a: 5.431, repeats: 2)
+    var x = Array(s.positions.array.dropFirst(3))  // atom 0 removed
+    for k in 0..<12 { x[k] += 0.07 * Double((k % 3) - 1) }
+    return Structure(numbers: Array(s.numbers.dropFirst()), positions: Tensor(shape: [s.count - 1, 3], x), cell: s.cell, pbc: s.pbc)
+}
+
+@Suite("Non-finite values: relax, evaluate and MD fail honestly")
+struct NonFiniteTests {
+    /// NaN (or infinity) from the potential at step k: the relaxation fails at step k, is not converged, and
+    /// keeps the state of step k − 1 exactly as an unpoisoned run reached it; the log never sees the bad step.
+    @Test(arguments: [("fire", 5, Double.nan), ("bfgs", 3, Double.nan), ("lbfgs", 4, Double.infinity), ("fire-jaxmd", 2, Double.nan),
+                      ("frame", 6, -Double.infinity), ("fire", 0, Double.nan)])
+    func relaxationFailsAtTheStep(relaxer name: String, step k: Int, poison: Double) throws {
+        let s = strainedVacancy()
+        var settings = RelaxationSettings()
+        settings.fmax = 1e-6
+        settings.maxSteps = 40
+        let relaxer = try RelaxerFactory.make(name)
+        var clean: [RelaxationStep] = []
+        _ = relax(s, potential: StillingerWeber(), relaxer: relaxer, settings: settings) { clean.append($0) }
+        #expect(clean.count > k + 1, "the clean run is long enough")
+        var logged: [Int] = []
+        let r = relax(s, potential: PoisonedPotential(inner: StillingerWeber(), healthy: k, poison: poison), relaxer: relaxer, settings: settings) {
+            logged.append($0.step)
+        }
+        let f = try #require(r.failure)
+        #expect(f.step == k)
+        #expect(!r.converged)
+        #expect(logged == Array(0..<k), "only finite steps are logged")
+        if k > 0 {
+            #expect(r.structure.positions == clean[k - 1].positions, "the last good state is kept")
+            #expect(r.finalEnergy == clean[k - 1].energy)
+            #expect(r.fmax == clean[k - 1].fmax)
+        } else {
+            #expect(r.finalEnergy.isNaN && r.initialEnergy.isNaN)
+            #expect(r.structure.positions == s.positions)
+        }
+        #expect(f.reason.contains(poison.isNaN ? "nan" : "inf"), "\(f)")
+    }
+
+    /// Cell relaxation: the failure check covers the cell path (generalised coordinates) too.
+    @Test func cellRelaxationFails() throws {
+        var settings = RelaxationSettings()
+        settings.fmax = 1e-6
+        settings.maxSteps = 30
+        settings.relaxCell = true
+        let r = relax(strainedVacancy(), potential: PoisonedPotential(inner: StillingerWeber(), healthy: 4, poison: .nan), relaxer: FIRE(), settings: settings)
+        #expect(r.failure?.step == 4)
+        #expect(!r.converged)
+        #expect(r.structure.cell.isFinite && r.structure.positions.isFinite)
+    }
+
+    /// Parameters that blow the step up (forces of 1e300): positions become non-finite and the relaxation
+    /// fails instead of trapping in the neighbour list or reporting fmax 0.
+    @Test func overflowingForcesFail() throws {
+        let sw = try PotentialSpec.parse("sw:lambda=1e300")
+        var settings = RelaxationSettings()
+        settings.maxSteps = 50
+        for name in RelaxerFactory.names {
+            let r = relax(strainedVacancy(), potential: sw, relaxer: try RelaxerFactory.make(name), settings: settings)
+            #expect(!r.converged, "\(name)")
+            // Step-clamped relaxers (BFGS) stay finite and run out of steps; the others overflow and fail.
+            #expect(r.failure != nil || (r.steps == settings.maxSteps && !(r.fmax < 1e100)), "\(name): \(r.fmax)")
+        }
+    }
+
+    @Test func maxRowNormPropagatesNaN() {
+        #expect(maxRowNorm(Tensor(shape: [2, 3], [0, 0, 1, .nan, 0, 0])).isNaN)
+        #expect(maxRowNorm(Tensor(shape: [2, 3], [.nan, 0, 0, 3, 4, 0])).isNaN)
+        #expect(maxRowNorm(Tensor(shape: [2, 3], [0, 0, 1, 3, 4, 0])) == 5)
+    }
+
+    /// evaluate: a relaxation that goes non-finite is counted as failed, never converged or in the basin.
+    @Test func evaluationCountsFailures() throws {
+        let s = strainedVacancy()
+        let target = relax(s, potential: StillingerWeber(), relaxer: FIRE(), settings: RelaxationSettings()).structure.positions
+        let ex = RelaxationExample(name: "vacancy", initial: s, target: target)
+        let proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 200, stopFmax: 0.05)
+        let good = try evaluateRelaxations([ex], potential: StillingerWeber(), protocol: proto)[0]
+        #expect(good.converged && good.failure == nil && good.sameBasin)
+        let bad = try evaluateRelaxations([ex], potential: PoisonedPotential(inner: StillingerWeber(), healthy: 7, poison: .nan), protocol: proto)[0]
+        #expect(!bad.converged)
+        #expect(!bad.sameBasin)
+        #expect(bad.differingBonds == -1)
+        #expect(bad.failure?.contains("step 7") == true, "\(bad.failure ?? "nil")")
+        #expect(bad.deltaQ.isFinite, "ΔQ of the last good state")
+    }
+
+    /// MD: NaN at step k stops that replica at step k with the reason; the others run on unchanged.
+    @Test func mdReplicaStopsAtTheStep() throws {
+        let s = Structure.diamond(a: 5.431, repeats: 2)
+        let settings = MDSettings(timestep: 1, temperature: 600, thermostat: .langevin(friction: 0.01))
+        // One evaluation at the start, then one batched call per step: NaN from the call of step 6 on.
+        let md = MolecularDynamics(starts: [s, s], potential: PoisonedPotential(inner: StillingerWeber(), healthy: 6, poison: .nan), settings: settings, seed: 3)
+        let res = md.runSegment([0, 1], steps: 10, stopUnstable: false)
+        #expect(res.nonFinite == [true, true])
+        #expect(res.unstableStep == [6, 6])
+        #expect(res.stepsTaken == [6, 6])
+        #expect(res.failure.allSatisfy { $0?.contains("nan") == true }, "\(res.failure)")
+        let clean = MolecularDynamics(starts: [s, s], potential: StillingerWeber(), settings: settings, seed: 3)
+        let ok = clean.runSegment([0, 1], steps: 10, stopUnstable: false)
+        #expect(ok.nonFinite == [false, false] && ok.stepsTaken == [10, 10])
+    }
+
+    /// MD with finite but absurd forces: the temperature passes the explosion limit and the replica stops with
+    /// the time and the temperature, instead of running on at 10²¹ K.
+    @Test func mdExplosionIsReported() throws {
+        let s = Structure.diamond(a: 5.431, repeats: 2)
+        let settings = MDSettings(timestep: 1, temperature: 300, thermostat: .none)
+        let md = MolecularDynamics(starts: [s], potential: try PotentialSpec.parse("sw:lambda=1e12,sigma=2.2"), settings: settings, seed: 1)
+        let res = md.runSegment([0], steps: 50, stopUnstable: false)
+        #expect(res.nonFinite == [true])
+        let at = try #require(res.unstableStep[0])
+        #expect(at < 50)
+        #expect(res.failure[0]?.contains("exploded") == true || res.failure[0]?.contains("non-finite") == true, "\(res.failure)")
+        #expect(md.explosionTemperature == 1e5)
+    }
+
+    /// Requests checked before an MD run: covered elements, replicas within memory.
+    @Test func mdRequestsAreChecked() throws {
+        let s = Structure.diamond(a: 5.431, repeats: 1)
+        let settings = MDSettings()
+        try MolecularDynamics.checkRequest(s, replicas: 4, potential: StillingerWeber(), settings: settings, name: "si")
+        #expect(throws: ResourceError.self) { try MolecularDynamics.checkRequest(s, replicas: 1 << 50, potential: StillingerWeber(), settings: settings, name: "si") }
+        #expect(throws: ResourceError.self) { try MolecularDynamics.checkRequest(s, replicas: 0, potential: StillingerWeber(), settings: settings, name: "si") }
+        var carbon = s
+        carbon.numbers[3] = 6
+        let schnet = try SchNet(SchNet.Config(features: 4, layers: 1, cutoff: 4, radialBasis: 4, elements: [14]))
+        do {
+            try MolecularDynamics.checkRequest(carbon, replicas: 1, potential: schnet, settings: settings, name: "si+c")
+            Issue.record("carbon accepted by a silicon model")
+        } catch let e as PotentialInputError {
+            #expect(e.message.contains("si+c contains C") && e.message.contains("its elements: Si"), "\(e)")
+        }
+    }
+
+    @Test func rdfSettingsAreChecked() throws {
+        _ = try RDFSettings.checked(rMax: 5, bins: 100, sigma: 0.05)
+        for (r, b, s) in [(5.0, 1_000_000_000_000, 0.05), (5.0, 100_000_000, 0.05), (0.0, 10, 0.05), (1e6, 10, 0.05), (5.0, 10, 0.0), (5.0, 0, 0.05)] {
+            #expect(throws: ResourceError.self, "rMax \(r), bins \(b), sigma \(s)") { _ = try RDFSettings.checked(rMax: r, bins: b, sigma: s) }
+        }
+    }
+}
+
+/// Parameters and labels checked at the library boundaries of training.
+@Suite("Training guards")
+struct TrainingGuardTests {
+    @Test func parameterGuardRejectsNonsense() {
+        let sw = StillingerWeber()
+        #expect(ParameterGuard.rejection(of: ["sigma": Tensor(scalar: 2.1)], for: sw) == nil)
+        #expect(ParameterGuard.rejection(of: ["sigma": Tensor(scalar: -0.1)], for: sw)?.contains("sigma") == true)
+        #expect(ParameterGuard.rejection(of: ["lambda": Tensor(scalar: .nan)], for: sw)?.contains("lambda") == true)
+        #expect(ParameterGuard.rejection(of: ["sigma": Tensor(shape: [2], [1, 2])], for: sw)?.contains("shape") == true)
+        #expect(ParameterGuard.rejection(of: ["bogus": Tensor(scalar: 1)], for: sw)?.contains("bogus") == true)
+        #expect(ParameterGuard.rejection(of: ["sigma": Tensor(scalar: 60)], for: sw)?.contains("cutoff") == true, "a·σ beyond 100 Å")
+    }
+
+    @Test func labelledFramesRefuseNonFiniteLabels() throws {
+        var s = Structure.diamond(a: 5.431, repeats: 1)
+        s.energy = -30
+        s.forces = Tensor.zeros([8, 3])
+        try LabelledFrames.check([s, s], source: "d.xyz")
+        var bad = s
+        bad.energy = .nan
+        #expect(throws: DatasetError.self) { try LabelledFrames.check([s, bad], source: "d.xyz") }
+        do { try LabelledFrames.check([s, bad], source: "d.xyz") } catch let e as DatasetError { #expect(e.message.contains("d.xyz: frame 2"), "\(e)") }
+        bad = s
+        var f = Tensor.zeros([8, 3])
+        f[5, 1] = .infinity
+        bad.forces = f
+        do { try LabelledFrames.check([bad], source: "d.xyz"); Issue.record("accepted") } catch let e as DatasetError {
+            #expect(e.message.contains("frame 1") && e.message.contains("atom 6"), "\(e)")
+        }
+        bad = s
+        bad.forces = nil
+        #expect(throws: DatasetError.self) { try LabelledFrames.check([bad], source: "d.xyz") }
+        try LabelledFrames.check([bad], source: "d.xyz", requireLabels: false)
+    }
+
+    @Test func relaxationDataRefusesNonFiniteEnergies() throws {
+        var s = Structure.diamond(a: 5.431, repeats: 1)
+        s.arrays["pos_relaxed"] = .doubles(s.positions)
+        _ = try RelaxationDataset.examples(from: [s], source: "d.xyz")
+        s.info["energy_relaxed"] = .double(.nan)
+        #expect(throws: DatasetError.self) { _ = try RelaxationDataset.examples(from: [s], source: "d.xyz") }
+    }
+}
