@@ -19,7 +19,7 @@ let package = Package(
         .target(name: "Tape", dependencies: ["CLinalg"]),
         .target(name: "Atoms", dependencies: ["Tape"]),
         .target(name: "Potentials", dependencies: ["Tape", "Atoms"]),
-        .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"]),
+        .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials"]),
         .target(name: "Loss", dependencies: ["Tape", "Atoms"]),
         .target(name: "Dynamics", dependencies: ["Tape", "Atoms", "Potentials"]),
         .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "Dynamics"]),
@@ -30,7 +30,7 @@ let package = Package(
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
         .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Potentials", "Atoms", "Tape"]),
-        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss", "Potentials", "Atoms", "Tape"]),
+        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Relax", "Loss", "Potentials", "Atoms", "Tape"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
         .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape"]),
     ]

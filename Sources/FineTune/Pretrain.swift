@@ -81,6 +81,13 @@ struct PretrainState: Codable {
     var valIndices: [Int]
 }
 
+/// What a pretraining run reports while it works (the command line formats it).
+public enum PretrainEvent: Sendable {
+    /// `batch` of `batches` done in (1-based) `epoch`; mean loss of the epoch so far; time to the end of the run.
+    case batch(epoch: Int, batch: Int, batches: Int, loss: Double, learningRate: Double, eta: Double?)
+    case epoch(PretrainEpochMetrics, improved: Bool)
+}
+
 /// One epoch's row of metrics.csv.
 public struct PretrainEpochMetrics: Sendable {
     public var epoch: Int
@@ -109,7 +116,7 @@ public struct PretrainEpochMetrics: Sendable {
 /// validation metrics use the weights at the end of the epoch.
 public final class Pretrainer {
     public let options: PretrainOptions
-    public let runDirectory: String
+    public var runDirectory: String { run.path }
     public private(set) var model: any Potential
     var state: PretrainState
     let frames: [Structure]
@@ -118,8 +125,9 @@ public final class Pretrainer {
     let referenceParameter: String
     let testSets: [(String, [Structure])]
 
-    var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
-    var metricsPath: String { runDirectory + "/metrics.csv" }
+    public let run: RunDirectory
+    var session: RunDirectory.Session?
+    static let checkpointKey = "pretrain_state"
 
     /// Reads frames from structure files (extended XYZ in practice); every frame needs an energy and forces.
     public static func loadFrames(_ paths: [String]) throws -> [Structure] {
@@ -135,37 +143,36 @@ public final class Pretrainer {
         return out
     }
 
-    /// A new run: reads the data, splits it, fits reference energies, initialises the model and writes
-    /// RUN_DIR/config.json. RUN_DIR must not hold a previous run.
+    /// A new run: reads the data, splits it, fits reference energies, initialises the model, then creates
+    /// RUN_DIR (which must not hold a run) with config.json and the starting checkpoint.
     public convenience init(options: PretrainOptions, runDirectory: String) throws {
         try options.validate()
-        let fm = FileManager.default
-        if fm.fileExists(atPath: runDirectory + "/checkpoint.safetensors") {
+        if RunDirectory(runDirectory).exists("config.json") {
             throw PretrainError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
         }
-        try fm.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        try self.init(options: options, runDirectory: runDirectory, checkpoint: nil)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try enc.encode(options), to: runDirectory + "/config.json")
-        try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: metricsPath)
+        try self.init(options: options, run: RunDirectory(runDirectory), resuming: false)
+        _ = try RunDirectory.create(runDirectory, config: options)
+        try run.startMetrics(header: PretrainEpochMetrics.header)
+        try saveCheckpoint()
     }
 
-    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` may raise the epoch budget.
+    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` sets a new epoch budget (which
+    /// re-targets a cosine schedule and is written into config.json).
     public static func resume(runDirectory: String, epochs: Int? = nil) throws -> Pretrainer {
-        guard let data = FileManager.default.contents(atPath: runDirectory + "/config.json") else {
-            throw PretrainError(message: "\(runDirectory): no config.json (not a pretraining run directory)")
+        let run = try RunDirectory.open(runDirectory)
+        var options = try run.readConfig(PretrainOptions.self)
+        if let e = epochs, e != options.epochs {
+            options.epochs = e
+            try run.writeJSON(options, to: "config.json", pretty: true)
         }
-        var options = try JSONDecoder().decode(PretrainOptions.self, from: data)
-        if let e = epochs { options.epochs = e }
-        let ck = runDirectory + "/checkpoint.safetensors"
-        guard FileManager.default.fileExists(atPath: ck) else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
-        return try Pretrainer(options: options, runDirectory: runDirectory, checkpoint: ck)
+        guard run.exists("checkpoint.safetensors") else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
+        return try Pretrainer(options: options, run: run, resuming: true)
     }
 
-    private init(options: PretrainOptions, runDirectory: String, checkpoint: String?) throws {
+    private init(options: PretrainOptions, run: RunDirectory, resuming: Bool) throws {
         self.options = options
-        self.runDirectory = runDirectory
+        self.run = run
+        let checkpoint: String? = resuming ? run.checkpointPath : nil
         let train = try Self.loadFrames(options.dataFiles)
         let val = try Self.loadFrames(options.valFiles)
         testSets = try options.testFiles.map { ($0, try Self.loadFrames([$0])) }
@@ -228,13 +235,7 @@ public final class Pretrainer {
         state = PretrainState(adam: Adam(learningRate: options.learningRate), schedule: ScheduleState(sched, baseRate: options.learningRate),
                               rng: SeededGenerator(seed: options.seed), trainIndices: trainIdx, valIndices: valIdx)
         model = m
-        if let ck = checkpoint {
-            let (tensors, meta) = try SafeTensors.read(ck)
-            let dec = JSONDecoder()
-            dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-            guard let js = meta["pretrain_state"], let saved = try? dec.decode(PretrainState.self, from: Data(js.utf8)) else {
-                throw PretrainError(message: "\(ck): no readable pretrain_state in __metadata__")
-            }
+        if let ck = checkpoint, let (tensors, saved) = try run.readCheckpoint(PretrainState.self, key: Self.checkpointKey) {
             guard saved.trainIndices == trainIdx && saved.valIndices == valIdx else {
                 throw PretrainError(message: "\(ck): the data files no longer give the split the run was started with")
             }
@@ -249,7 +250,7 @@ public final class Pretrainer {
                 state.schedule.schedule = .cosine(epochs: options.epochs, minFactor: minFactor)
                 state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
             }
-            try Self.truncateMetrics(metricsPath, after: saved.epoch)
+            try run.truncateMetrics(after: saved.epoch, header: PretrainEpochMetrics.header)
         }
     }
 
@@ -324,19 +325,6 @@ public final class Pretrainer {
             w[flat: i] += shift[k]
         }
         m.parameters[name] = w
-    }
-
-    static func truncateMetrics(_ path: String, after epoch: Int, header: String = PretrainEpochMetrics.header) throws {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            try AtomicFile.write(header + "\n", to: path)
-            return
-        }
-        var keep: [Substring] = []
-        for line in text.split(separator: "\n") {
-            if let e = Int(line.prefix { $0 != "," }), e > epoch { continue }
-            keep.append(line)
-        }
-        try AtomicFile.write(keep.joined(separator: "\n") + "\n", to: path)
     }
 
     /// Batched graph of frames `idx`: system, positions, cells.
@@ -431,42 +419,27 @@ public final class Pretrainer {
     public var bestEpoch: Int { state.bestEpoch }
 
     /// Trains until the epoch budget, early stopping, or `maxEpochsThisCall` epochs (for interruption tests).
-    /// `progress` receives a status line with ETA after every batch; `log` one line per epoch.
+    /// `report` receives an event after every batch and every epoch.
     @discardableResult
-    public func run(maxEpochsThisCall: Int? = nil, progress: (String) -> Void = { _ in }, log: (String) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+    public func run(maxEpochsThisCall: Int? = nil, report: (PretrainEvent) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+        session = try run.beginSession()
         var rows: [PretrainEpochMetrics] = []
         let startTime = Date()
         var epochsDone = 0
         while state.epoch < options.epochs && !state.stopped {
             if let mx = maxEpochsThisCall, epochsDone >= mx { break }
             let t0 = Date()
-            var order = state.trainIndices
-            state.rng.shuffle(&order)
-            var acc = ForceFieldMetrics.Accumulator()
-            var lossSum = 0.0
-            let nb = (order.count + options.batch - 1) / options.batch
-            state.adam.learningRate = state.schedule.rate
-            for b in 0..<nb {
-                let idx = Array(order[(b * options.batch)..<Swift.min((b + 1) * options.batch, order.count)])
-                let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
-                var grads = grads0
-                if options.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: options.clipNorm) }
-                var p: [String: Tensor] = [:]
-                for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
-                state.adam.update(&p, gradients: grads)
-                for (k, v) in p { model.parameters[k] = v }
-                lossSum += l * Double(idx.count)
+            let (trainLoss, trainMetrics) = trainEpoch { b, nb, loss in
                 let elapsed = Date().timeIntervalSince(startTime)
-                let fracDone = (Double(epochsDone) + Double(b + 1) / Double(nb)) / Double(options.epochs - state.epoch + epochsDone)
-                let eta = fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : 0
-                progress(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", state.epoch + 1, options.epochs, b + 1, nb,
-                                lossSum / Double(Swift.min((b + 1) * options.batch, order.count)), state.adam.learningRate, formatDuration(eta)))
+                let fracDone = (Double(epochsDone) + Double(b) / Double(nb)) / Double(options.epochs - state.epoch + epochsDone)
+                report(.batch(epoch: state.epoch + 1, batch: b, batches: nb, loss: loss, learningRate: state.adam.learningRate,
+                              eta: fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : nil))
             }
             let (vl, vm) = validate()
             state.epoch += 1
             epochsDone += 1
-            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: lossSum / Double(order.count),
-                                   train: acc.metrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
+            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: trainLoss,
+                                           train: trainMetrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
             rows.append(row)
             let improved = vl < state.bestValLoss
             if improved { state.bestValLoss = vl; state.bestEpoch = state.epoch }
@@ -474,23 +447,49 @@ public final class Pretrainer {
             if state.epoch - state.bestEpoch >= options.patience { state.stopped = true }
             // metrics.csv first, then the checkpoint (atomic): a crash in between is repaired on resume,
             // which drops metric rows past the checkpoint's epoch.
-            let old = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? (PretrainEpochMetrics.header + "\n")
-            try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
+            try run.appendMetrics(row.csv, header: PretrainEpochMetrics.header)
             try saveCheckpoint()
-            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last"), derived: true)
-            if improved { try ModelFile.save(model, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best"), derived: true) }
-            log(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
-                       state.epoch, options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
-                       vl, vm.energyMAE, vm.forceMAE, vm.forceRMSE, improved ? "  *best" : "", row.seconds))
+            try run.saveModel(model, to: "last.safetensors", metadata: provenance(kind: "last"))
+            if improved { try run.saveModel(model, to: "best.safetensors", metadata: provenance(kind: "best")) }
+            report(.epoch(row, improved: improved))
         }
         return rows
     }
 
+    /// One pass over the shuffled training frames in mini-batches, an Adam step each; returns the mean loss and
+    /// the metrics accumulated with the weights before each update. `batchDone(b, batches, mean loss so far)`.
+    func trainEpoch(batchDone: (Int, Int, Double) -> Void) -> (loss: Double, metrics: ForceFieldMetrics) {
+        var order = state.trainIndices
+        state.rng.shuffle(&order)
+        var acc = ForceFieldMetrics.Accumulator()
+        var lossSum = 0.0
+        let nb = (order.count + options.batch - 1) / options.batch
+        state.adam.learningRate = state.schedule.rate
+        for b in 0..<nb {
+            let idx = Array(order[(b * options.batch)..<Swift.min((b + 1) * options.batch, order.count)])
+            let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
+            var grads = grads0
+            if options.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: options.clipNorm) }
+            var p: [String: Tensor] = [:]
+            for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
+            state.adam.update(&p, gradients: grads)
+            for (k, v) in p { model.parameters[k] = v }
+            lossSum += l * Double(idx.count)
+            batchDone(b + 1, nb, lossSum / Double(Swift.min((b + 1) * options.batch, order.count)))
+        }
+        return (lossSum / Double(order.count), acc.metrics)
+    }
+
+    /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        let enc = JSONEncoder()
-        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let js = String(data: try enc.encode(state), encoding: .utf8)!
-        try SafeTensors.write(model.parameters.map { ($0.key, $0.value) }, metadata: ["pretrain_state": js], to: checkpointPath)
+        try run.writeCheckpoint(model.parameters, state: state, key: Self.checkpointKey)
+        if let s = session { try run.recordCost(s) }
+    }
+
+    /// The run's cost over all its processes so far (written to cost.json).
+    public func cost() throws -> RunDirectory.Cost {
+        guard let s = session else { return try run.readJSON(RunDirectory.Cost.self, from: "cost.json") ?? RunDirectory.Cost() }
+        return try run.recordCost(s)
     }
 
     /// The command line, with the run directory by its name only (where it lived is machine-specific).
@@ -519,7 +518,7 @@ public final class Pretrainer {
 
     /// Metrics of the best checkpoint on each test file (and, when `record`, written into best.safetensors).
     public func evaluateBest(record: Bool = true) throws -> [(String, ForceFieldMetrics)] {
-        let path = runDirectory + "/best.safetensors"
+        let path = run.bestModelPath
         let (best, meta) = try ModelFile.load(path)
         var out: [(String, ForceFieldMetrics)] = []
         var extra = meta
@@ -537,12 +536,4 @@ public final class Pretrainer {
         }
         return out
     }
-}
-
-func formatDuration(_ s: Double) -> String {
-    guard s.isFinite && s >= 0 else { return "?" }
-    let t = Int(s.rounded())
-    if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
-    if t >= 60 { return String(format: "%dm%02ds", t / 60, t % 60) }
-    return "\(t)s"
 }

@@ -54,22 +54,6 @@ let finetuneCommand = Command(
             """),
     run: runFinetune)
 
-func parseList(_ s: String?) -> [String] {
-    (s ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-}
-
-func parseAssignments(_ s: String?, command: String, option: String) throws -> [String: Double] {
-    var d: [String: Double] = [:]
-    for item in parseList(s) {
-        let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
-        guard kv.count == 2, let v = Double(kv[1]), v.isFinite else {
-            throw UsageError(command: command, message: "--\(option) expects name=value pairs, got '\(item)'")
-        }
-        d[kv[0]] = v
-    }
-    return d
-}
-
 /// Examples from --data files or an --initial/--target pair.
 func loadExamples(data: [String], initial: String?, target: String?, command: String) throws -> [RelaxationExample] {
     if let i = initial {
@@ -80,22 +64,14 @@ func loadExamples(data: [String], initial: String?, target: String?, command: St
     return try data.flatMap { try RelaxationDataset.examples(from: try StructureIO.read($0), source: $0) }
 }
 
-func formatDuration(_ s: Double) -> String {
-    if s < 60 { return String(format: "%.0fs", s) }
-    if s < 3600 { return String(format: "%dm%02ds", Int(s) / 60, Int(s) % 60) }
-    return String(format: "%dh%02dm", Int(s) / 3600, (Int(s) % 3600) / 60)
-}
-
 func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     let cmd = "finetune"
-    let started = Date()
     var config: FineTuneConfig
     let runDir: String
     let resuming = a.string("resume") != nil
     if let r = a.string("resume") {
         runDir = r
-        let data = try Data(contentsOf: URL(fileURLWithPath: r + "/config.json"))
-        config = try JSONDecoder().decode(FineTuneConfig.self, from: data)
+        config = try RunDirectory.open(r).readConfig(FineTuneConfig.self)
     } else {
         guard let pre = a.string("pretrained") else { throw UsageError(command: cmd, message: "--pretrained MODEL is required") }
         guard let out = a.string("out") else { throw UsageError(command: cmd, message: "--out RUN_DIR is required") }
@@ -104,18 +80,18 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.data = a.strings("data")
         config.initial = a.string("initial")
         config.target = a.string("target")
-        config.relaxer = a.string("relaxer")!
-        config.relaxerParameters = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
+        config.relaxer = try parseRelaxer(a, command: cmd)
         config.steps = try a.positiveInt("steps")!
         config.stopFmax = try a.positiveDouble("stop-fmax")
-        config.gradient = a.string("grad")!
-        _ = try GradientMode.parse(config.gradient)
+        do { config.gradient = try GradientMode.parse(a.string("grad")!) } catch let e as GradientMode.ParseError {
+            throw UsageError(command: cmd, message: "--grad: \(e.message)")
+        }
         config.trainRelaxer = parseList(a.string("train-relaxer"))
         let tp = parseList(a.string("train-params"))
         config.trainParameters = tp.isEmpty ? nil : tp
         config.energyWeight = try a.double("energy-weight")!
         guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
-        if config.energyWeight > 0 && config.gradient == "implicit" {
+        if config.energyWeight > 0 && config.gradient == .implicit {
             throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
         }
         let forceData = a.strings("force-data")
@@ -167,35 +143,35 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     }
     let trainer = try FineTuner(config: config, potential: potential, examples: examples, validationExamples: validation,
                                 forceFrames: forceFrames, runDirectory: runDir)
-    if resuming {
-        try trainer.resume()
-    } else {
-        // Created only now that every input has been read, so that bad input leaves nothing behind.
-        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
-        try AtomicFile.write(try JSONEncoder.pretty.encode(config), to: runDir + "/config.json")
-    }
+    // A new run's directory is created by the trainer, now that every input has been read, so that bad input
+    // leaves nothing behind.
+    if resuming { try trainer.resume(epochs: try a.positiveInt("epochs")) }
     let quiet = a.has("quiet")
-    let log: (String) -> Void = a.has("json") ? { printError($0) } : { print($0) }
+    let log: (String) -> Void = { emit($0, toStandardError: a.has("json")) }
     if !quiet {
-        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
+        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer.name) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
     }
-    var summary = try trainer.run { m, eta in
-        guard !quiet else { return }
-        var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, config.epochs, m.trainDQMean, m.trainDQMedian)
-        if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
-        line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
-        for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
-        if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
-        if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
-        line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
-        log(line)
+    let progress = ProgressLine(enabled: !quiet)
+    let summary = try trainer.run { event in
+        switch event {
+        case .initialEvaluation(let done, let total, let eta):
+            progress.update("relaxing the \(total) training and validation structures with the starting model: \(done)/\(total)  ETA \(formatDuration(eta))",
+                            final: done == total)
+        case .batch(let epoch, let done, let total, let eta):
+            progress.update("epoch \(epoch)/\(trainer.config.epochs)  structures \(done)/\(total)  ETA (epoch) \(formatDuration(eta))")
+        case .epoch(let m, let eta):
+            progress.clear()
+            guard !quiet else { return }
+            var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, trainer.config.epochs, m.trainDQMean, m.trainDQMedian)
+            if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
+            line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
+            for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
+            if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
+            if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
+            line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
+            log(line)
+        }
     }
-    // Training cost beside the results, for reports and sweep tables (this process: a resumed run counts its
-    // last session here; `seconds` sums the epochs of all sessions).
-    summary.wall_seconds = Date().timeIntervalSince(started)
-    summary.cpu_seconds = processCPUSeconds()
-    summary.peak_rss_mb = peakResidentMegabytes()
-    try AtomicFile.write(try JSONEncoder.pretty.encode(summary), to: runDir + "/summary.json")
     if a.has("json") {
         print(String(decoding: try JSONEncoder.pretty.encode(summary), as: UTF8.self))
     } else if !quiet {

@@ -49,7 +49,6 @@ let pretrainCommand = Command(
     run: runPretrain)
 
 func runPretrain(_ args: ParsedArguments) throws -> Int32 {
-    let started = Date()
     let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).map(ModelFile.recordedArgument).joined(separator: " ")
     let trainer: Pretrainer
     do {
@@ -58,7 +57,7 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
                 throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
             }
             trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
-            print("resuming \(dir) after epoch \(trainer.completedEpochs)")
+            emit("resuming \(dir) after epoch \(trainer.completedEpochs)")
         } else {
             let data = args.strings("data")
             guard !data.isEmpty else { throw UsageError(command: "pretrain", message: "--data FILE is required") }
@@ -101,35 +100,31 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             o.command = command
             do { try o.validate() } catch let e as PretrainError { throw UsageError(command: "pretrain", message: e.message) }
             trainer = try Pretrainer(options: o, runDirectory: out)
-            print("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
+            emit("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
         }
     }
-    fflush(nil)
     // The starting point of a warm start, for the summary (before → after).
     var initial: (loss: Double, metrics: ForceFieldMetrics)? = nil
     if trainer.options.initModel != nil && trainer.completedEpochs == 0 {
         initial = trainer.validationMetrics()
-        print("initial model on the validation frames: \(initial!.metrics)")
-        fflush(nil)
-    }
-    let tty = isatty(2) != 0
-    var lastProgress = Date.distantPast
-    try trainer.run(progress: { line in
-        // On a terminal a live line; in a log file one progress line per minute.
-        if tty {
-            FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
-        } else if Date().timeIntervalSince(lastProgress) > 60 {
-            lastProgress = Date()
-            FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+        emit("initial model on the validation frames: \(initial!.metrics)")
         }
-    }, log: { line in
-        if tty { FileHandle.standardError.write("\r\u{1B}[K".data(using: .utf8)!) }
-        FileHandle.standardOutput.write((line + "\n").data(using: .utf8)!)
-    })
-    if trainer.stoppedEarly { print("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
-    for (file, m) in try trainer.evaluateBest() { print("test \(file): \(m)") }
-    print("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
-    try writePretrainSummary(trainer, initial: initial, started: started)
+    let progress = ProgressLine()
+    try trainer.run { event in
+        switch event {
+        case .batch(let epoch, let b, let nb, let loss, let lr, let eta):
+            progress.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", epoch, trainer.options.epochs, b, nb, loss, lr, formatDuration(eta)))
+        case .epoch(let row, let improved):
+            progress.clear()
+            emit(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
+                         row.epoch, trainer.options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
+                         row.valLoss, row.val.energyMAE, row.val.forceMAE, row.val.forceRMSE, improved ? "  *best" : "", row.seconds))
+        }
+    }
+    if trainer.stoppedEarly { emit("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
+    for (file, m) in try trainer.evaluateBest() { emit("test \(file): \(m)") }
+    emit("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
+    try writePretrainSummary(trainer, initial: initial)
     return 0
 }
 
@@ -146,11 +141,12 @@ func resolveModelPath(_ spec: String, command: String) throws -> String {
 
 /// RUN_DIR/summary.json: the best epoch's row of metrics.csv, the initial model's validation errors (warm
 /// start), and the training cost of this process (wall and CPU seconds, peak resident memory).
-func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?, started: Date) throws {
+func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?) throws {
+    let cost = try trainer.cost()
     var obj: [String: Any] = [
         "epochs": trainer.completedEpochs, "best_epoch": trainer.bestEpoch, "stopped_early": trainer.stoppedEarly,
         "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount,
-        "wall_seconds": Date().timeIntervalSince(started), "cpu_seconds": processCPUSeconds(), "peak_rss_mb": peakResidentMegabytes(),
+        "wall_seconds": cost.wallSeconds, "cpu_seconds": cost.cpuSeconds, "peak_rss_mb": cost.peakRSSMB, "sessions": cost.sessions,
         "model": trainer.options.model,
     ]
     if let i = trainer.options.initModel { obj["init_model"] = URL(fileURLWithPath: i).lastPathComponent }
@@ -168,5 +164,5 @@ func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics
         obj["best"] = best
     }
     let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-    try AtomicFile.write(data, to: trainer.runDirectory + "/summary.json")
+    try AtomicFile.write(data, to: trainer.run.summaryPath)
 }

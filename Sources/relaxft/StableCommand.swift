@@ -146,7 +146,7 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
         log("relaxft stable: \(model), training \(trainer.trainableNames.count <= 8 ? trainer.trainableNames.joined(separator: ", ") : "\(trainer.trainableNames.count) tensors") "
             + "(\(trainer.trainableCount) of \(trainer.model.parameterCount) parameters); \(o.replicas) replicas × \(o.steps) steps of \(o.timestep) fs at \(o.temperature) K per epoch; run directory \(dir)")
     }
-    let rows = try trainer.run(log: log)
+    let rows = try trainer.run { event in log(stableLine(event, epochs: trainer.options.epochs, replicas: trainer.options.replicas)) }
     let o = trainer.options
     let tests = try trainer.testMetrics()
     for (file, before, after) in tests {
@@ -175,9 +175,39 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
                ("force_mae_before", jsonNumber(t.before.forceMAE)), ("force_mae_after", jsonNumber(t.after.forceMAE)), ("frames", "\(t.after.frames)")]
             .map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
     }.joined(separator: ", ") + "]"))
+    let cost = try trainer.cost()
+    fields += [("wall_seconds", jsonNumber(cost.wallSeconds)), ("cpu_seconds", jsonNumber(cost.cpuSeconds)), ("peak_rss_mb", jsonNumber(cost.peakRSSMB)),
+               ("sessions", "\(cost.sessions)")]
     let summary = "{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
-    try AtomicFile.write(summary + "\n", to: trainer.runDirectory + "/summary.json")
+    try AtomicFile.write(summary + "\n", to: trainer.run.summaryPath)
     if json { print(summary) }
     log("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch)); metrics \(trainer.runDirectory)/metrics.csv, rdf.csv, summary.json")
     return 0
+}
+
+/// The log line of a StABlE event.
+func stableLine(_ event: StableEvent, epochs: Int, replicas: Int) -> String {
+    switch event {
+    case .skippedStep(let epoch):
+        return "epoch \(epoch): non-finite parameters after the step; step skipped"
+    case .epoch(let row, let unstable, let improved, let change):
+        let learning = row.phase == "learn"
+        var line = String(format: "epoch %d/%d %@ unstable %d/%d", row.epoch, epochs, learning ? "learn   " : "simulate", unstable, replicas)
+        if let t = row.meanTimeToInstability { line += String(format: " (at %.3g ps)", t / 1000) }
+        if let l = row.observableLoss, let a = row.rdfMAE { line += String(format: "  RDF MSE %.4g MAE %.4g (%d samples)", l, a, row.samples) }
+        if learning { line += String(format: "  lr %.3g", row.learningRate) }
+        if let g = row.observableGradientNorm { line += String(format: "  |g_obs| %.3g", g) }
+        if let g = row.energyForceGradientNorm { line += String(format: "  |g_EF| %.3g", g) }
+        if let e = row.energyMAE, let f = row.forceMAE { line += String(format: "  E %.2f meV/atom F %.4f eV/Å", e, f) }
+        if !row.scalars.isEmpty { line += "  " + row.scalars.map { String(format: "%@ %.5g", $0.0, $0.1) }.joined(separator: " ") }
+        line += String(format: "  %.0f s", row.seconds) + (improved ? "  *best" : "")
+        if let r = change.rateReducedTo { line += String(format: "  lr → %.3g", r) }
+        switch change.toSimulate {
+        case .calm?: line += "  → simulate (no replica unstable)"
+        case .rateReduced(let n)?: line += "  → simulate (learning rate reduced \(n) times)"
+        case nil: break
+        }
+        if let f = change.toLearn { line += String(format: "  → learn (%.0f%% unstable)", 100 * f) }
+        return line
+    }
 }

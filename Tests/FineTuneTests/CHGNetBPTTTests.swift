@@ -25,8 +25,7 @@ import Loss
         var settings = BPTTSettings(relaxer: FIRE(), steps: 10)
         settings.mode = .full
         let params = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let r = relaxationLossAndGradient(example, potential: model, parameters: params, hyper: hyper, settings: settings)
+        let r = relaxationLossAndGradient(example, potential: model, settings: settings)
         #expect(r.steps == 10)
         // The unrolled loss on values: exactly 10 FIRE steps, then ΔQ against the target.
         var rs = RelaxationSettings()
