@@ -54,7 +54,7 @@ public struct FineTuneConfig: Sendable {
 
 /// config.json keeps the relaxer as its name ("relaxer") and hyperparameters ("relaxerParameters") and the
 /// gradient mode as its command-line form, so that run directories and sweep tables read as before.
-extension FineTuneConfig: Codable {
+extension FineTuneConfig: RunConfiguration {
     enum CodingKeys: String, CodingKey {
         case pretrained, data, initial, target, relaxer, relaxerParameters, steps, gradient, trainRelaxer, trainParameters, epochs
         case learningRate, relaxerLearningRate, batchSize, validationFraction, validationData, seed, schedule, clipNorm, weightDecay

@@ -4,7 +4,7 @@ import Potentials
 import Tape
 
 /// Settings of a pretraining run (saved as RUN_DIR/config.json; a resumed run reads them back).
-public struct PretrainOptions: Codable, Sendable, Equatable {
+public struct PretrainOptions: RunConfiguration, Sendable, Equatable {
     public var model = "so3krates"
     public var features: Int?
     public var layers: Int?
@@ -159,12 +159,7 @@ public final class Pretrainer {
     /// Continues the run in RUN_DIR from its last completed epoch; `epochs` sets a new epoch budget (which
     /// re-targets a cosine schedule and is written into config.json).
     public static func resume(runDirectory: String, epochs: Int? = nil) throws -> Pretrainer {
-        let run = try RunDirectory.open(runDirectory)
-        var options = try run.readConfig(PretrainOptions.self)
-        if let e = epochs, e != options.epochs {
-            options.epochs = e
-            try run.writeJSON(options, to: "config.json", pretty: true)
-        }
+        let (run, options) = try RunDirectory.resume(runDirectory, as: PretrainOptions.self, epochs: epochs)
         guard run.exists("checkpoint.safetensors") else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
         return try Pretrainer(options: options, run: run, resuming: true)
     }

@@ -3,6 +3,11 @@ import Foundation
 import Potentials
 import Tape
 
+/// The stored options of a training run (config.json); `epochs` is the budget a resumed run may change.
+public protocol RunConfiguration: Codable {
+    var epochs: Int { get set }
+}
+
 public struct RunDirectoryError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
@@ -58,6 +63,18 @@ public struct RunDirectory: Sendable {
         let dir = RunDirectory(path)
         guard dir.exists("config.json") else { throw RunDirectoryError(message: "\(path): no config.json (not a run directory)") }
         return dir
+    }
+
+    /// An interrupted run's directory and stored configuration; `epochs`, when given, is the new epoch budget
+    /// (applied to the configuration and stored in config.json).
+    public static func resume<C: RunConfiguration>(_ path: String, as type: C.Type, epochs: Int? = nil) throws -> (run: RunDirectory, config: C) {
+        let run = try open(path)
+        var config = try run.readConfig(C.self)
+        if let e = epochs, e != config.epochs {
+            config.epochs = e
+            try run.writeJSON(config, to: "config.json", pretty: true)
+        }
+        return (run, config)
     }
 
     public func readConfig<C: Decodable>(_ type: C.Type) throws -> C {

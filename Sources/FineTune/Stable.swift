@@ -6,7 +6,7 @@ import Tape
 
 /// Settings of a StABlE run (Raja et al., "Stability-aware training of machine learning force fields with
 /// differentiable Boltzmann estimators", TMLR 2025), saved as RUN_DIR/config.json.
-public struct StableOptions: Codable, Sendable, Equatable {
+public struct StableOptions: RunConfiguration, Sendable, Equatable {
     /// Potential spec of the starting model (model file, model name, or `sw:…`).
     public var pretrained = ""
     /// Parameters trained (empty: all but the per-element reference energies).
@@ -202,12 +202,7 @@ public final class StableTrainer {
 
     /// Continues the run in `runDirectory`; `epochs` sets a new budget (written into config.json).
     public static func resume(runDirectory: String, epochs: Int? = nil) throws -> StableTrainer {
-        let run = try RunDirectory.open(runDirectory)
-        var options = try run.readConfig(StableOptions.self)
-        if let e = epochs, e != options.epochs {
-            options.epochs = e
-            try run.writeJSON(options, to: "config.json", pretty: true)
-        }
+        let (run, options) = try RunDirectory.resume(runDirectory, as: StableOptions.self, epochs: epochs)
         guard run.exists("checkpoint.safetensors") else { throw StableError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
         return try StableTrainer(options: options, run: run, resuming: true)
     }

@@ -102,7 +102,7 @@ public func batchGradient(_ examples: [RelaxationExample], potential: any Potent
 /// hyperparameters), mini-batches of examples, a seeded train/validation split, early stopping on validation
 /// ΔQ, best and last model files, exact resume from RUN_DIR/checkpoint.safetensors.
 public final class FineTuner {
-    public private(set) var config: FineTuneConfig
+    public let config: FineTuneConfig
     public let run: RunDirectory
     public var runDirectory: String { run.path }
     public private(set) var potential: any Potential
@@ -177,9 +177,9 @@ public final class FineTuner {
         return r
     }
 
-    /// Restores the state and weights of an interrupted run (its config must be this trainer's). `epochs`:
-    /// a new epoch budget, which re-targets a cosine schedule (the only state that depends on the budget).
-    public func resume(epochs: Int? = nil) throws {
+    /// Restores the state and weights of an interrupted run (its config must be this trainer's; a new epoch
+    /// budget in it re-targets a cosine schedule, the only state that depends on the budget).
+    public func resume() throws {
         if let ck = try run.readCheckpoint(TrainerState.self, key: Self.checkpointKey) {
             state = ck.state
             for (name, t) in ck.tensors {
@@ -195,13 +195,9 @@ public final class FineTuner {
         } else {
             throw RunDirectoryError(message: "\(run.path): no checkpoint.safetensors to resume from")
         }
-        if let e = epochs, e != config.epochs {
-            config.epochs = e
-            if case .cosine(_, let minFactor) = state.schedule.schedule {
-                state.schedule.schedule = .cosine(epochs: e, minFactor: minFactor)
-                if state.nextEpoch > 0 { state.schedule.endEpoch(state.nextEpoch - 1, monitored: state.bestValidation ?? .infinity) }
-            }
-            try run.writeJSON(config, to: "config.json", pretty: true)
+        if case .cosine(let old, let minFactor) = state.schedule.schedule, old != config.epochs {
+            state.schedule.schedule = .cosine(epochs: config.epochs, minFactor: minFactor)
+            if state.nextEpoch > 0 { state.schedule.endEpoch(state.nextEpoch - 1, monitored: state.bestValidation ?? .infinity) }
         }
         started = true
     }

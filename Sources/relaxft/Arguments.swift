@@ -68,8 +68,24 @@ struct ParsedArguments {
     var values: [String: [String]] = [:]
     var flags: Set<String> = []
     var positionals: [String] = []
+    /// Options given on the command line (not filled in from defaults), by their long name.
+    var given: Set<String> = []
 
     func has(_ name: String) -> Bool { flags.contains(name) || values[name] != nil }
+
+    /// The value of an option given on the command line (nil when only its default applies).
+    func givenPositiveInt(_ name: String) throws -> Int? { given.contains(name) ? try positiveInt(name) : nil }
+
+    /// Refuses options that cannot apply when resuming a run: its config.json holds them. `allowed` are
+    /// applied to the resumed run explicitly (a new --epochs budget, the output format, threads).
+    func refuseOnResume(allowed: Set<String>) throws {
+        let refused = given.subtracting(allowed.union(["resume"])).sorted()
+        guard refused.isEmpty else {
+            throw UsageError(command: command, message: refused.map { "--" + $0 }.joined(separator: ", ")
+                             + " cannot be changed when resuming (the run's config.json is used; on --resume only "
+                             + allowed.sorted().map { "--" + $0 }.joined(separator: ", ") + " apply)")
+        }
+    }
 
     func string(_ name: String) -> String? { values[name]?.last }
     func strings(_ name: String) -> [String] { values[name] ?? [] }
@@ -125,6 +141,7 @@ enum ArgumentParser {
                 throw UsageError(command: spec.name, message: "unknown option '\(name)'")
             }
             let key = o.names.first { $0.hasPrefix("--") }.map { String($0.dropFirst(2)) } ?? String(o.names[0].dropFirst())
+            out.given.insert(key)
             if o.value == nil {
                 if inline != nil { throw UsageError(command: spec.name, message: "option '\(name)' takes no value") }
                 out.flags.insert(key)

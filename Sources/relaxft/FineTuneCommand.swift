@@ -40,16 +40,16 @@ let finetuneCommand = Command(
             OptionSpec("--seed", value: "N", default: "0", help: "seed of the split and the batch order"),
             OptionSpec("--threads", value: "N", help: "structures relaxed in parallel (default: number of cores)"),
             OptionSpec("--out", value: "RUN_DIR", help: "run directory (created; must be empty)"),
-            OptionSpec("--resume", value: "RUN_DIR", help: "continue an interrupted run exactly"),
+            OptionSpec("--resume", value: "RUN_DIR", help: "continue an interrupted run exactly, with its stored options (--epochs sets a new budget; --threads, --json, --quiet apply; other options are refused)"),
             OptionSpec("--json", help: "print a JSON summary on stdout (progress goes to stderr)"),
             OptionSpec("--quiet", help: "no progress lines"),
         ],
         details: """
             The loss is the mass-weighted ΔQ = sqrt(Σ m_j |x_j − x*_j|²) (amu^½·Å, minimum image) between the structure after
             T relaxer steps and the reference relaxed structure, averaged over a batch. RUN_DIR receives best.safetensors
-            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv and
-            state.json (for --resume); at the end summary.json (ΔQ before/after, best epoch, training cost: wall and CPU
-            seconds and peak resident memory of the process). --force-weight mixes force matching on DFT frames into every
+            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv,
+            checkpoint.safetensors (for --resume) and cost.json; at the end summary.json (ΔQ before/after, best epoch,
+            training cost: wall and CPU seconds, peak resident memory and processes, summed over resumes). --force-weight mixes force matching on DFT frames into every
             step (a regulariser against forgetting, as StABlE mixes in its QM loss); metrics.csv then has train_force_rmse.
             """),
     run: runFinetune)
@@ -70,8 +70,11 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     let runDir: String
     let resuming = a.string("resume") != nil
     if let r = a.string("resume") {
+        try a.refuseOnResume(allowed: ["epochs", "threads", "json", "quiet"])
         runDir = r
-        config = try RunDirectory.open(r).readConfig(FineTuneConfig.self)
+        config = try RunDirectory.resume(r, as: FineTuneConfig.self, epochs: try a.givenPositiveInt("epochs")).config
+        // The thread count changes no result (structures are relaxed independently and reduced in order).
+        if let t = try a.positiveInt("threads") { config.threads = t }
     } else {
         guard let pre = a.string("pretrained") else { throw UsageError(command: cmd, message: "--pretrained MODEL is required") }
         guard let out = a.string("out") else { throw UsageError(command: cmd, message: "--out RUN_DIR is required") }
@@ -145,7 +148,7 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
                                 forceFrames: forceFrames, runDirectory: runDir)
     // A new run's directory is created by the trainer, now that every input has been read, so that bad input
     // leaves nothing behind.
-    if resuming { try trainer.resume(epochs: try a.positiveInt("epochs")) }
+    if resuming { try trainer.resume() }
     let quiet = a.has("quiet")
     let log: (String) -> Void = { emit($0, toStandardError: a.has("json")) }
     if !quiet {

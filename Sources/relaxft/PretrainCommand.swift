@@ -53,10 +53,8 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
     let trainer: Pretrainer
     do {
         if let dir = args.string("resume") {
-            for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out", "init"] where args.values[o] != nil {
-                throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
-            }
-            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
+            try args.refuseOnResume(allowed: ["epochs"])
+            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs"))
             emit("resuming \(dir) after epoch \(trainer.completedEpochs)")
         } else {
             let data = args.strings("data")

@@ -84,10 +84,8 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
     let out = FileHandle.standardOutput, err = FileHandle.standardError
     func log(_ s: String) { (json ? err : out).write(Data((s + "\n").utf8)) }
     if let dir = args.string("resume") {
-        for o in ["pretrained", "data", "test", "reference-observable", "structure", "train", "out"] where args.values[o] != nil {
-            throw usage("--\(o) cannot be changed when resuming (the run's config.json is used)")
-        }
-        do { trainer = try StableTrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs")) } catch let e as StableError { throw usage(e.message) }
+        try args.refuseOnResume(allowed: ["epochs", "json"])
+        do { trainer = try StableTrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs")) } catch let e as StableError { throw usage(e.message) }
         log("resuming \(dir) after epoch \(trainer.completedEpochs)")
     } else {
         guard let model = args.string("pretrained") else { throw usage("--pretrained MODEL is required") }

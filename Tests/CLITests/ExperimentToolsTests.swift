@@ -130,6 +130,14 @@ struct ExperimentToolsTests {
         #expect(!FileManager.default.fileExists(atPath: dir.path("f1")) && !FileManager.default.fileExists(atPath: dir.path("f2")))
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("run/summary.json")))) as? [String: Any])
         for k in ["wall_seconds", "cpu_seconds", "peak_rss_mb", "train_dq_mean_before", "train_dq_mean_after"] { #expect(summary[k] != nil, "\(k)") }
+        // On --resume the stored configuration is used: a new --epochs budget is applied, other options are refused.
+        let refused = try dir.run(["finetune", "--resume", "run", "--lr", "0.1", "--quiet"])
+        #expect(refused.status == 2 && refused.stderr.contains("--lr cannot be changed when resuming"), "\(refused.stderr)")
+        let more = try dir.run(["finetune", "--resume", "run", "--epochs", "3", "--quiet", "--json"])
+        #expect(more.status == 0, "\(more.stderr)")
+        let resumed = try #require(try JSONSerialization.jsonObject(with: Data(more.stdout.utf8)) as? [String: Any])
+        #expect(resumed["epochs"] as? Int == 3 && resumed["sessions"] as? Int == 2, "\(resumed)")
+        #expect(try String(contentsOfFile: dir.path("run/config.json"), encoding: .utf8).contains("\"epochs\" : 3"))
         let ev = try dir.run(["evaluate", "--model", perturbedSW, "--model", "run/best.safetensors", "--data", "test.extxyz",
                               "--relaxer", "fire", "--steps", "100", "--csv", "run/eval.csv"])
         #expect(ev.status == 0, "\(ev.stderr)")
