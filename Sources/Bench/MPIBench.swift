@@ -6,7 +6,8 @@ import Potentials
 /// committed SO3krates and SchNet models) and 1, 2 and 3 ranks (`mpirun --oversubscribe`; 3 ranks on a 2-core
 /// machine share cores, so that row is an upper bound), one "step" sums 4 per-example gradients per rank:
 /// - fold: the additions alone, no communication (what one process does anyway);
-/// - ordered: `orderedSum`, the pipelined chain (bit-identical to one process), at three segment sizes;
+/// - ordered: `orderedSum`, the pipelined chain (bit-identical to one process), with its default segment
+///   (`pipelineSegment`) and fixed ones (BENCH_MPI_SEGMENTS);
 /// - gather: `orderedSumByGather` (every rank receives every item, then folds; also bit-identical);
 /// - allreduce: local fold, then MPI_Allreduce (bits depend on the rank count).
 /// Times are the slowest rank's, per step; the machine is shared, so the minimum is the steadier figure.
@@ -42,7 +43,7 @@ enum MPIBench {
         let sizes = sizes()
         print("== gradient reduction across ranks: \(itemsPerRank) per-example gradients per rank per step; slowest rank's time per step (median / min) ==")
         print("load average before: \(loadAverage())   (\(ProcessInfo.processInfo.activeProcessorCount) cores, shared)")
-        print(pad("model", 22) + pad("params", 9) + pad("MB/step", 9) + pad("ranks", 6) + pad("method", 20) + pad("wall median", 13) + pad("wall min", 11)
+        print(pad("model", 22) + pad("params", 9) + pad("MB/step", 9) + pad("ranks", 6) + pad("method", 21) + pad("wall median", 13) + pad("wall min", 11)
               + pad("CPU/rank", 10) + "bits = 1 process")
         for ranks in [1, 2, 3] {
             let p = Process()
@@ -63,11 +64,18 @@ enum MPIBench {
                 guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                       let n = o["params"] as? Int, let name = sizes.first(where: { $0.1 == n })?.0 else { continue }
                 print(pad(name, 22) + pad("\(n)", 9) + pad(String(format: "%.2f", Double(n * 8) / 1e6), 9) + pad("\(ranks)", 6)
-                      + pad(o["method"] as! String, 20) + pad(fmtTime(o["median"] as! Double), 13) + pad(fmtTime(o["min"] as! Double), 11)
+                      + pad(o["method"] as! String, 21) + pad(fmtTime(o["median"] as! Double), 13) + pad(fmtTime(o["min"] as! Double), 11)
                       + pad(fmtTime(o["cpu"] as! Double), 10) + ((o["identical"] as? Bool).map { $0 ? "yes" : "no" } ?? "–"))
             }
         }
         print("load average after: \(loadAverage())")
+    }
+
+    /// Fixed segment lengths compared with the default: BENCH_MPI_SEGMENTS (comma-separated values; `all` for one
+    /// piece), else 8192, 65536 and one piece.
+    static func segments(_ p: Int) -> [Int] {
+        let spec = ProcessInfo.processInfo.environment["BENCH_MPI_SEGMENTS"] ?? "8192,65536,all"
+        return spec.split(separator: ",").compactMap { $0 == "all" ? p : Int($0) }
     }
 
     /// One rank of `mpirun -n N relaxft-bench mpi-one P1 P2 …`: rank 0 prints one JSON line per size and method.
@@ -88,18 +96,19 @@ enum MPIBench {
             var reference = [Double](repeating: 0, count: p)
             for x in items { for j in 0..<p { reference[j] = reference[j] + x[j] } }
             let mine = Array(items[shard])
-            let methods: [(String, () -> [Double]?)] = [
+            var methods: [(String, () -> [Double]?)] = [
                 ("fold (no comm.)", {
                     var acc = [Double](repeating: 0, count: p)
                     for x in mine { for j in 0..<p { acc[j] = acc[j] + x[j] } }
                     return nil
                 }),
-                ("ordered, 64K seg.", { world.orderedSum(mine, count: count, length: p, segment: 1 << 16) }),
-                ("ordered, 8K seg.", { world.orderedSum(mine, count: count, length: p, segment: 1 << 13) }),
-                ("ordered, one piece", { world.orderedSum(mine, count: count, length: p, segment: p) }),
-                ("gather + fold", { world.orderedSumByGather(mine, count: count, length: p) }),
-                ("allreduce", { world.unorderedSum(mine, length: p) }),
+                ("ordered (default)", { world.orderedSum(mine, count: count, length: p) }),
             ]
+            for seg in segments(p) {
+                methods.append((seg == p ? "ordered, one piece" : "ordered, seg. \(seg)", { world.orderedSum(mine, count: count, length: p, segment: seg) }))
+            }
+            methods += [("gather + fold", { world.orderedSumByGather(mine, count: count, length: p) }),
+                        ("allreduce", { world.unorderedSum(mine, length: p) })]
             for (name, body) in methods {
                 var identical = true
                 var times: [Double] = [], cpus: [Double] = []

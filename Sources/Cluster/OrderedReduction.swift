@@ -21,6 +21,16 @@ func accumulate(_ acc: UnsafeMutableBufferPointer<Double>, _ x: UnsafeBufferPoin
     for i in 0..<acc.count { acc[i] = acc[i] + x[i] }
 }
 
+/// Segment length (values) of the ordered sum's pipeline. With per-segment cost α + c·s (latency α, c per value
+/// sent and added), a chain of R ranks takes about (R − 1 + L/s)(α + c·s) for L values, least at s = √(L·α/((R−1)·c)).
+/// α/c ≈ 500 values (a few µs of latency against a few ns per value, on shared memory and on cluster networks
+/// alike); clamped to 1K…64K values.
+public func pipelineSegment(length: Int, ranks: Int) -> Int {
+    guard ranks > 1 else { return Swift.max(1, length) }
+    let s = (Double(length) * 500 / Double(ranks - 1)).squareRoot()
+    return Swift.min(1 << 16, Swift.max(1 << 10, Int(s)))
+}
+
 extension Communicator {
     /// This rank's contiguous share of the items 0..<count.
     public func shard(of count: Int) -> Range<Int> { shardRanges(count: count, parts: size)[rank] }
@@ -33,10 +43,10 @@ extension Communicator {
     /// Floating-point addition is not associative, so a reproducible sum must keep the one-process order. With
     /// contiguous shards that order is a chain: rank r continues the partial sum of ranks 0…r−1 with its own items
     /// and passes it on; the last rank holding items broadcasts the total. The vector travels in segments of
-    /// `segment` values, so rank r + 1 adds segment k while rank r works on segment k + 1 (a pipeline). Each
-    /// rank sends and receives the vector about twice, like MPI_Allreduce's ring; the chain adds (ranks − 1)
-    /// segment latencies, negligible against a training step.
-    public func orderedSum(_ local: [[Double]], count: Int, length: Int, segment: Int = 1 << 16) -> [Double] {
+    /// `segment` values (default `pipelineSegment`), so rank r + 1 adds segment k while rank r works on segment
+    /// k + 1 (a pipeline). Each rank sends and receives the vector about twice, like MPI_Allreduce's ring; the
+    /// chain adds (ranks − 1) segment latencies.
+    public func orderedSum(_ local: [[Double]], count: Int, length: Int, segment: Int? = nil) -> [Double] {
         let ranges = shardRanges(count: count, parts: size)
         precondition(local.count == ranges[rank].count, "orderedSum: rank \(rank) holds \(local.count) items, its share is \(ranges[rank].count)")
         precondition(local.allSatisfy { $0.count == length }, "orderedSum: items must have \(length) values")
@@ -44,7 +54,7 @@ extension Communicator {
         // Ranks with items form a prefix 0..<holders of the ranks (shares are contiguous, larger first).
         let holders = ranges.filter { !$0.isEmpty }.count
         guard holders > 0, length > 0 else { return acc }
-        let step = Swift.max(1, segment)
+        let step = Swift.max(1, segment ?? pipelineSegment(length: length, ranks: holders))
         acc.withUnsafeMutableBufferPointer { all in
             if rank < holders {
                 var start = 0

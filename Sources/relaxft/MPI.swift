@@ -81,9 +81,9 @@ func runMPISelfTest(_ args: [String]) -> Never {
         var expected = [Double](repeating: 0, count: length)
         for x in all { for j in 0..<length { expected[j] = expected[j] + x[j] } }
         let mine = Array(all[world.shard(of: n)])
-        for segment in [1 << 16, 1000, 7] {
+        for segment in [nil, 1 << 16, 1000, 7] as [Int?] {
             let s = world.orderedSum(mine, count: n, length: length, segment: segment)
-            expect(s.map(\.bitPattern) == expected.map(\.bitPattern), "orderedSum n=\(n) segment=\(segment) differs from the sequential sum")
+            expect(s.map(\.bitPattern) == expected.map(\.bitPattern), "orderedSum n=\(n) segment=\(segment.map(String.init) ?? "default") differs from the sequential sum")
         }
         let g = world.orderedSumByGather(mine, count: n, length: length)
         expect(g.map(\.bitPattern) == expected.map(\.bitPattern), "orderedSumByGather n=\(n) differs from the sequential sum")

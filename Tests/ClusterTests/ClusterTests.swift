@@ -164,7 +164,7 @@ struct ClusterTests {
         for count in [0, 1, 2, 3, 4, 5, 8] {
             let items = orderSensitiveItems(count, length: length, seed: UInt64(count))
             let expected = sequentialSum(items, length: length)
-            for segment in [1 << 16, 100, 7] {
+            for segment in [nil, 1 << 16, 100, 7] as [Int?] {
                 let sums = ThreadHub(size: ranks).run { w in
                     w.orderedSum(Array(items[w.shard(of: count)]), count: count, length: length, segment: segment)
                 }
@@ -173,6 +173,14 @@ struct ClusterTests {
             let gathered = ThreadHub(size: ranks).run { w in w.orderedSumByGather(Array(items[w.shard(of: count)]), count: count, length: length) }
             #expect(gathered.allSatisfy { differingBits($0, expected) == 0 })
         }
+    }
+
+    @Test func pipelineSegmentsFollowTheCostModel() {
+        #expect(pipelineSegment(length: 412_525, ranks: 1) == 412_525)
+        #expect(pipelineSegment(length: 412_525, ranks: 2) == 14_361)        // √(412525 · 500)
+        #expect(pipelineSegment(length: 412_525, ranks: 64) == 1_809)        // √(412525 · 500 / 63)
+        #expect(pipelineSegment(length: 10, ranks: 2) == 1_024)
+        #expect(pipelineSegment(length: 100_000_000, ranks: 2) == 65_536)
     }
 
     @Test func unorderedSumDiffersInTheLastBits() {
