@@ -10,40 +10,20 @@ let mpirunPath: String? = {
     return dirs.map { $0 + "/mpirun" }.first { FileManager.default.isExecutableFile(atPath: $0) }
 }()
 
-/// Runs `executable args` with a clean environment (no launcher variables leak in from a test run that is itself
-/// under mpirun or srun) plus `environment`; kills it after `timeout` seconds (a hang is a failure, not a stall).
+/// Runs `executable args` in a scratch directory with runTool's clean environment (no launcher variables leak in
+/// from a test run that is itself under mpirun or srun), Open MPI's permission for root, and `environment`; a run
+/// still going after `timeout` seconds is killed (a hang is a failure, not a stall).
 func runWithTimeout(_ executable: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 120) throws
     -> (run: CLIRun, seconds: Double, timedOut: Bool) {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-mpi-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: dir) }
-    let (o, e) = (dir.appendingPathComponent("stdout"), dir.appendingPathComponent("stderr"))
-    _ = FileManager.default.createFile(atPath: o.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: e.path, contents: nil)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: executable)
-    p.arguments = args
-    p.currentDirectoryURL = dir
-    let dirOfExecutable = URL(fileURLWithPath: executable).deletingLastPathComponent().path
-    var env = ["OPENBLAS_NUM_THREADS": "1", "PATH": dirOfExecutable + ":/usr/bin:/bin:/usr/local/bin", "SWIFT_BACKTRACE": "enable=no",
-               // Root in containers and CI; no effect for other users.
-               "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+    var env = ["SWIFT_BACKTRACE": "enable=no", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
     for k in ["HOME", "TMPDIR"] { if let v = ProcessInfo.processInfo.environment[k] { env[k] = v } }
-    p.environment = env.merging(environment) { $1 }
-    p.standardOutput = try FileHandle(forWritingTo: o)
-    p.standardError = try FileHandle(forWritingTo: e)
+    let path = URL(fileURLWithPath: executable).deletingLastPathComponent().path + ":/usr/bin:/bin:/usr/local/bin"
     let start = Date()
-    try p.run()
-    let done = DispatchSemaphore(value: 0)
-    DispatchQueue.global().async { p.waitUntilExit(); done.signal() }
-    var timedOut = false
-    if done.wait(timeout: .now() + timeout) == .timedOut {
-        timedOut = true
-        p.terminate()
-        if done.wait(timeout: .now() + 10) == .timedOut { kill(p.processIdentifier, SIGKILL); done.wait() }
-    }
-    let run = CLIRun(status: p.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8), stderr: try String(contentsOf: e, encoding: .utf8))
-    return (run, Date().timeIntervalSince(start), timedOut)
+    let run = try runTool(executable, args, in: dir, path: path, environment: env.merging(environment) { $1 }, timeout: timeout)
+    return (run, Date().timeIntervalSince(start), run.stderr.hasSuffix("s]") && run.stderr.contains("[killed after"))
 }
 
 /// The JSON line of `relaxft mpi-selftest`.
