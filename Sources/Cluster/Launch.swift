@@ -1,6 +1,8 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Why the MPI communicator could not be set up; the CLI prints it and exits with code 2.
@@ -158,6 +160,9 @@ public enum Cluster {
             if code != 0 && mpi.size > 1 { mpi.abort(code: code) }
             mpi.finalize()
         }
-        Glibc.exit(code)
+        endProcess(code)
     }
 }
+
+/// The C library's exit (inside `Cluster` the name means `Cluster.exit`).
+private func endProcess(_ code: Int32) -> Never { exit(code) }

@@ -1,6 +1,8 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Open MPI loaded at run time with dlopen: relaxft has no build-time dependency on MPI, and a process that is
