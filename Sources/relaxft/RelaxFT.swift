@@ -37,10 +37,12 @@ struct RelaxFT {
             print("relaxft \(relaxftVersion)")
             exit(0)
         }
+        if first == "mpi-selftest" { runMPISelfTest(Array(args.dropFirst())) }   // hidden: tests the MPI layer
         guard let cmd = commands.first(where: { $0.spec.name == first }) else {
             printError("relaxft: unknown command '\(first)' (see 'relaxft --help')")
             exit(2)
         }
+        refuseMultiTaskLaunch(of: first)
         do {
             guard let parsed = try ArgumentParser.parse(Array(args.dropFirst()), cmd.spec) else { exit(0) }
             exit(try cmd.run(parsed))

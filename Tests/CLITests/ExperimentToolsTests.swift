@@ -5,7 +5,10 @@ import Potentials
 
 /// Runs an executable (relaxft, or python3 scripts) in `dir` with a given PATH; output goes through files, since a
 /// pipe could fill up and block.
-func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:]) throws -> CLIRun {
+/// Runs a program with a clean environment (PATH, one BLAS thread, `environment`), output through files. With
+/// `timeout`, a run still going after that many seconds is killed and "[killed after N s]" ends its stderr.
+func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:],
+             timeout: Double? = nil) throws -> CLIRun {
     let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: outputs) }
@@ -20,9 +23,19 @@ func runTool(_ executable: String, _ args: [String], in dir: URL, path: String =
     process.standardOutput = try FileHandle(forWritingTo: o)
     process.standardError = try FileHandle(forWritingTo: e)
     try process.run()
+    var killed = ""
+    if let timeout {
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { process.waitUntilExit(); done.signal() }
+        if done.wait(timeout: .now() + timeout) == .timedOut {
+            killed = "\n[killed after \(timeout) s]"
+            process.terminate()
+            if done.wait(timeout: .now() + 10) == .timedOut { kill(process.processIdentifier, SIGKILL); done.wait() }
+        }
+    }
     process.waitUntilExit()
     return CLIRun(status: process.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8),
-                  stderr: try String(contentsOf: e, encoding: .utf8))
+                  stderr: try String(contentsOf: e, encoding: .utf8) + killed)
 }
 
 func readCSV(_ path: String) throws -> (header: [String], rows: [[String: String]]) {
