@@ -29,16 +29,7 @@ func syntheticSevenNet(seed: UInt64 = 3, metadata: [String: String] = syntheticS
 }
 
 @Suite struct SevenNetDerivativeTests {
-    /// Energy of `s` as a function of positions and one named parameter tensor.
-    static func energy(_ model: SevenNet, _ s: Structure, parameter name: String) -> ([Variable]) -> Variable {
-        let sys = AtomicSystem(s, cutoff: model.cutoff + 0.5)
-        let cells = Variable(constant: s.cell.reshaped([1, 3, 3]))
-        return { v in
-            var p = model.constantParameters
-            p[name] = v[1]
-            return model.energies(sys, positions: v[0], cells: cells, parameters: p).sum()
-        }
-    }
+    static func energy(_ model: SevenNet, _ s: Structure, parameter name: String) -> ([Variable]) -> Variable { energyOf(model, s, parameter: name) }
 
     static let parameterNames = ["edge_embedding.basis_function.coeffs", "1_convolution.weight_nn.layer2.weight", "0_self_interaction_1.linear.weight",
                                  "1_self_interaction_2.linear.weight", "2_self_connection_intro.linear.weight", "rescale_atomic_energy.scale"]
@@ -159,6 +150,23 @@ func syntheticSevenNet(seed: UInt64 = 3, metadata: [String: String] = syntheticS
         #expect(throws: PotentialSpecError.self) { try SevenNet(parameters: params, metadata: model.metadata) }
     }
 
+    /// One energy is O(blocks × a few dozen) tape nodes whatever the number of atoms or edges: the convolution
+    /// is one node per block.
+    @Test func tapeNodesPerEnergyDoNotGrowWithTheSystem() throws {
+        let model = try syntheticSevenNet()
+        func nodes(_ s: Structure) -> Int {
+            let tape = Tape()
+            let x = tape.variable(s.positions)
+            _ = model.energies(AtomicSystem(s, cutoff: model.cutoff), positions: x, cells: Variable(constant: s.cell.reshaped([1, 3, 3])),
+                               parameters: model.parameterLeaves(on: tape))
+            return tape.nodeCount
+        }
+        let small = nodes(Structure.diamond(repeats: 1)), large = nodes(Structure.diamond(repeats: 2))
+        print("SevenNet (synthetic, 3 blocks) tape nodes per energy: \(small) (8 atoms), \(large) (64 atoms)")
+        #expect(small == large)
+        #expect(small <= 70 * model.blocks.count + 80)
+    }
+
     @Test func legacyVersionsAreRecognised() {
         #expect(SevenNetWeights.versionBefore("0.9.1", "0.11.0"))
         #expect(SevenNetWeights.versionBefore("0.11.0.dev0", "0.11.0"))
@@ -183,48 +191,8 @@ func syntheticSevenNet(seed: UInt64 = 3, metadata: [String: String] = syntheticS
     /// forces BPTT needs) against five-point differences, for randomly chosen weights.
     @Test(.enabled(if: SevenNetFixture.model != nil, "SevenNet-0 weights not pulled (relaxft models pull sevennet-0)"))
     func pretrainedDerivativesMatchFiniteDifferences() throws {
-        let model = SevenNetFixture.model!
         let (s, _) = CHGNetFixture.structure("si2_primitive_strained")
-        let e0 = SevenNetDerivativeTests.energy(model, s, parameter: "reduce_hidden_to_energy.linear.weight")
-        // h = 1e-5 Å (the golden README's advice for 2-point differences).
-        let f = GradCheck.firstOrder(e0, at: [s.positions, model.parameters["reduce_hidden_to_energy.linear.weight"]!], step: 1e-5)
-        print("SevenNet-0 forces vs central differences (h = 1e-5 Å): \(f)")
-        #expect(f.maxAbsoluteError <= 1e-7, "\(f)")
-        var rng = SeededGenerator(seed: 11)
-        // Random weights among those the energy of this cell depends on (Si's row of the species tables only).
-        let all = AtomicSystem(s, cutoff: model.cutoff + 0.5)
-        let tape0 = Tape()
-        let leaves = model.parameterLeaves(on: tape0)
-        let names = model.parameters.keys
-        let grads = tape0.gradient(of: model.energies(all, positions: Variable(constant: s.positions), cells: Variable(constant: s.cell.reshaped([1, 3, 3])),
-                                                      parameters: leaves).sum(), wrt: names.map { leaves[$0]! })
-        var candidates: [(String, Int)] = []
-        for (name, g) in zip(names, grads) { for k in 0..<g.count where abs(g.value[flat: k]) > 1e-6 { candidates.append((name, k)) } }
-        for _ in 0..<4 {
-            let (name, k) = candidates[rng.int(below: candidates.count)]
-            let theta = model.parameters[name]!
-            let e = SevenNetDerivativeTests.energy(model, s, parameter: name)
-            let tape = Tape()
-            let x = tape.variable(s.positions), th = tape.variable(theta)
-            let gx = tape.gradient(of: e([x, th]), wrt: [x, th], createGraph: true)
-            let v = rng.normalTensor(s.positions.shape)
-            let mixed = tape.gradient(of: (gx[0] * Variable(constant: v)).sum(), wrt: [th])[0].value[flat: k]
-            let h = 1e-3 * max(1, abs(theta[flat: k]))
-            func at(_ dt: Double) -> (Double, Double) {
-                var t = theta
-                t[flat: k] += dt
-                let tp = Tape()
-                let xx = tp.variable(s.positions), tt = tp.variable(t)
-                let ee = e([xx, tt])
-                return ((tp.gradient(of: ee, wrt: [xx])[0].value * v).sum(), ee.scalar)
-            }
-            let (f1, e1) = at(h), (f2, e2) = at(2 * h), (m1, n1) = at(-h), (m2, n2) = at(-2 * h)
-            let dE = gx[1].value[flat: k], dEnum = (8 * (e1 - n1) - (e2 - n2)) / (12 * h)
-            let mixedNum = (8 * (f1 - m1) - (f2 - m2)) / (12 * h)
-            print("SevenNet-0 \(name)[\(k)]: ∂E/∂θ \(dE) vs \(dEnum); ∂(v·∂E/∂x)/∂θ \(mixed) vs \(mixedNum)")
-            #expect(abs(dE - dEnum) <= 1e-6 * abs(dE) + 1e-10, "∂E/∂\(name)[\(k)]")
-            #expect(abs(mixed - mixedNum) <= 1e-6 * abs(mixed) + 1e-10, "∂²E/∂x∂\(name)[\(k)]")
-        }
+        checkPretrainedDerivatives(SevenNetFixture.model!, s, label: "SevenNet-0", probe: "reduce_hidden_to_energy.linear.weight", forceTolerance: 1e-7)
     }
 
     /// With Double couplings SevenNet-0 is rotation invariant to rounding (the package, with float32 couplings,

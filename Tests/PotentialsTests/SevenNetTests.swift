@@ -28,12 +28,10 @@ enum SevenNetFixture {
 
     nonisolated(unsafe) static let golden: [String: Any] = goldenAvailable ? json("sevennet-0-float64.json")["structures"] as! [String: Any] : [:]
 
+    /// The golden structures are the CHGNet set's (Fixtures/chgnet, bit for bit: `inputsAreTheCHGNetGoldenInputs`);
+    /// the outputs are the package's.
     static func structure(_ name: String) -> (Structure, [String: Any]) {
-        let v = golden[name] as! [String: Any]
-        let numbers = v["numbers"] as! [Int]
-        let s = Structure(numbers: numbers, positions: Tensor(shape: [numbers.count, 3], flat(v["positions"])),
-                          cell: Tensor(shape: [3, 3], flat(v["cell"])), pbc: v["pbc"] as! [Bool])
-        return (s, v)
+        (CHGNetFixture.structure(name).0, golden[name] as! [String: Any])
     }
 
     /// A system with a 0.5 Å skin beyond the 5 Å cutoff, so that the model's own filtering is exercised.
@@ -43,6 +41,16 @@ enum SevenNetFixture {
 @Suite struct SevenNetGoldenTests {
     static let names = ["si_diamond_2x2x2", "si_vac_2x2x2_fixture", "si_vac_3x3x3_fixture", "si8_rattle_seed7", "si8_triclinic_strained",
                         "si2_primitive_strained", "sio2_alpha_quartz", "sic_zincblende_8", "si2h6_molecule_nonperiodic"]
+
+    @Test(.enabled(if: SevenNetFixture.goldenAvailable, SevenNetFixture.skipMessage))
+    func inputsAreTheCHGNetGoldenInputs() {
+        #expect(SevenNetFixture.golden.keys.sorted() == Self.names.sorted())
+        for name in Self.names {
+            let v = SevenNetFixture.golden[name] as! [String: Any], (s, _) = CHGNetFixture.structure(name)
+            #expect(v["numbers"] as! [Int] == s.numbers && v["pbc"] as! [Bool] == s.pbc, "\(name)")
+            #expect(Tensor(shape: [s.count, 3], flat(v["positions"])).bitwiseEqual(s.positions) && Tensor(shape: [3, 3], flat(v["cell"])).bitwiseEqual(s.cell), "\(name)")
+        }
+    }
 
     /// Errors of `model` against the float64 golden numbers of one structure.
     static func errors(_ model: SevenNet, _ name: String) -> (edges: Int, refEdges: Int, e: Double, ei: Double, f: Double, s: Double) {

@@ -237,9 +237,12 @@ public struct EdgeTensorProduct: Sendable {
     // MARK: - Kernels
 
     /// Values of ∂S/∂(target) from the other operands' values (`layout` says which is which).
+    ///
+    /// Per edge and path the coupling is first contracted with the filter, A[a, k] = s·Σ_b K[a, b, k] Y_e[b]
+    /// (at most 7×7), then the channels are processed four at a time with the 2l+1 components of the operand
+    /// rows held in SIMD registers: every operand element is loaded once per edge and path.
     func kernel(_ target: Slot, _ values: [Tensor], layout: [(slot: Slot, degree: Int)], graph: EdgeConvolutionGraph) -> [Tensor] {
-        let edges = graph.edgeCount
-        return withReadPointers(values) { ptrs in
+        withReadPointers(values) { ptrs in
             var gp = [UnsafePointer<Double>?](repeating: nil, count: outputChannels.count)
             var hp = [UnsafePointer<Double>?](repeating: nil, count: inputChannels.count)
             var yp: UnsafePointer<Double>? = nil, wp: UnsafePointer<Double>? = nil
@@ -251,139 +254,268 @@ public struct EdgeTensorProduct: Sendable {
                 case .w: wp = ptrs[k]
                 }
             }
-            let maxMul = paths.map(\.multiplicity).max() ?? 0
-            let scratch = UnsafeMutablePointer<Double>.allocate(capacity: 2 * Swift.max(maxMul, 1) + 64)
-            defer { scratch.deallocate() }
-            let t = scratch, t2 = scratch + Swift.max(maxMul, 1), coef = scratch + 2 * Swift.max(maxMul, 1)
-            let recv = graph.receivers, send = graph.senders, wrows = graph.weightRows
-            let fw = filterWidth, wn = weightCount, s = scale
-
+            let k = KernelContext(plan: self, graph: graph, g: gp, h: hp, y: yp, w: wp)
+            defer { k.release() }
             switch target {
             case .g, .h:
                 // One pass over the edges per produced degree: each path feeds exactly one of them.
-                let produced = channels(target)
                 var out: [Tensor] = []
-                for (lo, c) in produced.enumerated() where c > 0 {
-                    let d = 2 * lo + 1
-                    var o = Tensor.zeros([graph.nodeCount, d * c])
+                for (lo, c) in channels(target).enumerated() where c > 0 {
+                    var o = Tensor.zeros([graph.nodeCount, (2 * lo + 1) * c])
                     let mine = info.indices.filter { (target == .g ? info[$0].lOut : info[$0].lIn) == lo }
                     o.withUnsafeMutableBufferPointer { ob in
                         guard let op = ob.baseAddress else { return }
-                        for e in 0..<edges {
-                            let yrow = yp! + e * fw, wrow = wp! + wrows[e] * wn
-                            for p in mine {
-                                let path = info[p]
-                                let dIn = path.dIn, dOut = path.dOut, mul = path.mul, cIn = path.cIn, cOut = path.cOut
-                                fillA(p, yrow + path.lFilter * path.lFilter, dOut: dOut, into: coef, count: dIn * dOut, scale: s)
-                                let wv = wrow + path.weightOffset
-                                if target == .g {
-                                    let hrow = hp[path.lIn]! + send[e] * dIn * cIn + path.inputOffset
-                                    let orow = op + recv[e] * d * c + path.outputOffset
-                                    for k in 0..<dOut {
-                                        guard combine(coef, stride: dOut, offset: k, count: dIn, rows: hrow, rowStride: cIn, mul: mul, into: t) else { continue }
-                                        let dst = orow + k * cOut
-                                        for u in 0..<mul { dst[u] += wv[u] * t[u] }
-                                    }
-                                } else {
-                                    let grow = gp[path.lOut]! + recv[e] * dOut * cOut + path.outputOffset
-                                    let orow = op + send[e] * d * c + path.inputOffset
-                                    for a in 0..<dIn {
-                                        guard combine(coef + a * dOut, stride: 1, offset: 0, count: dOut, rows: grow, rowStride: cOut, mul: mul, into: t) else { continue }
-                                        let dst = orow + a * cIn
-                                        for u in 0..<mul { dst[u] += wv[u] * t[u] }
-                                    }
-                                }
-                            }
-                        }
+                        if target == .g { k.messages(paths: mine, into: op) } else { k.inputGradient(paths: mine, into: op) }
                     }
                     out.append(o)
                 }
                 return out
             case .w:
-                var o = Tensor.zeros([graph.weightRowCount, wn])
-                o.withUnsafeMutableBufferPointer { ob in
-                    guard let op = ob.baseAddress else { return }
-                    for e in 0..<edges {
-                        let yrow = yp! + e * fw, orow0 = op + wrows[e] * wn
-                        for (p, path) in info.enumerated() {
-                            let dIn = path.dIn, dOut = path.dOut, mul = path.mul, cIn = path.cIn, cOut = path.cOut
-                            fillA(p, yrow + path.lFilter * path.lFilter, dOut: dOut, into: coef, count: dIn * dOut, scale: s)
-                            let hrow = hp[path.lIn]! + send[e] * dIn * cIn + path.inputOffset
-                            let grow = gp[path.lOut]! + recv[e] * dOut * cOut + path.outputOffset
-                            let dst = orow0 + path.weightOffset
-                            for k in 0..<dOut {
-                                guard combine(coef, stride: dOut, offset: k, count: dIn, rows: hrow, rowStride: cIn, mul: mul, into: t) else { continue }
-                                let gk = grow + k * cOut
-                                for u in 0..<mul { dst[u] += gk[u] * t[u] }
-                            }
-                        }
-                    }
-                }
+                var o = Tensor.zeros([graph.weightRowCount, weightCount])
+                o.withUnsafeMutableBufferPointer { ob in if let op = ob.baseAddress { k.weightGradient(into: op) } }
                 return [o]
             case .y:
-                var o = Tensor.zeros([edges, fw])
-                o.withUnsafeMutableBufferPointer { ob in
-                    guard let op = ob.baseAddress else { return }
-                    for e in 0..<edges {
-                        let wrow = wp! + wrows[e] * wn, orow = op + e * fw
-                        for (p, path) in info.enumerated() {
-                            let dIn = path.dIn, dOut = path.dOut, mul = path.mul, cIn = path.cIn, cOut = path.cOut
-                            let hrow = hp[path.lIn]! + send[e] * dIn * cIn + path.inputOffset
-                            let grow = gp[path.lOut]! + recv[e] * dOut * cOut + path.outputOffset
-                            let wv = wrow + path.weightOffset
-                            // B[a, k] = Σ_u w_u h[a, u] g[k, u], then Σ K[a, b, k] B[a, k] into column b.
-                            for a in 0..<dIn {
-                                let ha = hrow + a * cIn
-                                for u in 0..<mul { t2[u] = wv[u] * ha[u] }
-                                for k in 0..<dOut {
-                                    let gk = grow + k * cOut
-                                    var acc = 0.0
-                                    for u in 0..<mul { acc += t2[u] * gk[u] }
-                                    coef[a * dOut + k] = acc
-                                }
-                            }
-                            let yo = orow + path.lFilter * path.lFilter
-                            for q in entryStart[p]..<entryStart[p + 1] {
-                                let en = entries[q]
-                                yo[en.b] += s * en.value * coef[en.a * dOut + en.k]
-                            }
-                        }
-                    }
-                }
+                var o = Tensor.zeros([graph.edgeCount, filterWidth])
+                o.withUnsafeMutableBufferPointer { ob in if let op = ob.baseAddress { k.filterGradient(into: op) } }
                 return [o]
             }
         }
     }
-
-    /// A[a, k] = s · Σ_b K[a, b, k] · Y[b] for path p, into `a` (row-major, dOut columns).
-    @inline(__always)
-    func fillA(_ p: Int, _ y: UnsafePointer<Double>, dOut: Int, into a: UnsafeMutablePointer<Double>, count: Int, scale s: Double) {
-        for q in 0..<count { a[q] = 0 }
-        for q in entryStart[p]..<entryStart[p + 1] {
-            let en = entries[q]
-            a[en.a * dOut + en.k] += en.value * y[en.b]
-        }
-        for q in 0..<count { a[q] *= s }
-    }
 }
 
-/// t[u] = Σ_r c[offset + r·stride] · rows[r·rowStride + u] over the nonzero coefficients; false when all are 0.
-@inline(__always)
-private func combine(_ c: UnsafeMutablePointer<Double>, stride: Int, offset: Int, count: Int, rows: UnsafePointer<Double>, rowStride: Int,
-                     mul: Int, into t: UnsafeMutablePointer<Double>) -> Bool {
-    var any = false
-    for r in 0..<count {
-        let a = c[offset + r * stride]
-        if a == 0 { continue }
-        let x = rows + r * rowStride
-        if any {
-            for u in 0..<mul { t[u] += a * x[u] }
-        } else {
-            for u in 0..<mul { t[u] = a * x[u] }
-            any = true
+private typealias V4 = SIMD4<Double>
+
+@inline(__always) private func load4(_ p: UnsafePointer<Double>) -> V4 { UnsafeRawPointer(p).loadUnaligned(as: V4.self) }
+@inline(__always) private func load4(_ p: UnsafeMutablePointer<Double>) -> V4 { UnsafeRawPointer(p).loadUnaligned(as: V4.self) }
+@inline(__always) private func store4(_ p: UnsafeMutablePointer<Double>, _ v: V4) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V4.self) }
+
+/// The operands of one kernel call as raw pointers, the path tables as flat arrays, and scratch space.
+private struct KernelContext {
+    let edges: Int
+    let recv: UnsafeMutablePointer<Int>, send: UnsafeMutablePointer<Int>, wrow: UnsafeMutablePointer<Int>
+    let g: [UnsafePointer<Double>?], h: [UnsafePointer<Double>?]
+    let y: UnsafePointer<Double>?, w: UnsafePointer<Double>?
+    let fw: Int, wn: Int, scale: Double
+    let info: [EdgeTensorProduct.PathInfo]
+    /// Sparse couplings, flat: entry q of path p at entryStart[p] ≤ q < entryStart[p+1].
+    let entryStart: UnsafeMutablePointer<Int>
+    let ea: UnsafeMutablePointer<Int>, eb: UnsafeMutablePointer<Int>, ek: UnsafeMutablePointer<Int>, ev: UnsafeMutablePointer<Double>
+    /// Whether A is a multiple of the identity (filter degree 0): one term per component instead of a full
+    /// (2l+1)² block.
+    let diagonal: [Bool]
+    let a: UnsafeMutablePointer<Double>
+    let vec: UnsafeMutablePointer<V4>
+
+    init(plan: EdgeTensorProduct, graph: EdgeConvolutionGraph, g: [UnsafePointer<Double>?], h: [UnsafePointer<Double>?],
+         y: UnsafePointer<Double>?, w: UnsafePointer<Double>?) {
+        edges = graph.edgeCount
+        func copy(_ x: [Int]) -> UnsafeMutablePointer<Int> {
+            let p = UnsafeMutablePointer<Int>.allocate(capacity: Swift.max(x.count, 1))
+            p.initialize(from: x, count: x.count)
+            return p
+        }
+        recv = copy(graph.receivers)
+        send = copy(graph.senders)
+        wrow = copy(graph.weightRows)
+        self.g = g
+        self.h = h
+        self.y = y
+        self.w = w
+        fw = plan.filterWidth
+        wn = plan.weightCount
+        scale = plan.scale
+        info = plan.info
+        entryStart = copy(plan.entryStart)
+        ea = copy(plan.entries.map(\.a))
+        eb = copy(plan.entries.map(\.b))
+        ek = copy(plan.entries.map(\.k))
+        ev = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(plan.entries.count, 1))
+        ev.initialize(from: plan.entries.map(\.value), count: plan.entries.count)
+        diagonal = plan.paths.map { $0.lFilter == 0 && $0.lIn == $0.lOut }
+        a = UnsafeMutablePointer<Double>.allocate(capacity: 64)
+        vec = UnsafeMutablePointer<V4>.allocate(capacity: 64 + 16)
+    }
+
+    func release() {
+        for p in [recv, send, wrow, entryStart, ea, eb, ek] { p.deallocate() }
+        ev.deallocate()
+        a.deallocate()
+        vec.deallocate()
+    }
+
+    /// A[a, k] = s·Σ_b K[a, b, k]·Y[b] for path p (row-major, dOut columns).
+    @inline(__always)
+    func fillA(_ p: Int, edge e: Int) {
+        let pi = info[p], count = pi.dIn * pi.dOut
+        let yrow = y! + e * fw + pi.lFilter * pi.lFilter
+        for q in 0..<count { a[q] = 0 }
+        for q in entryStart[p]..<entryStart[p + 1] { a[ea[q] * pi.dOut + ek[q]] += ev[q] * yrow[eb[q]] }
+        for q in 0..<count { a[q] *= scale }
+    }
+
+    /// out_i[k, o + u] += w[u]·Σ_a A[a, k]·h_j[a, ι + u].
+    func messages(paths: [Int], into out: UnsafeMutablePointer<Double>) {
+        let hv = vec
+        for e in 0..<edges {
+            let wr = w! + wrow[e] * wn
+            for p in paths {
+                let pi = info[p], dIn = pi.dIn, dOut = pi.dOut, mul = pi.mul, cIn = pi.cIn, cOut = pi.cOut
+                fillA(p, edge: e)
+                let hrow = h[pi.lIn]! + send[e] * dIn * cIn + pi.inputOffset
+                let orow = out + recv[e] * dOut * cOut + pi.outputOffset
+                let wv = wr + pi.weightOffset
+                let diag = diagonal[p]
+                var u = 0
+                while u + 4 <= mul {
+                    let w4 = load4(wv + u)
+                    if diag {
+                        for k in 0..<dOut {
+                            let dst = orow + k * cOut + u
+                            store4(dst, load4(dst) + w4 * (a[k * dOut + k] * load4(hrow + k * cIn + u)))
+                        }
+                    } else {
+                        for r in 0..<dIn { hv[r] = load4(hrow + r * cIn + u) }
+                        for k in 0..<dOut {
+                            var acc = a[k] * hv[0]
+                            for r in 1..<dIn { acc += a[r * dOut + k] * hv[r] }
+                            let dst = orow + k * cOut + u
+                            store4(dst, load4(dst) + w4 * acc)
+                        }
+                    }
+                    u += 4
+                }
+                while u < mul {
+                    for k in 0..<dOut {
+                        var acc = 0.0
+                        for r in 0..<dIn { acc += a[r * dOut + k] * hrow[r * cIn + u] }
+                        orow[k * cOut + u] += wv[u] * acc
+                    }
+                    u += 1
+                }
+            }
         }
     }
-    return any
+
+    /// out_j[a, ι + u] += w[u]·Σ_k A[a, k]·g_i[k, o + u].
+    func inputGradient(paths: [Int], into out: UnsafeMutablePointer<Double>) {
+        let gv = vec
+        for e in 0..<edges {
+            let wr = w! + wrow[e] * wn
+            for p in paths {
+                let pi = info[p], dIn = pi.dIn, dOut = pi.dOut, mul = pi.mul, cIn = pi.cIn, cOut = pi.cOut
+                fillA(p, edge: e)
+                let grow = g[pi.lOut]! + recv[e] * dOut * cOut + pi.outputOffset
+                let orow = out + send[e] * dIn * cIn + pi.inputOffset
+                let wv = wr + pi.weightOffset
+                let diag = diagonal[p]
+                var u = 0
+                while u + 4 <= mul {
+                    let w4 = load4(wv + u)
+                    if diag {
+                        for r in 0..<dIn {
+                            let dst = orow + r * cIn + u
+                            store4(dst, load4(dst) + w4 * (a[r * dOut + r] * load4(grow + r * cOut + u)))
+                        }
+                    } else {
+                        for k in 0..<dOut { gv[k] = load4(grow + k * cOut + u) }
+                        for r in 0..<dIn {
+                            let ar = a + r * dOut
+                            var acc = ar[0] * gv[0]
+                            for k in 1..<dOut { acc += ar[k] * gv[k] }
+                            let dst = orow + r * cIn + u
+                            store4(dst, load4(dst) + w4 * acc)
+                        }
+                    }
+                    u += 4
+                }
+                while u < mul {
+                    for r in 0..<dIn {
+                        var acc = 0.0
+                        for k in 0..<dOut { acc += a[r * dOut + k] * grow[k * cOut + u] }
+                        orow[r * cIn + u] += wv[u] * acc
+                    }
+                    u += 1
+                }
+            }
+        }
+    }
+
+    /// out_row(e)[ω + u] += Σ_k g_i[k, o + u]·Σ_a A[a, k]·h_j[a, ι + u].
+    func weightGradient(into out: UnsafeMutablePointer<Double>) {
+        let hv = vec
+        for e in 0..<edges {
+            let orow0 = out + wrow[e] * wn
+            for p in info.indices {
+                let pi = info[p], dIn = pi.dIn, dOut = pi.dOut, mul = pi.mul, cIn = pi.cIn, cOut = pi.cOut
+                fillA(p, edge: e)
+                let hrow = h[pi.lIn]! + send[e] * dIn * cIn + pi.inputOffset
+                let grow = g[pi.lOut]! + recv[e] * dOut * cOut + pi.outputOffset
+                let dst = orow0 + pi.weightOffset
+                let diag = diagonal[p]
+                var u = 0
+                while u + 4 <= mul {
+                    var total = V4(repeating: 0)
+                    if diag {
+                        for k in 0..<dOut { total += load4(grow + k * cOut + u) * (a[k * dOut + k] * load4(hrow + k * cIn + u)) }
+                    } else {
+                        for r in 0..<dIn { hv[r] = load4(hrow + r * cIn + u) }
+                        for k in 0..<dOut {
+                            var acc = a[k] * hv[0]
+                            for r in 1..<dIn { acc += a[r * dOut + k] * hv[r] }
+                            total += load4(grow + k * cOut + u) * acc
+                        }
+                    }
+                    store4(dst + u, load4(dst + u) + total)
+                    u += 4
+                }
+                while u < mul {
+                    var total = 0.0
+                    for k in 0..<dOut {
+                        var acc = 0.0
+                        for r in 0..<dIn { acc += a[r * dOut + k] * hrow[r * cIn + u] }
+                        total += grow[k * cOut + u] * acc
+                    }
+                    dst[u] += total
+                    u += 1
+                }
+            }
+        }
+    }
+
+    /// out_e[b] += s·Σ_{a,k} K[a, b, k]·B[a, k] with B[a, k] = Σ_u w[u]·h_j[a, ι + u]·g_i[k, o + u].
+    func filterGradient(into out: UnsafeMutablePointer<Double>) {
+        let wh = vec, acc = vec + 8
+        for e in 0..<edges {
+            let wr = w! + wrow[e] * wn, orow = out + e * fw
+            for p in info.indices {
+                let pi = info[p], dIn = pi.dIn, dOut = pi.dOut, mul = pi.mul, cIn = pi.cIn, cOut = pi.cOut
+                let hrow = h[pi.lIn]! + send[e] * dIn * cIn + pi.inputOffset
+                let grow = g[pi.lOut]! + recv[e] * dOut * cOut + pi.outputOffset
+                let wv = wr + pi.weightOffset
+                for q in 0..<(dIn * dOut) { acc[q] = V4(repeating: 0) }
+                var u = 0
+                while u + 4 <= mul {
+                    let w4 = load4(wv + u)
+                    for r in 0..<dIn { wh[r] = w4 * load4(hrow + r * cIn + u) }
+                    for k in 0..<dOut {
+                        let gk = load4(grow + k * cOut + u)
+                        for r in 0..<dIn { acc[r * dOut + k] += wh[r] * gk }
+                    }
+                    u += 4
+                }
+                for q in 0..<(dIn * dOut) { a[q] = acc[q].sum() }
+                while u < mul {
+                    for r in 0..<dIn {
+                        let x = wv[u] * hrow[r * cIn + u]
+                        for k in 0..<dOut { a[r * dOut + k] += x * grow[k * cOut + u] }
+                    }
+                    u += 1
+                }
+                let yo = orow + pi.lFilter * pi.lFilter
+                for q in entryStart[p]..<entryStart[p + 1] { yo[eb[q]] += scale * ev[q] * a[ea[q] * dOut + ek[q]] }
+            }
+        }
+    }
 }
 
 /// Runs `body` with read-only pointers to the elements of `tensors`.

@@ -182,30 +182,23 @@ public enum SevenNetWeights {
 
     /// Compact JSON of a pickled value (dict keys sorted); objects other than containers and scalars as strings.
     static func json(_ v: PickleValue) -> String {
-        switch v {
-        case .none: return "null"
-        case .bool(let b): return b ? "true" : "false"
-        case .int(let i): return "\(i)"
-        case .float(let x): return "\(x)"
-        case .string(let s): return quoted(s)
-        case .list(let a), .tuple(let a): return "[" + a.map(json).joined(separator: ",") + "]"
-        case .dict(let e):
-            let items = e.map { (key: $0.key.stringValue ?? $0.key.description, value: json($0.value)) }.sorted { $0.key < $1.key }
-            return "{" + items.map { quoted($0.key) + ":" + $0.value }.joined(separator: ",") + "}"
-        default: return quoted(v.description)
-        }
+        let data = try! JSONSerialization.data(withJSONObject: foundationObject(v), options: [.sortedKeys, .fragmentsAllowed, .withoutEscapingSlashes])
+        return String(decoding: data, as: UTF8.self)
     }
 
-    static func quoted(_ s: String) -> String {
-        var out = "\""
-        for ch in s.unicodeScalars {
-            switch ch {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            default: out.unicodeScalars.append(ch)
-            }
+    static func foundationObject(_ v: PickleValue) -> Any {
+        switch v {
+        case .none: return NSNull()
+        case .bool(let b): return b
+        case .int(let i): return i
+        case .float(let x): return x
+        case .string(let s): return s
+        case .list(let a), .tuple(let a): return a.map(foundationObject)
+        case .dict(let e):
+            var d: [String: Any] = [:]
+            for item in e { d[item.key.stringValue ?? item.key.description] = foundationObject(item.value) }
+            return d
+        default: return v.description
         }
-        return out + "\""
     }
 }
