@@ -29,11 +29,6 @@ public struct SevenNet: Potential {
     let blocks: [Block]
     let species: SpeciesTable
 
-    /// e3nn's `normalize2mom(silu)` constant: 1/√E[silu(z)²] for z ~ N(0, 1), which e3nn estimates from 10⁶
-    /// samples of torch's generator with seed 0; that estimate is what the trained weights were fitted with, so it
-    /// is used as printed by e3nn 0.6.0, not recomputed.
-    static let siluSecondMomentNormalisation = 1.6791767923989418
-
     /// Hyperparameters read from model-file metadata (written by `SevenNetWeights` from the checkpoint's config).
     public struct Config: Sendable {
         public var cutoff: Double
@@ -113,8 +108,7 @@ public struct SevenNet: Potential {
     static func layout(_ c: Config, couplingsRoundedToFloat: Bool) -> [Block] {
         (0..<(c.irreps.count - 1)).map { t in
             let input = c.irreps[t], output = c.irreps[t + 1]
-            var gateInput = output
-            gateInput[0] = output[0] + output.dropFirst().reduce(0, +)
+            let gateInput = E3nn.gateInput(output)
             let tp = SevenNet.tensorProduct(input: input, filterDegree: c.filterDegree, outputDegree: output.count - 1,
                                             scale: 1 / c.denominators[t], roundCouplings: couplingsRoundedToFloat).product
             return Block(input: input, output: output, gateInput: gateInput, product: tp)
@@ -239,7 +233,8 @@ public struct SevenNet: Potential {
         let r = system.pairVectors(positions: positions, cells: cells)
         let length = r.gatherRows(representatives).norm(keepDims: true)
         let filter = SphericalHarmonics.evaluateE3nn(r / length.gatherRows(pairOf), maxDegree: config.filterDegree)
-        let embedding = radialEmbedding(length, coefficients: w("edge_embedding.basis_function.coeffs"))
+        let embedding = E3nn.besselBasis(length, frequencies: w("edge_embedding.basis_function.coeffs"), cutoff: config.cutoff)
+            * E3nn.xplorCutoff(length, on: config.cutoffOn, cutoff: config.cutoff)
 
         // Species embedding: e3nn Linear of the one-hot vector, W[s, :]/√(species).
         let c0 = config.irreps[0][0]
@@ -247,17 +242,17 @@ public struct SevenNet: Potential {
         var x: [Variable?] = [table.gatherRows(types)]
         observe?("embedding", x.map { $0?.value })
         for (t, b) in blocks.enumerated() {
-            let sc = linear(x, from: b.input, to: b.gateInput, weight: w("\(t)_self_connection_intro.linear.weight"), nodes: n)
-            let h = linear(x, from: b.input, to: b.input, weight: w("\(t)_self_interaction_1.linear.weight"), nodes: n)
+            let sc = E3nn.linear(x, from: b.input, to: b.gateInput, weight: w("\(t)_self_connection_intro.linear.weight"), nodes: n)
+            let h = E3nn.linear(x, from: b.input, to: b.input, weight: w("\(t)_self_interaction_1.linear.weight"), nodes: n)
             let weights = radialWeights(embedding, block: t, p)
             let m = b.product(h, filter: filter, weights: weights, graph: graph)
-            let y = linear(m, from: b.product.outputChannels, to: b.gateInput, weight: w("\(t)_self_interaction_2.linear.weight"), nodes: n)
+            let y = E3nn.linear(m, from: b.product.outputChannels, to: b.gateInput, weight: w("\(t)_self_interaction_2.linear.weight"), nodes: n)
             let sum: [Variable?] = zip(y, sc).map { a, s in
                 guard let a else { return s }
                 guard let s else { return a }
                 return a + s
             }
-            x = gate(sum, block: b, nodes: n)
+            x = E3nn.gate(sum, output: b.output, nodes: n, activation: E3nn.normalizedSiLU)
             observe?("gate \(t)", x.map { $0?.value })
         }
         // Readout: two bias-free e3nn Linears (no activation between them), then the per-species affine map.
@@ -274,66 +269,10 @@ public struct SevenNet: Potential {
         forward(system, positions: positions, cells: cells, parameters: parameters).energies
     }
 
-    /// Bessel functions (2/r_c)·sin(c_n r)/r with trainable c_n, times the XPLOR switching function
-    /// (r_c² − r²)²(r_c² + 2r² − 3r_on²)/(r_c² − r_on²)³ above r_on (1 below): [pairs, n] for lengths [pairs, 1].
-    func radialEmbedding(_ r: Variable, coefficients c: Variable) -> Variable {
-        let rc = config.cutoff, on = config.cutoffOn
-        let bessel = (r * c.reshaped([1, c.count])).sin() * (2 / rc) / r
-        let r2 = r.squared(), rc2 = rc * rc, on2 = on * on
-        let d = rc2 - on2
-        let switching = (rc2 - r2).squared() * (rc2 - 3 * on2 + r2 * 2) / (d * d * d)
-        let below = r.value.map { $0 < on ? 1 : 0 }
-        return bessel * select(below, Variable(constant: 1), switching)
-    }
-
-    /// The radial MLP of block t (e3nn `FullyConnectedNet`): Linear layers W/√fan_in with φ between them, none
-    /// after the last: [pairs, weightCount].
+    /// The radial MLP of block t (e3nn `FullyConnectedNet`): [pairs, weightCount].
     func radialWeights(_ embedding: Variable, block t: Int, _ p: [String: Variable]) -> Variable {
-        var h = embedding
-        let layers = config.radialHidden.count + 1
-        for k in 0..<layers {
-            let wk = p["\(t)_convolution.weight_nn.layer\(k).weight"]!
-            h = matmul(h, wk * (1 / Double(wk.shape[0]).squareRoot()))
-            if k < layers - 1 { h = Self.phi(h) }
-        }
-        return h
-    }
-
-    /// SiLU normalised to unit second moment (e3nn `normalize2mom`).
-    static func phi(_ x: Variable) -> Variable { x.silu() * siluSecondMomentNormalisation }
-
-    /// e3nn `Linear` between per-degree features (no bias): for every degree present on both sides, the
-    /// [C_in, C_out] block of the flat weight (blocks in degree order, each row-major), divided by √C_in, applied
-    /// to the [nodes·(2l+1), C_in] view. Degrees without an input give no output (nil).
-    func linear(_ x: [Variable?], from cin: [Int], to cout: [Int], weight: Variable, nodes n: Int) -> [Variable?] {
-        var out = [Variable?](repeating: nil, count: cout.count)
-        var offset = 0
-        for l in 0..<Swift.min(cin.count, cout.count) where cin[l] > 0 && cout[l] > 0 {
-            let size = cin[l] * cout[l], d = 2 * l + 1
-            let block = weight.slice(axis: 0, offset..<(offset + size)).reshaped([cin[l], cout[l]]) * (1 / Double(cin[l]).squareRoot())
-            offset += size
-            guard let xl = x[l] else { continue }
-            out[l] = matmul(xl.reshaped([n * d, cin[l]]), block).reshaped([n, d * cout[l]])
-        }
-        return out
-    }
-
-    /// e3nn `Gate`: φ of the first output[0] scalars; the following scalars, through φ, scale the channels of each
-    /// degree l > 0 in order (one gate per channel, the same for all 2l+1 components).
-    func gate(_ y: [Variable?], block b: Block, nodes n: Int) -> [Variable?] {
-        let y0 = y[0]!, s = b.output[0]
-        var out = [Variable?](repeating: nil, count: b.output.count)
-        out[0] = Self.phi(y0.slice(axis: 1, 0..<s))
-        guard b.output.count > 1 else { return out }
-        let gates = Self.phi(y0.slice(axis: 1, s..<b.gateInput[0]))
-        var g = 0
-        for l in 1..<b.output.count where b.output[l] > 0 {
-            let c = b.output[l], d = 2 * l + 1
-            let gl = gates.slice(axis: 1, g..<(g + c)).reshaped([n, 1, c])
-            g += c
-            if let yl = y[l] { out[l] = (yl.reshaped([n, d, c]) * gl).reshaped([n, d * c]) }
-        }
-        return out
+        let weights = (0...config.radialHidden.count).map { p["\(t)_convolution.weight_nn.layer\($0).weight"]! }
+        return E3nn.fullyConnected(embedding, weights: weights, activation: E3nn.normalizedSiLU)
     }
 }
 
