@@ -26,11 +26,17 @@ enum SevenNetBench {
             print("skipped: \(path) not found (run 'relaxft models pull sevennet-0')")
             return
         }
-        if let calls = ProcessInfo.processInfo.environment["SEVENNET_PROFILE"].flatMap(Int.init) {
-            // Fixed work for `perf record` / callgrind: that many energy+forces calls on 216 atoms.
+        let env = ProcessInfo.processInfo.environment
+        if let calls = env["SEVENNET_PROFILE"].flatMap(Int.init) {
+            // Fixed work for `perf record` / callgrind: that many energy+forces calls (or, with SEVENNET_PROFILE_BPTT
+            // set, BPTT steps) on 216 atoms.
             let s = CHGNetBench.structure(repeats: 3)
             let sys = AtomicSystem(s, cutoff: model.cutoff)
-            for _ in 0..<calls { _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3])) }
+            for _ in 0..<calls {
+                if env["SEVENNET_PROFILE_BPTT"] != nil { NeuralBench.bpttStep(model, sys, s) } else {
+                    _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3]))
+                }
+            }
             return
         }
         let sizes = [2, 3]

@@ -167,6 +167,20 @@ func syntheticSevenNet(seed: UInt64 = 3, metadata: [String: String] = syntheticS
         #expect(small <= 70 * model.blocks.count + 80)
     }
 
+    /// An atom without neighbours within the cutoff (no edges at all): finite energy, zero force, no crash; and
+    /// the same energy as the atom far from a second structure in a batch.
+    @Test func isolatedAtoms() throws {
+        let model = try syntheticSevenNet()
+        let lone = Structure(numbers: [8], positions: Tensor(shape: [1, 3], [1, 2, 3]), cell: Tensor.identity(3) * 20, pbc: [false, false, false])
+        let a = model.evaluate(AtomicSystem(lone, cutoff: model.cutoff), positions: lone.positions, cells: lone.cell.reshaped([1, 3, 3]))
+        #expect(a.energy.isFinite && a.forces.maxAbs == 0)
+        let (b, _) = CHGNetFixture.structure("sic_zincblende_8")
+        let sys = AtomicSystem(structures: [lone, b], lists: [lone, b].map { NeighborList.build($0, cutoff: model.cutoff) })
+        let both = model.evaluate(sys, positions: Tensor.concatenate([lone.positions, b.positions], axis: 0),
+                                  cells: Tensor.concatenate([lone.cell.reshaped([1, 3, 3]), b.cell.reshaped([1, 3, 3])], axis: 0))
+        #expect(both.energies[flat: 0] == a.energy)
+    }
+
     @Test func legacyVersionsAreRecognised() {
         #expect(SevenNetWeights.versionBefore("0.9.1", "0.11.0"))
         #expect(SevenNetWeights.versionBefore("0.11.0.dev0", "0.11.0"))
