@@ -7,11 +7,10 @@ import Relax
 import Loss
 @testable import FineTune
 
-/// The relaxed-structure loss of an 8-atom Si cell rattled by 0.1 Å (target: the start moved by a further random
-/// 0.05 Å) after 10 FIRE steps: its gradient by backpropagation through the steps (which differentiates the forces
-/// with respect to the weights) against five-point differences of the unrolled loss for three random weights
-/// among those the loss depends on.
-func checkTenFIREStepsGradient(_ model: any Potential, label: String) {
+/// The 8-atom Si cell rattled by 0.1 Å with its target (the start moved by a further random 0.05 Å), 10 FIRE steps
+/// recorded in full, the model's parameters and FIRE's hyperparameters; the generator continues after the target.
+func tenFIREStepsProblem(_ model: any Potential)
+    -> (RelaxationExample, BPTTSettings, [String: Tensor], [String: Double], SeededGenerator) {
     let s = rattledSilicon(repeats: 1, vacancy: false, rattle: 0.1, seed: 21)
     var rng = SeededGenerator(seed: 5)
     let example = RelaxationExample(name: "si8", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
@@ -19,6 +18,16 @@ func checkTenFIREStepsGradient(_ model: any Potential, label: String) {
     settings.mode = .full
     let params = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) })
     let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
+    return (example, settings, params, hyper, rng)
+}
+
+/// The relaxed-structure loss of an 8-atom Si cell rattled by 0.1 Å (target: the start moved by a further random
+/// 0.05 Å) after 10 FIRE steps: its gradient by backpropagation through the steps (which differentiates the forces
+/// with respect to the weights) against five-point differences of the unrolled loss for three random weights
+/// among those the loss depends on.
+func checkTenFIREStepsGradient(_ model: any Potential, label: String) {
+    var (example, settings, params, hyper, rng) = tenFIREStepsProblem(model)
+    let s = example.initial
     let r = relaxationLossAndGradient(example, potential: model, parameters: params, hyper: hyper, settings: settings)
     #expect(r.steps == 10)
     // The unrolled loss on values: exactly 10 FIRE steps, then ΔQ against the target.

@@ -52,13 +52,7 @@ func smallSevenNet(seed: UInt64 = 5) throws -> SevenNet {
 
     /// 10 FIRE steps of the rattled 8-atom Si cell, fully recorded and checkpointed every 3 steps.
     static func checkpointEqualsFull(_ model: any Potential) throws {
-        let s = rattledSilicon(repeats: 1, vacancy: false, rattle: 0.1, seed: 21)
-        var rng = SeededGenerator(seed: 5)
-        let example = RelaxationExample(name: "si8", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
-        var full = BPTTSettings(relaxer: FIRE(), steps: 10)
-        full.mode = .full
-        let params = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: full.relaxer.hyperparameters.map { ($0.key, $0.value) })
+        let (example, full, params, hyper, _) = tenFIREStepsProblem(model)
         let a = relaxationLossAndGradient(example, potential: model, parameters: params, hyper: hyper, settings: full)
         #expect(a.gradients.values.contains { $0.maxAbs > 0 })
         var ck = full
