@@ -67,14 +67,14 @@ public enum E3nn {
         return h
     }
 
-    /// Bessel functions (2/r_c)·sin(c_n r)/r with (trainable) frequencies c_n (initially nπ/r_c; NequIP, Batzner et
-    /// al. 2022, Eq. 7): [pairs, n] for lengths [pairs, 1].
+    /// Bessel functions (2/r_c)·sin(c_n r)/r with (trainable) frequencies c_n, initially nπ/r_c (the radial basis of
+    /// J. Gasteiger, J. Groß, S. Günnemann, ICLR 2020, as NequIP uses it): [pairs, n] for lengths [pairs, 1].
     public static func besselBasis(_ r: Variable, frequencies c: Variable, cutoff rc: Double) -> Variable {
         (r * c.reshaped([1, c.count])).sin() * (2 / rc) / r
     }
 
     /// The XPLOR switching function: 1 below r_on, (r_c² − r²)²(r_c² + 2r² − 3r_on²)/(r_c² − r_on²)³ from r_on to
-    /// r_c (C¹ at both ends; A. T. Brünger, X-PLOR manual, Yale University Press 1992). Lengths must be < r_c.
+    /// r_c (C¹ at both ends; A. T. Brünger, X-PLOR Version 3.1, Yale University Press, 1992). Lengths must be < r_c.
     public static func xplorCutoff(_ r: Variable, on: Double, cutoff rc: Double) -> Variable {
         let r2 = r.squared(), rc2 = rc * rc, on2 = on * on
         let d = rc2 - on2

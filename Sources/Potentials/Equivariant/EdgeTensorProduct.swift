@@ -1,6 +1,6 @@
 import Tape
 
-// The equivariant convolution of NequIP-style networks (S. Batzner et al., Nat. Commun. 13, 2453 (2022), Eq. 3)
+// The equivariant convolution of NequIP-style networks (S. Batzner et al., Nat. Commun. 13, 2453 (2022))
 // as one fused tape operation over all edges: for every directed edge e = (i ← j) and every path
 // (l_in ⊗ l_f → l_out) of an e3nn "uvu" tensor product,
 //

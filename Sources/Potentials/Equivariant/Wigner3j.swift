@@ -6,7 +6,7 @@ import Foundation
 /// C^{l1 l2 l3} is the invariant tensor of D^{l1} ⊗ D^{l2} ⊗ D^{l3} in the real basis of e3nn
 /// (M. Geiger, T. Smidt, "e3nn: Euclidean neural networks", arXiv:2207.09453, 2022): the complex Clebsch–Gordan
 /// coefficients ⟨l1 m1; l2 m2 | l3 m3⟩ (Condon–Shortley phase, from Racah's closed formula: G. Racah,
-/// Phys. Rev. 62, 438 (1942), Eq. 16′), transformed to real harmonics with the matrices Q_l of the real-form
+/// Phys. Rev. 62, 438 (1942)), transformed to real harmonics with the matrices Q_l of the real-form
 /// relations Y_{l,m} = (Y^m ± Y^{−m})/√2 times the phase (−i)^l that makes the result real, and normalised to unit
 /// Frobenius norm. The sign therefore follows from these definitions (checked against e3nn 0.6.0's `wigner_3j`).
 public enum Wigner3j {
