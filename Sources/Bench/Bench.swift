@@ -15,7 +15,7 @@ struct Bench {
         if args.first == "mpi-one" { MPIBench.one(Array(args.dropFirst())); return }
         if args.first == "profile" { Profile.run(Array(args.dropFirst())); return }
         let all: [(String, () -> Void)] = [("tape", TapeBench.run), ("neighbors", AtomsBench.neighbors), ("relax", RelaxBench.run), ("bptt", BPTTBench.run),
-                                           ("chgnet", CHGNetBench.run), ("neural", NeuralBench.run),
+                                           ("chgnet", CHGNetBench.run), ("sevennet", SevenNetBench.run), ("neural", NeuralBench.run),
                                            ("memory", MemoryBench.run), ("mpi", MPIBench.run)]
         let chosen = args.isEmpty ? all.map(\.0) : args
         for name in chosen {

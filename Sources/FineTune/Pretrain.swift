@@ -188,7 +188,7 @@ public final class Pretrainer {
         if let path = options.initModel {
             m = try ModelFile.load(path).potential
             guard Self.referenceEnergies(of: m) != nil else {
-                throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet)")
+                throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet, sevennet)")
             }
             let dataElements = Set(all.flatMap(\.numbers))
             if let known = Self.modelElements(m) {
@@ -280,14 +280,22 @@ public final class Pretrainer {
         switch m.kind {
         case "so3krates", "schnet":
             // In the model's element order (the metadata lists them in that order).
-            let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-            return ("atomic_energies", { z in els.firstIndex(of: z) })
+            return ("atomic_energies", elementIndex(m))
+        case "sevennet":
+            // SpeciesWiseRescale's shift, in the model's species order (the metadata's elements).
+            return ("rescale_atomic_energy.shift", elementIndex(m))
         case "chgnet":
             // AtomRef: one weight per atomic number, Z − 1.
             return ("composition_model.fc.weight", { z in z >= 1 ? z - 1 : nil })
         default:
             return nil
         }
+    }
+
+    /// Position of element Z in the model's element list (the metadata's `elements`, in model order).
+    static func elementIndex(_ m: any Potential) -> (Int) -> Int? {
+        let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
+        return { z in els.firstIndex(of: z) }
     }
 
     /// Elements a model declares in its metadata (nil: no list, e.g. CHGNet's H–Pu).

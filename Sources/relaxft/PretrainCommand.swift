@@ -9,7 +9,7 @@ let pretrainCommand = Command(
         name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces, or fine-tune one (--init)",
         usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] (--model so3krates|schnet | --init MODEL) --out RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
         options: [
-            OptionSpec("--init", value: "MODEL", help: "start from this model file or pulled model (so3krates, schnet, chgnet): conventional energy/force fine-tuning; the architecture options do not apply"),
+            OptionSpec("--init", value: "MODEL", help: "start from this model file or pulled model (so3krates, schnet, chgnet, sevennet): conventional energy/force fine-tuning; the architecture options do not apply"),
             OptionSpec("--refit-reference-energies", help: "with --init: first shift the per-element reference energies to fit the training energies (for data from another DFT code); default: keep the model's"),
             OptionSpec("--data", value: "FILE", help: "training frames, extended XYZ with energy and forces (repeatable)"),
             OptionSpec("--val", value: "FILE", help: "validation frames (repeatable); else a random fraction of --data"),

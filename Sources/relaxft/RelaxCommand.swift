@@ -262,8 +262,10 @@ struct RelaxError: Error, CustomStringConvertible {
 }
 
 /// sw and lj have no per-element parameters: every atom is treated alike. Returns a warning to print, or
-/// throws when the structure cannot be meant for the potential (sw with several elements).
-func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String) throws -> String? {
+/// throws when the structure cannot be meant for the potential (sw with several elements, or an element a model
+/// file does not declare).
+func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String, command: String = "relax") throws -> String? {
+    try checkElements(potential, spec: spec, numbers: [s.numbers], names: [name], command: command)
     var elements: [Int] = []
     for z in s.numbers where !elements.contains(z) { elements.append(z) }
     let symbols = elements.map { Elements.symbols[$0] }.joined(separator: ", ")
