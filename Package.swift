@@ -12,25 +12,29 @@ let package = Package(
         .library(name: "Loss", targets: ["Loss"]),
         .library(name: "FineTune", targets: ["FineTune"]),
         .library(name: "Dynamics", targets: ["Dynamics"]),
+        .library(name: "Cluster", targets: ["Cluster"]),
     ],
     targets: [
         // OpenBLAS (cblas.h) and LAPACKE from Debian's libopenblas-dev and liblapacke-dev.
         .systemLibrary(name: "CLinalg", path: "Sources/CLinalg", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
         .target(name: "Tape", dependencies: ["CLinalg"]),
+        // Ranks of a data-parallel job; Open MPI is loaded at run time (dlopen), never linked.
+        .target(name: "Cluster"),
         .target(name: "Atoms", dependencies: ["Tape"]),
         .target(name: "Potentials", dependencies: ["Tape", "Atoms"]),
-        .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials", "CLinalg"]),
+        .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials"]),
         .target(name: "Loss", dependencies: ["Tape", "Atoms"]),
         .target(name: "Dynamics", dependencies: ["Tape", "Atoms", "Potentials"]),
         .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "Dynamics"]),
-        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "Dynamics"]),
-        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "CLinalg"], path: "Sources/Bench"),
+        .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "Dynamics", "Cluster"]),
+        .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "CLinalg", "Cluster"], path: "Sources/Bench"),
         .testTarget(name: "TapeTests", dependencies: ["Tape"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
         .testTarget(name: "AtomsTests", dependencies: ["Atoms"], exclude: ["Malformed"]),
         .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
         .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
         .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Relax", "Potentials", "Atoms", "Tape"]),
-        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Loss", "Potentials", "Atoms", "Tape"]),
+        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Relax", "Loss", "Potentials", "Atoms", "Tape"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
         .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape"]),
     ]

@@ -155,11 +155,14 @@ public final class AtomicFileWriter {
             }
             close(fd)
             finished = true
+            let replacement = FaultInjection.nextReplacement()
+            FaultInjection.killIf(.beforeRename, at: replacement)
             guard rename(temporary, target) == 0 else {
                 let e = Self.failure(path, "cannot replace the file")
                 unlink(temporary)
                 throw e
             }
+            FaultInjection.killIf(.afterRename, at: replacement)
         case .stream:
             defer { discard() }
             let out = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
@@ -202,5 +205,37 @@ public final class AtomicFileWriter {
 
     private static func failure(_ path: String, _ what: String) -> StructureFileError {
         StructureFileError(path: path, line: nil, kind: .unwritable, expected: "a writable destination", found: "\(what): \(String(cString: strerror(errno)))")
+    }
+}
+
+/// Deterministic kills for the tests that check a run can be resumed from any moment: with
+/// `RELAXFT_FAULT_KILL=before-rename:K` (or `after-rename:K`) the process sends itself SIGKILL at its K-th
+/// atomic file replacement, with the new file complete but not yet renamed into place (or just after). Every
+/// state a run directory can be left in by a kill is one of these; without the variable nothing happens.
+enum FaultInjection {
+    enum Moment: String { case beforeRename = "before-rename", afterRename = "after-rename" }
+
+    static let plan: (moment: Moment, count: Int)? = {
+        guard let v = ProcessInfo.processInfo.environment["RELAXFT_FAULT_KILL"] else { return nil }
+        let parts = v.split(separator: ":")
+        guard parts.count == 2, let m = Moment(rawValue: String(parts[0])), let k = Int(parts[1]), k > 0 else { return nil }
+        return (m, k)
+    }()
+
+    nonisolated(unsafe) private static var replacements = 0
+    private static let lock = NSLock()
+
+    /// Counts a replacement (1-based) when a plan is set.
+    static func nextReplacement() -> Int {
+        guard plan != nil else { return 0 }
+        lock.lock()
+        defer { lock.unlock() }
+        replacements += 1
+        return replacements
+    }
+
+    static func killIf(_ moment: Moment, at replacement: Int) {
+        guard let p = plan, p.moment == moment, p.count == replacement else { return }
+        kill(getpid(), SIGKILL)
     }
 }

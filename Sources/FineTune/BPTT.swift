@@ -19,6 +19,7 @@ public enum GradientMode: Equatable, Sendable, CustomStringConvertible, Codable 
     /// hyperparameters get no gradient (the fixed point does not depend on them).
     case implicit
 
+    /// The command-line form: full, checkpoint[:K], truncated:K, implicit.
     public var description: String {
         switch self {
         case .full: return "full"
@@ -35,7 +36,7 @@ public enum GradientMode: Equatable, Sendable, CustomStringConvertible, Codable 
 
     public static func parse(_ s: String) throws -> GradientMode {
         let parts = s.split(separator: ":").map(String.init)
-        switch parts[0] {
+        switch parts.first ?? "" {
         case "full" where parts.count == 1: return .full
         case "implicit" where parts.count == 1: return .implicit
         case "checkpoint":
@@ -48,6 +49,20 @@ public enum GradientMode: Equatable, Sendable, CustomStringConvertible, Codable 
         default:
             throw ParseError(message: "unknown gradient mode '\(s)' (full, checkpoint[:K], truncated:K, implicit)")
         }
+    }
+
+    /// Stored as its command-line form (config.json: "gradient": "checkpoint:6").
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let s = try c.decode(String.self)
+        do { self = try GradientMode.parse(s) } catch let e as ParseError {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: e.message)
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
     }
 }
 
@@ -79,7 +94,8 @@ public struct RelaxationExample: Sendable {
     }
 }
 
-/// Settings of a differentiable relaxation.
+/// Settings of a differentiable relaxation. The relaxer carries its hyperparameters, the potential (given
+/// beside the settings) its parameters.
 public struct BPTTSettings: Sendable {
     public var relaxer: any Relaxer
     /// Number of relaxation steps T (the unroll length).
@@ -106,7 +122,9 @@ public struct BPTTSettings: Sendable {
 /// Loss, gradients and diagnostics of one example.
 public struct BPTTResult: Sendable {
     public var loss: Double
+    /// ∂L/∂θ for every parameter of the potential.
     public var gradients: [String: Tensor]
+    /// ∂L/∂h for the trainable relaxer hyperparameters.
     public var hyperGradients: [String: Double]
     public var finalPositions: Tensor
     public var steps: Int
@@ -114,19 +132,86 @@ public struct BPTTResult: Sendable {
     public var fmax: Double?
     public var tapeNodes: Int
     public var cgIterations: Int = 0
+    /// Why the example failed: its relaxation went non-finite (or could not be evaluated) at some step, or the
+    /// loss or a gradient is not finite. A failed example has a NaN loss and no gradients; trainers count it
+    /// and leave it out of the step.
+    public var failure: RelaxationFailure? = nil
+
+    /// The result of an example that failed.
+    static func failed(_ failure: RelaxationFailure, steps: Int, positions: Tensor) -> BPTTResult {
+        BPTTResult(loss: .nan, gradients: [:], hyperGradients: [:], finalPositions: positions, steps: steps, fmax: nil, tapeNodes: 0,
+                   failure: failure)
+    }
+
+    /// `self`, or a failure when the loss or a gradient is not finite (a relaxation that stayed finite can still
+    /// give an overflowing derivative).
+    func checkedFinite() -> BPTTResult {
+        guard failure == nil else { return self }
+        var why: String? = nil
+        if !loss.isFinite { why = "the loss is \(loss)" }
+        else if let k = gradients.keys.sorted().first(where: { !gradients[$0]!.isFinite }) { why = "the gradient of \(k) is not finite" }
+        else if let k = hyperGradients.keys.sorted().first(where: { !hyperGradients[$0]!.isFinite }) { why = "the gradient of relaxer \(k) is not finite" }
+        guard let why else { return self }
+        return .failed(RelaxationFailure(step: steps, reason: why), steps: steps, positions: finalPositions)
+    }
 }
 
 /// Mass-weighted ΔQ of the relaxed structure against the example's target, and its gradient with respect
-/// to the potential's parameters and the trainable relaxer hyperparameters.
-public func relaxationLossAndGradient(_ example: RelaxationExample, potential: any Potential, parameters: [String: Tensor],
-                                      hyper: [String: Double], settings: BPTTSettings) -> BPTTResult {
+/// to the potential's parameters (their values are the potential's) and the trainable relaxer
+/// hyperparameters (their values are the relaxer's). A relaxation that goes non-finite, or a non-finite loss
+/// or gradient, gives a result with `failure` set (and no gradients) instead.
+public func relaxationLossAndGradient(_ example: RelaxationExample, potential: any Potential, settings: BPTTSettings) -> BPTTResult {
     func open<R: Relaxer>(_ r: R) -> BPTTResult {
         if settings.mode == .implicit {
-            return implicitGradient(example, potential: potential, parameters: parameters, relaxer: r, hyper: hyper, settings: settings)
+            return implicitGradient(example, potential: potential, relaxer: r, settings: settings).checkedFinite()
         }
-        return unrolledGradient(example, potential: potential, parameters: parameters, relaxer: r, hyper: hyper, settings: settings)
+        return unrolledGradient(example, potential: potential, relaxer: r, settings: settings).checkedFinite()
     }
     return open(settings.relaxer)
+}
+
+/// The tape leaves of one differentiable relaxation: potential parameters (all tracked) and relaxer
+/// hyperparameters (tracked when trainable), in a fixed order so that checkpointed segments can pass them
+/// as inputs and rebuild them.
+struct RelaxationLeaves<R: Relaxer> {
+    let parameterNames: [String]
+    var parameters: [String: Variable]
+    var hyper: R.Inputs
+    /// The hyperparameter variables in field order.
+    var hyperList: [Variable]
+    let trainableHyper: [(index: Int, name: String)]
+
+    init(tape: Tape, potential: any Potential, relaxer: R, trainable: [String]) {
+        parameterNames = potential.parameters.keys.sorted()
+        var p: [String: Variable] = [:]
+        for k in parameterNames { p[k] = tape.variable(potential.parameters[k]!) }
+        parameters = p
+        var list: [Variable] = [], train: [(Int, String)] = []
+        hyper = relaxer.inputs { name, v in
+            let x = trainable.contains(name) ? tape.variable(v) : Variable(constant: v)
+            if trainable.contains(name) { train.append((list.count, name)) }
+            list.append(x)
+            return x
+        }
+        hyperList = list
+        trainableHyper = train
+    }
+
+    /// All leaves as one list: parameters (sorted by name), then hyperparameters (field order).
+    var all: [Variable] { parameterNames.map { parameters[$0]! } + hyperList }
+
+    /// Leaves rebuilt from `vars` laid out as `all`.
+    func rebuilt(from vars: ArraySlice<Variable>, relaxer: R) -> (parameters: [String: Variable], hyper: R.Inputs) {
+        var p: [String: Variable] = [:]
+        var k = vars.startIndex
+        for name in parameterNames { p[name] = vars[k]; k += 1 }
+        let h = relaxer.inputs { _, _ in defer { k += 1 }; return vars[k] }
+        return (p, h)
+    }
+
+    func detached(relaxer: R) -> (parameters: [String: Variable], hyper: R.Inputs) {
+        rebuilt(from: ArraySlice(all.map(\.detached)), relaxer: relaxer)
+    }
 }
 
 /// Holds what a checkpointed segment's first (forward) execution decided, so its recomputation in the
@@ -136,156 +221,135 @@ final class SegmentRecord<S> {
     var evaluator: ForceEvaluator?
     var steps: Int?
     var stopped = false
+    var failure: RelaxationFailure?
 }
 
-func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, parameters: [String: Tensor],
-                                  relaxer: R, hyper: [String: Double], settings: BPTTSettings) -> BPTTResult {
+/// The state with its tensors detached (constants) and no cached energy; `dropForces` also forgets the
+/// cached forces (states that keep forces in `tensors` ignore that).
+func detachedState<S: RelaxerState>(_ s: S, dropForces: Bool) -> S {
+    var out = s
+    out.tensors = out.tensors.map(\.detached)
+    out.energy = nil
+    if dropForces { out.forces = nil }
+    return out
+}
+
+func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, relaxer: R, settings: BPTTSettings) -> BPTTResult {
     let tape = Tape()
     defer { tape.reset() }
-    let paramNames = parameters.keys.sorted()
-    let hyperNames = hyper.keys.sorted()
-    var paramLeaves: [String: Variable] = [:]
-    for k in paramNames { paramLeaves[k] = tape.variable(parameters[k]!) }
-    var hyperVars: [String: Variable] = [:]
-    for k in hyperNames { hyperVars[k] = settings.trainableHyper.contains(k) ? tape.variable(hyper[k]!) : Variable(constant: hyper[k]!) }
+    let leaves = RelaxationLeaves(tape: tape, potential: potential, relaxer: relaxer, trainable: settings.trainableHyper)
     var evaluator = ForceEvaluator(potential: potential, structure: example.initial, skin: settings.skin)
     let T = settings.steps
     let stop = settings.stopFmax
     var lastFmax: Double? = nil
+    var stepsDone = 0
+    var stopped = false
 
     // Truncated mode: the first T − K steps on values, the rest recorded.
     var recordedFrom = 0
     if case .truncated(let k) = settings.mode { recordedFrom = Swift.max(0, T - k) }
-    let constParams = paramLeaves.mapValues { $0.detached }
-    let constHyper = hyperVars.mapValues { $0.detached }
-    var stepsDone = 0
-    var stopped = false
-
+    let constants = leaves.detached(relaxer: relaxer)
     let x0 = Variable(constant: example.initial.positions)
-    var state = relaxer.start(positions: x0, hyper: recordedFrom > 0 ? constHyper : hyperVars) { x in
-        evaluator.evaluate(positions: x, parameters: recordedFrom > 0 ? constParams : paramLeaves)
+    var state = relaxer.start(positions: x0, hyper: recordedFrom > 0 ? constants.hyper : leaves.hyper) { x in
+        evaluator.evaluate(positions: x, parameters: recordedFrom > 0 ? constants.parameters : leaves.parameters)
     }
-    func ensureForces(_ s: inout R.State, _ ev: inout ForceEvaluator, _ p: [String: Variable]) {
-        if s.forces == nil {
-            let (e, f) = ev.evaluate(positions: s.positions, parameters: p)
-            s.energy = e
-            s.forces = f
-        }
-    }
-    // Unrecorded prefix.
-    while stepsDone < recordedFrom && !stopped {
-        if let stopF = stop {
-            ensureForces(&state, &evaluator, constParams)
-            lastFmax = maxRowNorm(state.forces!.value)
-            if lastFmax! < stopF { stopped = true; break }
-        }
-        state = relaxer.step(state, hyper: constHyper) { x in evaluator.evaluate(positions: x, parameters: constParams) }
-        stepsDone += 1
-    }
+    let problem = { evaluator.problem }
     if recordedFrom > 0 {
-        // Restart recording from the values reached.
-        state.tensors = state.tensors.map { $0.detached }
-        state.energy = nil
-        // Cached forces must be recomputed on the tape (states that carry forces keep them in `tensors`,
-        // and ignore this).
-        state.forces = nil
+        let prefix = unroll(relaxer, state: &state, hyper: constants.hyper, control: UnrollControl(maxSteps: recordedFrom, stopFmax: stop),
+                            evaluate: { x in evaluator.evaluate(positions: x, parameters: constants.parameters) }, problem: problem)
+        if let f = prefix.failure { return .failed(f, steps: prefix.steps, positions: state.positions.value) }
+        stepsDone = prefix.steps
+        stopped = prefix.stopped
+        lastFmax = prefix.fmax ?? lastFmax
+        // Restart recording from the values reached; cached forces must be recomputed on the tape.
+        state = detachedState(state, dropForces: true)
     }
 
-    var segment: Int? = nil
-    if case .checkpoint(let k) = settings.mode { segment = k ?? Int(Double(T).squareRoot().rounded(.up)) }
-    if let k = segment {
+    if case .checkpoint(let every) = settings.mode {
+        let k = every ?? Int(Double(T).squareRoot().rounded(.up))
         while stepsDone < T && !stopped {
-            let n = Swift.min(k, T - stepsDone)
-            // Only constants may be captured by the segment body: tracked inputs go through `inputs`.
-            var template = state
-            template.tensors = template.tensors.map { $0.detached }
-            template.energy = nil
-            let startEvaluator = evaluator
-            let record = SegmentRecord<R.State>()
-            let nT = template.tensors.count
-            let inputs = state.tensors + paramNames.map { paramLeaves[$0]! } + hyperNames.map { hyperVars[$0]! }
-            let outs = tape.checkpoint(inputs) { vars in
-                var s = template
-                s.tensors = Array(vars[0..<nT])
-                var p: [String: Variable] = [:], h: [String: Variable] = [:]
-                for (i, name) in paramNames.enumerated() { p[name] = vars[nT + i] }
-                for (i, name) in hyperNames.enumerated() { h[name] = vars[nT + paramNames.count + i] }
-                var ev = startEvaluator
-                var done = 0
-                var stoppedHere = false
-                let limit = record.steps ?? n
-                while done < limit {
-                    if stop != nil {
-                        ensureForces(&s, &ev, p)
-                        if record.steps == nil, maxRowNorm(s.forces!.value) < stop! { stoppedHere = true; break }
-                    }
-                    s = relaxer.step(s, hyper: h) { x in ev.evaluate(positions: x, parameters: p) }
-                    done += 1
-                }
-                if record.steps == nil {
-                    record.steps = done
-                    record.stopped = stoppedHere
-                    record.evaluator = ev
-                    var kept = s
-                    kept.tensors = kept.tensors.map { $0.detached }
-                    kept.energy = nil
-                    record.state = kept
-                }
-                return s.tensors
+            let segment = checkpointedSegment(relaxer, state: state, evaluator: evaluator, leaves: leaves, tape: tape,
+                                              steps: Swift.min(k, T - stepsDone), stopFmax: stop)
+            if let f = segment.failure {
+                return .failed(RelaxationFailure(step: stepsDone + f.step, reason: f.reason), steps: stepsDone + f.step, positions: segment.state.positions.value)
             }
-            state = record.state!
-            state.tensors = outs
-            state.energy = nil
-            state.forces = nil
-            evaluator = record.evaluator!
-            stepsDone += record.steps!
-            stopped = record.stopped
+            state = segment.state
+            evaluator = segment.evaluator
+            stepsDone += segment.steps
+            stopped = segment.stopped
         }
-    } else {
-        while stepsDone < T && !stopped {
-            if let stopF = stop {
-                ensureForces(&state, &evaluator, paramLeaves)
-                lastFmax = maxRowNorm(state.forces!.value)
-                if lastFmax! < stopF { stopped = true; break }
-            }
-            state = relaxer.step(state, hyper: hyperVars) { x in evaluator.evaluate(positions: x, parameters: paramLeaves) }
-            stepsDone += 1
+    } else if !stopped {
+        let rest = unroll(relaxer, state: &state, hyper: leaves.hyper, control: UnrollControl(maxSteps: T - stepsDone, stopFmax: stop),
+                          evaluate: { x in evaluator.evaluate(positions: x, parameters: leaves.parameters) }, problem: problem)
+        if let f = rest.failure {
+            return .failed(RelaxationFailure(step: stepsDone + f.step, reason: f.reason), steps: stepsDone + f.step, positions: state.positions.value)
         }
+        stepsDone += rest.steps
+        lastFmax = rest.fmax ?? lastFmax
     }
     let s = example.initial
     var loss = StructureLoss.deltaQ(state.positions, target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc)
     if settings.energyWeight > 0, let eRef = example.targetEnergy {
         // Energy term w·|E(x_T) − E_ref|/N (eV/atom): meaningful when the reference energies share the
         // model's energy zero (e.g. the model was pretrained on the same DFT code).
-        let (e, _) = evaluator.evaluate(positions: state.positions, parameters: paramLeaves)
+        let (e, _) = evaluator.evaluate(positions: state.positions, parameters: leaves.parameters)
         loss = loss + ((e - eRef) * (1 / Double(s.count))).abs() * settings.energyWeight
     }
-    let trainable = hyperNames.filter { settings.trainableHyper.contains($0) }
-    let wrt = paramNames.map { paramLeaves[$0]! } + trainable.map { hyperVars[$0]! }
+    let wrt = leaves.parameterNames.map { leaves.parameters[$0]! } + leaves.trainableHyper.map { leaves.hyperList[$0.index] }
     let nodes = tape.nodeCount
     let g = tape.gradient(of: loss, wrt: wrt)
     var grads: [String: Tensor] = [:], hgrads: [String: Double] = [:]
-    for (i, name) in paramNames.enumerated() { grads[name] = g[i].value }
-    for (i, name) in trainable.enumerated() { hgrads[name] = g[paramNames.count + i].scalar }
+    for (i, name) in leaves.parameterNames.enumerated() { grads[name] = g[i].value }
+    for (i, h) in leaves.trainableHyper.enumerated() { hgrads[h.name] = g[leaves.parameterNames.count + i].scalar }
     if let f = state.forces { lastFmax = maxRowNorm(f.value) }
     return BPTTResult(loss: loss.scalar, gradients: grads, hyperGradients: hgrads, finalPositions: state.positions.value,
                       steps: stepsDone, fmax: lastFmax, tapeNodes: nodes)
 }
 
+/// Up to `steps` steps from `state` as one checkpointed segment: the body keeps no intermediates and is
+/// recomputed in the backward pass, replaying the number of steps its first execution took.
+func checkpointedSegment<R: Relaxer>(_ relaxer: R, state: R.State, evaluator: ForceEvaluator, leaves: RelaxationLeaves<R>, tape: Tape,
+                                     steps n: Int, stopFmax: Double?)
+    -> (state: R.State, evaluator: ForceEvaluator, steps: Int, stopped: Bool, failure: RelaxationFailure?) {
+    // Only constants may be captured by the segment body: tracked inputs go through `inputs`.
+    let template = detachedState(state, dropForces: false)
+    let record = SegmentRecord<R.State>()
+    let nT = template.tensors.count
+    let outs = tape.checkpoint(state.tensors + leaves.all) { vars in
+        var s = template
+        s.tensors = Array(vars[0..<nT])
+        let (p, h) = leaves.rebuilt(from: vars[nT...], relaxer: relaxer)
+        var ev = evaluator
+        // The first execution decides when to stop; the recomputation replays as many steps.
+        let control = record.steps.map { UnrollControl(maxSteps: $0) } ?? UnrollControl(maxSteps: n, stopFmax: stopFmax)
+        let outcome = unroll(relaxer, state: &s, hyper: h, control: control, evaluate: { x in ev.evaluate(positions: x, parameters: p) },
+                             problem: { ev.problem })
+        if record.steps == nil {
+            record.steps = outcome.steps
+            record.stopped = outcome.stopped
+            record.failure = outcome.failure
+            record.evaluator = ev
+            record.state = detachedState(s, dropForces: false)
+        }
+        return s.tensors
+    }
+    var next = record.state!
+    next.tensors = outs
+    next.energy = nil
+    next.forces = nil
+    return (next, record.evaluator!, record.steps!, record.stopped, record.failure)
+}
+
 /// Implicit gradient at the converged minimum (see `GradientMode.implicit`). Rigid translations make the
 /// Hessian singular under periodic boundary conditions; they are projected out of the right-hand side and
 /// of every CG iterate (and fixed atoms are removed from the system).
-func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, parameters: [String: Tensor],
-                                  relaxer: R, hyper: [String: Double], settings: BPTTSettings) -> BPTTResult {
-    var pot = potential
-    for (k, v) in parameters { pot.parameters[k] = v }
+func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential pot: any Potential, relaxer: R, settings: BPTTSettings) -> BPTTResult {
     var rs = RelaxationSettings()
     rs.fmax = settings.implicitFmax
     rs.maxSteps = settings.implicitMaxSteps
     rs.skin = settings.skin
-    var r = relaxer
-    for (k, v) in hyper { r.hyperparameters[k] = v }
-    let relaxed = relax(example.initial, potential: pot, relaxer: r, settings: rs)
+    let relaxed = relax(example.initial, potential: pot, relaxer: relaxer, settings: rs)
+    if let f = relaxed.failure { return .failed(f, steps: relaxed.steps, positions: relaxed.structure.positions) }
     let xStar = relaxed.structure.positions
     let s = example.initial
 
@@ -299,10 +363,14 @@ func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential: any P
     let tape = Tape()
     defer { tape.reset() }
     let x = tape.variable(xStar)
-    let paramNames = parameters.keys.sorted()
+    let paramNames = pot.parameters.keys.sorted()
     var paramLeaves: [String: Variable] = [:]
-    for k in paramNames { paramLeaves[k] = tape.variable(parameters[k]!) }
-    let system = AtomicSystem(structures: [s], lists: [NeighborList.build(positions: xStar, cell: s.cell, pbc: s.pbc, cutoff: pot.cutoff + settings.skin)])
+    for k in paramNames { paramLeaves[k] = tape.variable(pot.parameters[k]!) }
+    // The graph at x* (neighbour list to cutoff plus skin), as a force evaluator starting there builds it.
+    var atMinimum = s
+    atMinimum.positions = xStar
+    var evaluator = ForceEvaluator(potential: pot, structure: atMinimum, skin: settings.skin)
+    let system = evaluator.system(positions: xStar, cell: s.cell)
     let e = pot.energies(system, positions: x, cells: Variable(constant: s.cell.reshaped([1, 3, 3])), parameters: paramLeaves).sum()
     let gradE = tape.gradient(of: e, wrt: [x], createGraph: true)[0]
     let free = s.freeMask

@@ -5,36 +5,6 @@ import Potentials
 import Relax
 import Tape
 
-/// How test structures are relaxed when a model is evaluated.
-public struct RelaxationProtocol: Codable, Sendable, Equatable {
-    public var relaxer: String
-    public var hyperparameters: [String: Double]
-    /// Maximum number of steps (the unroll length T when training).
-    public var steps: Int
-    /// Stop when fmax is below this; nil runs all steps.
-    public var stopFmax: Double?
-    /// fmax under which a relaxation counts as converged in reports.
-    public var convergedFmax: Double
-
-    public init(relaxer: String, hyperparameters: [String: Double], steps: Int, stopFmax: Double?, convergedFmax: Double = 0.05) {
-        self.relaxer = relaxer
-        self.hyperparameters = hyperparameters
-        self.steps = steps
-        self.stopFmax = stopFmax
-        self.convergedFmax = convergedFmax
-    }
-
-    public func makeRelaxer() throws -> any Relaxer { try RelaxerFactory.make(relaxer, overrides: hyperparameters) }
-
-    /// The protocol stored in a model file's metadata by fine-tuning (nil when absent).
-    public static func fromMetadata(_ m: [String: String]) -> RelaxationProtocol? {
-        guard let s = m["relaxation_protocol"], let p = try? JSONDecoder().decode(RelaxationProtocol.self, from: Data(s.utf8)) else { return nil }
-        return p
-    }
-
-    public var metadataValue: String { String(decoding: try! JSONEncoder.sorted.encode(self), as: UTF8.self) }
-}
-
 extension JSONEncoder {
     static var sorted: JSONEncoder {
         let e = JSONEncoder()
@@ -86,14 +56,10 @@ public struct BasinCriterion: Codable, Sendable, Equatable {
 
 /// Relaxes every example with `potential` under `protocol` (on `threads` threads) and scores the result.
 public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any Potential, protocol p: RelaxationProtocol,
-                                threads: Int = 1, basin: BasinCriterion = BasinCriterion()) throws -> [ExampleEvaluation] {
-    let relaxer = try p.makeRelaxer()
-    return parallelMap(examples.count, threads: threads) { i in
+                                threads: Int = 1, basin: BasinCriterion = BasinCriterion()) -> [ExampleEvaluation] {
+    parallelMap(examples.count, threads: threads) { i in
         let ex = examples[i]
-        var settings = RelaxationSettings()
-        settings.fmax = p.stopFmax ?? 0
-        settings.maxSteps = p.steps
-        let r = relax(ex.initial, potential: potential, relaxer: relaxer, settings: settings)
+        let r = relax(ex.initial, potential: potential, relaxer: p.relaxer, settings: p.settings)
         let s = ex.initial
         let x = r.structure.positions
         let dq = StructureLoss.deltaQ(Variable(constant: x), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar

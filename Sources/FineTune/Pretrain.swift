@@ -4,7 +4,7 @@ import Potentials
 import Tape
 
 /// Settings of a pretraining run (saved as RUN_DIR/config.json; a resumed run reads them back).
-public struct PretrainOptions: Codable, Sendable, Equatable {
+public struct PretrainOptions: RunConfiguration, Sendable, Equatable {
     public var model = "so3krates"
     public var features: Int?
     public var layers: Int?
@@ -42,6 +42,9 @@ public struct PretrainOptions: Codable, Sendable, Equatable {
     /// energies' residuals before training (needed when the data's energy zero differs from the model's, e.g.
     /// another DFT code); without it the model's reference energies are kept.
     public var refitReferenceEnergies: Bool? = nil
+    /// Optimizer updates rejected in a row (non-finite loss or gradient, parameters the guard refuses) after
+    /// which training stops with the last good model (nil: `ParameterGuard.defaultMaxRejectedSteps`; 0: never).
+    public var maxRejectedSteps: Int? = nil
 
     public init() {}
 
@@ -57,7 +60,10 @@ public struct PretrainOptions: Codable, Sendable, Equatable {
             try fail("loss weights must be ≥ 0 and not all 0")
         }
         if epochs < 1 || batch < 1 || patience < 1 { try fail("epochs, batch and patience must be positive") }
-        if !(learningRate > 0) { try fail("learning rate must be positive") }
+        if !(learningRate > 0 && learningRate.isFinite) { try fail("learning rate must be positive") }
+        if schedulePatience < 0 || (maxRejectedSteps ?? 0) < 0 || radialBasis < 1 { try fail("schedule patience and max rejected steps must be ≥ 0, radial basis positive") }
+        if !(cutoff > 0 && cutoff.isFinite) || !(clipNorm >= 0 && clipNorm.isFinite) { try fail("cutoff must be positive and clip norm ≥ 0") }
+        if [features, layers, heads, maxDegree].contains(where: { ($0 ?? 1) < 0 }) { try fail("features, layers, heads and max degree must be positive") }
         if valFiles.isEmpty && !(valFraction > 0 && valFraction < 1) { try fail("validation fraction must be in (0, 1) when no validation file is given") }
         if !["plateau", "cosine", "constant"].contains(schedule) { try fail("unknown schedule '\(schedule)' (plateau, cosine, constant)") }
     }
@@ -79,6 +85,17 @@ struct PretrainState: Codable {
     var stopped = false
     var trainIndices: [Int]
     var valIndices: [Int]
+    /// Rejected optimizer updates (nil in runs written before it existed).
+    var rejections: UpdateRejections? = nil
+}
+
+/// What a pretraining run reports while it works (the command line formats it).
+public enum PretrainEvent: Sendable {
+    /// `batch` of `batches` done in (1-based) `epoch`; mean loss of the epoch so far; time to the end of the run.
+    case batch(epoch: Int, batch: Int, batches: Int, loss: Double, learningRate: Double, eta: Double?)
+    case epoch(PretrainEpochMetrics, improved: Bool)
+    /// An optimizer step of (1-based) `epoch` was not taken, and why.
+    case rejectedStep(epoch: Int, reason: String)
 }
 
 /// One epoch's row of metrics.csv.
@@ -109,8 +126,8 @@ public struct PretrainEpochMetrics: Sendable {
 /// validation metrics use the weights at the end of the epoch.
 public final class Pretrainer {
     public let options: PretrainOptions
-    public let runDirectory: String
-    public private(set) var model: any Potential
+    public var runDirectory: String { run.path }
+    public internal(set) var model: any Potential
     var state: PretrainState
     let frames: [Structure]
     let lists: [NeighborList]
@@ -118,8 +135,9 @@ public final class Pretrainer {
     let referenceParameter: String
     let testSets: [(String, [Structure])]
 
-    var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
-    var metricsPath: String { runDirectory + "/metrics.csv" }
+    public let run: RunDirectory
+    var session: RunDirectory.Session?
+    static let checkpointKey = "pretrain_state"
 
     /// Reads frames from structure files (extended XYZ in practice); every frame needs an energy and forces.
     public static func loadFrames(_ paths: [String]) throws -> [Structure] { try loadNamedFrames(paths).frames }
@@ -136,38 +154,40 @@ public final class Pretrainer {
         return (out, names)
     }
 
-    /// A new run: reads the data, splits it, fits reference energies, initialises the model and writes
-    /// RUN_DIR/config.json. RUN_DIR must not hold a previous run.
+    /// A new run: reads the data, splits it, fits reference energies, initialises the model, then creates
+    /// RUN_DIR (which must not hold a run) with config.json and the starting checkpoint.
     public convenience init(options: PretrainOptions, runDirectory: String) throws {
         try options.validate()
-        let fm = FileManager.default
-        if fm.fileExists(atPath: runDirectory + "/checkpoint.safetensors") {
+        if RunDirectory(runDirectory).exists("config.json") {
             throw PretrainError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
         }
         // Data and model first: a run that cannot start leaves no directory behind.
-        try self.init(options: options, runDirectory: runDirectory, checkpoint: nil)
-        try fm.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try enc.encode(options), to: runDirectory + "/config.json")
-        try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: metricsPath)
+        try self.init(options: options, run: RunDirectory(runDirectory), resuming: false)
+        _ = try RunDirectory.create(runDirectory, config: options)
+        try run.startMetrics(header: PretrainEpochMetrics.header)
+        try saveCheckpoint()
     }
 
-    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` may raise the epoch budget.
+    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` sets a new epoch budget (which
+    /// re-targets a cosine schedule and is written into config.json).
     public static func resume(runDirectory: String, epochs: Int? = nil) throws -> Pretrainer {
-        guard let data = FileManager.default.contents(atPath: runDirectory + "/config.json") else {
-            throw PretrainError(message: "\(runDirectory): no config.json (not a pretraining run directory)")
+        let (run, options) = try RunDirectory.resume(runDirectory, as: PretrainOptions.self, epochs: epochs)
+        // Without a checkpoint the run was stopped between writing config.json and its first checkpoint: it
+        // starts from the beginning, as the stored options say.
+        let resuming = run.exists("checkpoint.safetensors")
+        let p = try Pretrainer(options: options, run: run, resuming: resuming)
+        try run.storeEpochs(options.epochs, as: PretrainOptions.self)
+        if !resuming {
+            try run.startMetrics(header: PretrainEpochMetrics.header)
+            try p.saveCheckpoint()
         }
-        var options = try JSONDecoder().decode(PretrainOptions.self, from: data)
-        if let e = epochs { options.epochs = e }
-        let ck = runDirectory + "/checkpoint.safetensors"
-        guard FileManager.default.fileExists(atPath: ck) else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
-        return try Pretrainer(options: options, runDirectory: runDirectory, checkpoint: ck)
+        return p
     }
 
-    private init(options: PretrainOptions, runDirectory: String, checkpoint: String?) throws {
+    private init(options: PretrainOptions, run: RunDirectory, resuming: Bool) throws {
         self.options = options
-        self.runDirectory = runDirectory
+        self.run = run
+        let checkpoint: String? = resuming ? run.checkpointPath : nil
         let (train, trainNames) = try Self.loadNamedFrames(options.dataFiles)
         let (val, valNames) = try Self.loadNamedFrames(options.valFiles)
         testSets = try options.testFiles.map { ($0, try Self.loadFrames([$0])) }
@@ -188,7 +208,7 @@ public final class Pretrainer {
         if let path = options.initModel {
             m = try ModelFile.load(path).potential
             guard Self.referenceEnergies(of: m) != nil else {
-                throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet)")
+                throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet, sevennet)")
             }
             let names = trainNames + valNames
             for (k, f) in all.enumerated() { try m.checkInput(f, name: names[k], potentialName: path) }
@@ -230,29 +250,33 @@ public final class Pretrainer {
         state = PretrainState(adam: Adam(learningRate: options.learningRate), schedule: ScheduleState(sched, baseRate: options.learningRate),
                               rng: SeededGenerator(seed: options.seed), trainIndices: trainIdx, valIndices: valIdx)
         model = m
-        if let ck = checkpoint {
-            let (tensors, meta) = try SafeTensors.read(ck)
-            let dec = JSONDecoder()
-            dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-            guard let js = meta["pretrain_state"], let saved = try? dec.decode(PretrainState.self, from: Data(js.utf8)) else {
-                throw PretrainError(message: "\(ck): no readable pretrain_state in __metadata__")
-            }
+        if let ck = checkpoint, let (tensors, saved) = try run.readCheckpoint(PretrainState.self, key: Self.checkpointKey) {
             guard saved.trainIndices == trainIdx && saved.valIndices == valIdx else {
                 throw PretrainError(message: "\(ck): the data files no longer give the split the run was started with")
             }
-            for (name, t) in tensors {
-                guard let old = model.parameters[name], old.shape == t.shape else { throw PretrainError(message: "\(ck): tensor '\(name)' does not fit the model") }
-                model.parameters[name] = t
-            }
+            try RunDirectory.install(tensors, into: &model, file: ck)
             state = saved
+            try validateState()
             // A new epoch budget on resume re-targets a cosine schedule to it (the only state that depends
             // on the budget); without one the run continues bit for bit.
             if case .cosine(let old, let minFactor) = state.schedule.schedule, old != options.epochs {
                 state.schedule.schedule = .cosine(epochs: options.epochs, minFactor: minFactor)
                 state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
             }
-            try Self.truncateMetrics(metricsPath, after: saved.epoch)
+            try run.truncateMetrics(after: saved.epoch, header: PretrainEpochMetrics.header)
         }
+    }
+
+    /// A state read from disk must be one this run could have written.
+    func validateState() throws {
+        let file = run.checkpointPath
+        func fail(_ what: String) throws -> Never { throw PretrainError(message: "\(file): \(what) (not a state this run wrote)") }
+        if state.epoch < 0 || state.bestEpoch < 0 || state.bestEpoch > state.epoch { try fail("epoch \(state.epoch), best epoch \(state.bestEpoch)") }
+        if state.bestValLoss.isNaN { try fail("best validation loss NaN") }
+        var sizes: [String: Int] = [:]
+        for (k, v) in model.parameters where k != referenceParameter { sizes[k] = v.count }
+        try RunDirectory.validate(state.adam, sizes: sizes, file: file)
+        if let why = ParameterGuard.rejection(of: Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) }), for: model) { try fail(why) }
     }
 
     /// Per-element reference energies e_Z minimising Σ_s (E_s − Σ_Z n_sZ e_Z)² (normal equations; a tiny
@@ -286,14 +310,22 @@ public final class Pretrainer {
         switch m.kind {
         case "so3krates", "schnet":
             // In the model's element order (the metadata lists them in that order).
-            let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-            return ("atomic_energies", { z in els.firstIndex(of: z) })
+            return ("atomic_energies", elementIndex(m))
+        case "sevennet":
+            // SpeciesWiseRescale's shift, in the model's species order (the metadata's elements).
+            return ("rescale_atomic_energy.shift", elementIndex(m))
         case "chgnet":
             // AtomRef: one weight per atomic number, Z − 1.
             return ("composition_model.fc.weight", { z in z >= 1 ? z - 1 : nil })
         default:
             return nil
         }
+    }
+
+    /// Position of element Z in the model's element list (the metadata's `elements`, in model order).
+    static func elementIndex(_ m: any Potential) -> (Int) -> Int? {
+        let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
+        return { z in els.firstIndex(of: z) }
     }
 
     /// Shifts a model's per-element reference energies by the least-squares fit of E_ref − E_model over
@@ -319,19 +351,6 @@ public final class Pretrainer {
             w[flat: i] += shift[k]
         }
         m.parameters[name] = w
-    }
-
-    static func truncateMetrics(_ path: String, after epoch: Int, header: String = PretrainEpochMetrics.header) throws {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            try AtomicFile.write(header + "\n", to: path)
-            return
-        }
-        var keep: [Substring] = []
-        for line in text.split(separator: "\n") {
-            if let e = Int(line.prefix { $0 != "," }), e > epoch { continue }
-            keep.append(line)
-        }
-        try AtomicFile.write(keep.joined(separator: "\n") + "\n", to: path)
     }
 
     /// Batched graph of frames `idx`: system, positions, cells.
@@ -426,66 +445,94 @@ public final class Pretrainer {
     public var bestEpoch: Int { state.bestEpoch }
 
     /// Trains until the epoch budget, early stopping, or `maxEpochsThisCall` epochs (for interruption tests).
-    /// `progress` receives a status line with ETA after every batch; `log` one line per epoch.
+    /// `report` receives an event after every batch and every epoch.
     @discardableResult
-    public func run(maxEpochsThisCall: Int? = nil, progress: (String) -> Void = { _ in }, log: (String) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+    public func run(maxEpochsThisCall: Int? = nil, report: (PretrainEvent) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+        session = try run.beginSession()
         var rows: [PretrainEpochMetrics] = []
         let startTime = Date()
         var epochsDone = 0
         while state.epoch < options.epochs && !state.stopped {
             if let mx = maxEpochsThisCall, epochsDone >= mx { break }
             let t0 = Date()
-            var order = state.trainIndices
-            state.rng.shuffle(&order)
-            var acc = ForceFieldMetrics.Accumulator()
-            var lossSum = 0.0
-            let nb = (order.count + options.batch - 1) / options.batch
-            state.adam.learningRate = state.schedule.rate
-            for b in 0..<nb {
-                let idx = Array(order[(b * options.batch)..<Swift.min((b + 1) * options.batch, order.count)])
-                let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
-                var grads = grads0
-                if options.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: options.clipNorm) }
-                var p: [String: Tensor] = [:]
-                for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
-                state.adam.update(&p, gradients: grads)
-                for (k, v) in p { model.parameters[k] = v }
-                lossSum += l * Double(idx.count)
+            let (trainLoss, trainMetrics) = try trainEpoch(report: report) { b, nb, loss in
                 let elapsed = Date().timeIntervalSince(startTime)
-                let fracDone = (Double(epochsDone) + Double(b + 1) / Double(nb)) / Double(options.epochs - state.epoch + epochsDone)
-                let eta = fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : 0
-                progress(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", state.epoch + 1, options.epochs, b + 1, nb,
-                                lossSum / Double(Swift.min((b + 1) * options.batch, order.count)), state.adam.learningRate, formatDuration(eta)))
+                let fracDone = (Double(epochsDone) + Double(b) / Double(nb)) / Double(options.epochs - state.epoch + epochsDone)
+                report(.batch(epoch: state.epoch + 1, batch: b, batches: nb, loss: loss, learningRate: state.adam.learningRate,
+                              eta: fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : nil))
             }
             let (vl, vm) = validate()
             state.epoch += 1
             epochsDone += 1
-            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: lossSum / Double(order.count),
-                                   train: acc.metrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
+            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: trainLoss,
+                                           train: trainMetrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
             rows.append(row)
             let improved = vl < state.bestValLoss
             if improved { state.bestValLoss = vl; state.bestEpoch = state.epoch }
             state.schedule.endEpoch(state.epoch - 1, monitored: vl)
             if state.epoch - state.bestEpoch >= options.patience { state.stopped = true }
-            // metrics.csv first, then the checkpoint (atomic): a crash in between is repaired on resume,
-            // which drops metric rows past the checkpoint's epoch.
-            let old = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? (PretrainEpochMetrics.header + "\n")
-            try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
+            // Model files and metrics.csv first, the checkpoint (atomic) last: a process killed in between
+            // repeats the epoch on resume, which gives the same files again, and drops metric rows past the
+            // checkpoint's epoch.
+            try run.saveModel(model, to: "last.safetensors", metadata: provenance(kind: "last"))
+            if improved { try run.saveModel(model, to: "best.safetensors", metadata: provenance(kind: "best")) }
+            try run.appendMetrics(row.csv, header: PretrainEpochMetrics.header)
             try saveCheckpoint()
-            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last"), derived: true)
-            if improved { try ModelFile.save(model, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best"), derived: true) }
-            log(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
-                       state.epoch, options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
-                       vl, vm.energyMAE, vm.forceMAE, vm.forceRMSE, improved ? "  *best" : "", row.seconds))
+            report(.epoch(row, improved: improved))
         }
         return rows
     }
 
+    /// One pass over the shuffled training frames in mini-batches, an Adam step each; returns the mean loss and
+    /// the metrics accumulated with the weights before each update. `batchDone(b, batches, mean loss so far)`.
+    func trainEpoch(report: (PretrainEvent) -> Void = { _ in }, batchDone: (Int, Int, Double) -> Void) throws -> (loss: Double, metrics: ForceFieldMetrics) {
+        var order = state.trainIndices
+        state.rng.shuffle(&order)
+        var acc = ForceFieldMetrics.Accumulator()
+        var lossSum = 0.0
+        let nb = (order.count + options.batch - 1) / options.batch
+        state.adam.learningRate = state.schedule.rate
+        for b in 0..<nb {
+            let idx = Array(order[(b * options.batch)..<Swift.min((b + 1) * options.batch, order.count)])
+            let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
+            var grads = grads0
+            if options.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: options.clipNorm) }
+            var p: [String: Tensor] = [:]
+            for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
+            // The update is taken only when loss, gradients and the new parameters pass the guard; otherwise
+            // weights and optimizer state stay as they were and the step is counted as rejected.
+            var adam = state.adam
+            adam.update(&p, gradients: grads)
+            let why: String? = !l.isFinite ? "the loss of frames \(idx.map { String($0 + 1) }.joined(separator: ",")) is \(l)"
+                : !grads.values.allSatisfy(\.isFinite) ? "the gradient is not finite" : ParameterGuard.rejection(of: p, for: model)
+            var r = state.rejections ?? UpdateRejections()
+            if let why {
+                report(.rejectedStep(epoch: state.epoch + 1, reason: why))
+                defer { state.rejections = r }
+                try r.reject(why, limit: options.maxRejectedSteps ?? ParameterGuard.defaultMaxRejectedSteps,
+                             kept: "\(run.lastModelPath) (epoch \(state.epoch)) and \(run.bestModelPath) (epoch \(state.bestEpoch))")
+            } else {
+                r.accept()
+                state.rejections = r
+                state.adam = adam
+                for (k, v) in p { model.parameters[k] = v }
+            }
+            lossSum += l * Double(idx.count)
+            batchDone(b + 1, nb, lossSum / Double(Swift.min((b + 1) * options.batch, order.count)))
+        }
+        return (lossSum / Double(order.count), acc.metrics)
+    }
+
+    /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        let enc = JSONEncoder()
-        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let js = String(data: try enc.encode(state), encoding: .utf8)!
-        try SafeTensors.write(model.parameters.map { ($0.key, $0.value) }, metadata: ["pretrain_state": js], to: checkpointPath)
+        try run.writeCheckpoint(model.parameters, state: state, key: Self.checkpointKey)
+        if let s = session { try run.recordCost(s) }
+    }
+
+    /// The run's cost over all its processes so far (written to cost.json).
+    public func cost() throws -> RunDirectory.Cost {
+        guard let s = session else { return try run.readJSON(RunDirectory.Cost.self, from: "cost.json") ?? RunDirectory.Cost() }
+        return try run.recordCost(s)
     }
 
     /// The command line, with the run directory by its name only (where it lived is machine-specific).
@@ -514,7 +561,7 @@ public final class Pretrainer {
 
     /// Metrics of the best checkpoint on each test file (and, when `record`, written into best.safetensors).
     public func evaluateBest(record: Bool = true) throws -> [(String, ForceFieldMetrics)] {
-        let path = runDirectory + "/best.safetensors"
+        let path = run.bestModelPath
         let (best, meta) = try ModelFile.load(path)
         var out: [(String, ForceFieldMetrics)] = []
         var extra = meta
@@ -532,12 +579,4 @@ public final class Pretrainer {
         }
         return out
     }
-}
-
-func formatDuration(_ s: Double) -> String {
-    guard s.isFinite && s >= 0 else { return "?" }
-    let t = Int(s.rounded())
-    if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
-    if t >= 60 { return String(format: "%dm%02ds", t / 60, t % 60) }
-    return "\(t)s"
 }

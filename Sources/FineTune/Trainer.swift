@@ -5,51 +5,6 @@ import Potentials
 import Relax
 import Tape
 
-/// Everything needed to rerun a fine-tuning (written to RUN_DIR/config.json).
-public struct FineTuneConfig: Codable, Sendable {
-    public var pretrained: String
-    public var data: [String] = []
-    public var initial: String?
-    public var target: String?
-    public var relaxer: String = "frame"
-    public var relaxerParameters: [String: Double] = [:]
-    public var steps: Int = 50
-    public var gradient: String = "checkpoint"
-    public var trainRelaxer: [String] = []
-    /// Potential parameters to train (nil: all).
-    public var trainParameters: [String]? = nil
-    public var epochs: Int = 30
-    public var learningRate: Double = 1e-3
-    /// Learning rate of the relaxer hyperparameters (nil: the same as the potential's).
-    public var relaxerLearningRate: Double? = nil
-    public var batchSize: Int = 4
-    public var validationFraction: Double = 0.2
-    /// Validation structure files (used instead of a random fraction of the training data when given).
-    public var validationData: [String]? = nil
-    public var seed: UInt64 = 0
-    public var schedule: String = "constant"
-    public var clipNorm: Double = 0
-    public var weightDecay: Double = 0
-    /// Early stopping: epochs without validation improvement before stopping (0: never).
-    public var patience: Int = 0
-    public var stopFmax: Double? = nil
-    public var threads: Int = 1
-    /// Learning rate relative to each parameter's initial RMS magnitude (natural for classical potentials,
-    /// whose parameters have different units and scales) instead of absolute.
-    public var relativeLearningRate = false
-    /// Weight of the per-atom energy error at the relaxed structure in the loss (needs energy_relaxed).
-    public var energyWeight: Double = 0
-    /// Frames with DFT forces (e.g. the training structures' DFT relaxation steps) for a force-matching term
-    /// added to every optimizer step: `forceWeight · mean (F − F_ref)²` over `forceFrames` frames drawn at
-    /// random, a regulariser against forgetting in the spirit of StABlE's QM term (Raja et al., TMLR 2025).
-    /// Optional so that config.json files of earlier runs still decode.
-    public var forceData: [String]? = nil
-    public var forceWeight: Double? = nil
-    public var forceFrames: Int? = nil
-
-    public init(pretrained: String) { self.pretrained = pretrained }
-}
-
 /// One row of metrics.csv.
 public struct EpochMetrics: Codable, Sendable {
     public var epoch: Int
@@ -64,20 +19,31 @@ public struct EpochMetrics: Codable, Sendable {
     public var seconds: Double
     /// RMS force error on the frames drawn for the force term during the epoch (eV/Å; nil without it).
     public var trainForceRMSE: Double? = nil
+    /// Training examples of the epoch whose relaxation, loss or gradient was not finite (left out of their
+    /// step and of the train ΔQ), and validation relaxations that failed.
+    public var failedExamples: Int? = nil
+    public var failedValidation: Int? = nil
 }
 
-/// Resumable state of a run (RUN_DIR/state.json); the weights are in RUN_DIR/last.safetensors.
+/// Resumable state of a run (RUN_DIR/checkpoint.safetensors, with the weights).
 public struct TrainerState: Codable, Sendable {
     public var nextEpoch = 0
     public var adam: Adam
     public var schedule: ScheduleState
     public var rng: SeededGenerator
+    /// The relaxer's hyperparameters as trained so far.
     public var hyper: [String: Double]
     public var bestValidation: Double?
     public var bestEpoch: Int?
     public var epochsWithoutImprovement = 0
+    /// Optimizer steps not taken (non-finite gradients, failed batches, updates the parameter guard refused).
     public var skippedSteps = 0
+    /// Rejected updates in a row (the run stops at `maxRejectedSteps`); nil in runs written before it existed.
+    public var rejections: UpdateRejections? = nil
+    /// Training examples that failed, over the run.
+    public var failedExamples: Int? = nil
     public var history: [EpochMetrics] = []
+    /// ΔQ of the starting model (empty until the initial evaluation is done).
     public var before: [String: Double] = [:]
     public var seconds = 0.0
     public var stoppedEarly = false
@@ -94,31 +60,84 @@ public struct FineTuneSummary: Codable, Sendable {
     public var best_epoch: Int?
     /// Training time summed over epochs (all sessions of a resumed run).
     public var seconds: Double
-    /// Peak resident set size of the process that wrote the summary (MB).
+    /// The run's cost over every process that worked on it (resumes included): peak resident set size (MB),
+    /// wall and CPU seconds (user + system; evaluations included), and the number of processes.
     public var peak_rss_mb: Double
-    /// Wall and CPU time (user + system) of that process, set by the command (includes the evaluations).
     public var wall_seconds: Double? = nil
     public var cpu_seconds: Double? = nil
+    public var sessions: Int? = nil
     public var skipped_steps: Int
+    /// Training examples whose relaxation, loss or gradient went non-finite, over the run.
+    public var failed_examples: Int? = nil
     public var stopped_early: Bool
     public var relaxer_hyperparameters: [String: Double]
     public var parameters: [String: [Double]]?
 }
 
+/// What a fine-tuning run reports while it works (the command line formats it).
+public enum FineTuneEvent: Sendable {
+    /// The starting model's relaxations (training and validation), `done` of `total` structures.
+    case initialEvaluation(done: Int, total: Int, eta: Double?)
+    /// Mini-batches of an epoch (1-based epoch), `done` of `total` structures.
+    case batch(epoch: Int, done: Int, total: Int, eta: Double?)
+    /// A completed epoch and the estimated time to the end of the run.
+    case epoch(EpochMetrics, eta: Double)
+    /// A training example failed in (1-based) `epoch` and was left out of its step.
+    case failedExample(epoch: Int, name: String, failure: RelaxationFailure)
+    /// An optimizer step of (1-based) `epoch` was not taken, and why.
+    case rejectedStep(epoch: Int, reason: String)
+}
+
+/// The loss and gradient of one mini-batch: per example ΔQ (and the energy term), and the gradient with respect
+/// to the potential's trainable parameters (`p/NAME`) and the trained relaxer hyperparameters (`r/NAME`),
+/// averaged over the examples that did not fail and accumulated in example order. Examples in, gradients out:
+/// the unit a data-parallel run reduces across ranks.
+public struct BatchGradient: Sendable {
+    /// Per example; NaN for a failed one.
+    public var losses: [Double]
+    public var gradients: [String: Tensor]
+    /// The examples (index in the batch) that failed, and why.
+    public var failures: [(index: Int, failure: RelaxationFailure)] = []
+
+    /// Whether there is a finite gradient to step with (at least one example passed).
+    public var isFinite: Bool { failures.count < losses.count && gradients.values.allSatisfy(\.isFinite) }
+}
+
+public func batchGradient(_ examples: [RelaxationExample], potential: any Potential, settings: BPTTSettings, trainable: [String],
+                          threads: Int) -> BatchGradient {
+    let results = parallelMap(examples.count, threads: threads) { i in
+        relaxationLossAndGradient(examples[i], potential: potential, settings: settings)
+    }
+    var grads: [String: Tensor] = [:]
+    let passed = results.filter { $0.failure == nil }
+    let w = 1 / Double(Swift.max(passed.count, 1))
+    for r in passed {
+        for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(potential.parameters[name]!.shape)) + r.gradients[name]! * w }
+        for name in settings.trainableHyper { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
+    }
+    let failures = results.enumerated().compactMap { k, r in r.failure.map { (index: k, failure: $0) } }
+    return BatchGradient(losses: results.map(\.loss), gradients: grads, failures: failures)
+}
+
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
 /// hyperparameters), mini-batches of examples, a seeded train/validation split, early stopping on validation
-/// ΔQ, best and last checkpoints, exact resume.
+/// ΔQ, best and last model files, exact resume from RUN_DIR/checkpoint.safetensors.
 public final class FineTuner {
     public let config: FineTuneConfig
-    public let runDirectory: String
+    public let run: RunDirectory
+    public var runDirectory: String { run.path }
     public private(set) var potential: any Potential
     public let train: [RelaxationExample]
     public let validation: [RelaxationExample]
     /// Frames of the force-matching term (empty without it).
     public let forceFrames: [Structure]
     public private(set) var state: TrainerState
-    let baseRelaxer: any Relaxer
     let trainable: [String]
+    /// Whether the run directory exists (created by `run`, or opened by `resume`).
+    private var started = false
+    private var session: RunDirectory.Session?
+
+    static let checkpointKey = "finetune_state"
 
     /// `validationExamples`: a separate validation set (e.g. the val split of a dataset); nil takes a seeded
     /// fraction `config.validationFraction` of `examples`. `forceFrames`: the frames of `config.forceData`.
@@ -132,11 +151,11 @@ public final class FineTuner {
                 throw DatasetError(message: "force frame \(k) has no forces")
             }
         }
-        self.runDirectory = runDirectory
+        run = RunDirectory(runDirectory)
         self.potential = potential
-        baseRelaxer = try RelaxerFactory.make(config.relaxer, overrides: config.relaxerParameters)
-        for name in config.trainRelaxer where baseRelaxer.hyperparameters[name] == nil {
-            throw DatasetError(message: "relaxer \(config.relaxer) has no hyperparameter '\(name)' (has: \(baseRelaxer.hyperparameters.keys.joined(separator: ", ")))")
+        let known = config.relaxer.hyperparameters.names
+        for name in config.trainRelaxer where !known.contains(name) {
+            throw DatasetError(message: "relaxer \(config.relaxer.name) has no hyperparameter '\(name)' (has: \(known.joined(separator: ", ")))")
         }
         let all = potential.parameters.keys
         if let names = config.trainParameters {
@@ -156,8 +175,7 @@ public final class FineTuner {
             validation = split.validation.map { examples[$0] }
         }
         guard !train.isEmpty else { throw DatasetError(message: "no training examples (\(examples.count) in the data)") }
-        var hyper: [String: Double] = [:]
-        for (k, v) in baseRelaxer.hyperparameters { hyper[k] = v }
+        let hyper = config.relaxer.hyperparameters.dictionary
         var adam = Adam(learningRate: config.learningRate, weightDecay: config.weightDecay)
         if config.relativeLearningRate {
             for name in trainable {
@@ -171,163 +189,268 @@ public final class FineTuner {
                              rng: SeededGenerator(seed: config.seed &+ 0x5EED), hyper: hyper)
     }
 
-    var statePath: String { runDirectory + "/state.json" }
-    var lastModelPath: String { runDirectory + "/last.safetensors" }
-    public var bestModelPath: String { runDirectory + "/best.safetensors" }
+    public var bestModelPath: String { run.bestModelPath }
 
-    /// Restores the state and weights saved by an interrupted run.
-    public func resume() throws {
-        let data = try Data(contentsOf: URL(fileURLWithPath: statePath))
-        let d = JSONDecoder()
-        d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        state = try d.decode(TrainerState.self, from: data)
-        let (p, _) = try ModelFile.load(lastModelPath)
-        potential.parameters = p.parameters
+    /// The relaxer with its hyperparameters as trained so far.
+    public var relaxer: any Relaxer {
+        var r = config.relaxer
+        try? r.set(state.hyper)
+        return r
     }
 
-    func settings(mode: GradientMode) throws -> BPTTSettings {
-        var r = baseRelaxer
-        for (k, v) in state.hyper { r.hyperparameters[k] = v }
-        var s = BPTTSettings(relaxer: r, steps: config.steps)
-        s.mode = mode
+    /// Restores the state and weights of an interrupted run (its config must be this trainer's; a new epoch
+    /// budget in it re-targets a cosine schedule, the only state that depends on the budget).
+    public func resume() throws {
+        if let ck = try run.readCheckpoint(TrainerState.self, key: Self.checkpointKey) {
+            state = ck.state
+            try RunDirectory.install(ck.tensors, into: &potential, file: run.checkpointPath)
+        } else if let s = try run.readJSON(TrainerState.self, from: "state.json") {
+            // Run directories written before checkpoint.safetensors: the state and last.safetensors.
+            state = s
+            potential.parameters = try ModelFile.load(run.lastModelPath).potential.parameters
+        }
+        // Without either, the run was stopped between writing config.json and its first checkpoint: it starts
+        // from the beginning, as the stored configuration says.
+        try validateState()
+        try run.storeEpochs(config.epochs, as: FineTuneConfig.self)
+        if case .cosine(let old, let minFactor) = state.schedule.schedule, old != config.epochs {
+            state.schedule.schedule = .cosine(epochs: config.epochs, minFactor: minFactor)
+            if state.nextEpoch > 0 { state.schedule.endEpoch(state.nextEpoch - 1, monitored: state.bestValidation ?? .infinity) }
+        }
+        started = true
+    }
+
+    /// A state read from disk must be one this run could have written (a hand-edited or foreign file is an
+    /// error naming it, never "epoch −3/3").
+    func validateState() throws {
+        let where_ = run.checkpointPath
+        func fail(_ what: String) throws -> Never { throw RunDirectoryError(message: "\(where_): \(what) (not a state this run wrote)") }
+        if state.nextEpoch < 0 || state.nextEpoch != state.history.count { try fail("next epoch \(state.nextEpoch) with \(state.history.count) epochs recorded") }
+        if let b = state.bestEpoch, b < 0 || b > state.nextEpoch { try fail("best epoch \(b) of \(state.nextEpoch)") }
+        if state.skippedSteps < 0 || state.epochsWithoutImprovement < 0 { try fail("negative counters") }
+        if Set(state.hyper.keys) != Set(config.relaxer.hyperparameters.names) || !state.hyper.values.allSatisfy(\.isFinite) {
+            try fail("relaxer hyperparameters \(state.hyper.keys.sorted()) do not fit relaxer \(config.relaxer.name)")
+        }
+        var sizes: [String: Int] = [:]
+        for (k, v) in potential.parameters { sizes["p/" + k] = v.count }
+        for k in state.hyper.keys { sizes["r/" + k] = 1 }
+        try RunDirectory.validate(state.adam, sizes: sizes, file: where_)
+        if let why = ParameterGuard.rejection(of: Dictionary(uniqueKeysWithValues: potential.parameters.map { ($0.key, $0.value) }), for: potential) {
+            try fail(why)
+        }
+    }
+
+    func settings() -> BPTTSettings {
+        var s = BPTTSettings(relaxer: relaxer, steps: config.steps)
+        s.mode = config.gradient
         s.stopFmax = config.stopFmax
         s.trainableHyper = config.trainRelaxer
         s.energyWeight = config.energyWeight
         return s
     }
 
+    /// The relaxation protocol of the current model (trained hyperparameters, T steps).
     public var relaxationProtocol: RelaxationProtocol {
-        RelaxationProtocol(relaxer: config.relaxer, hyperparameters: state.hyper, steps: config.steps, stopFmax: config.stopFmax)
+        RelaxationProtocol(relaxer: relaxer, steps: config.steps, stopFmax: config.stopFmax)
     }
 
-    func evaluate(_ examples: [RelaxationExample], protocol p: RelaxationProtocol? = nil, potential pot: (any Potential)? = nil) throws -> [ExampleEvaluation] {
-        try evaluateRelaxations(examples, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads)
-    }
-
-    func saveModel(to path: String, epoch: Int) throws {
-        try ModelFile.save(potential, to: path, extraMetadata: [
-            "relaxation_protocol": relaxationProtocol.metadataValue,
-            "training": "relaxft finetune (BPTT) from \(ModelFile.recordedArgument(config.pretrained)), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer), T = \(config.steps)",
-        ], derived: true)
-    }
-
-    func saveState() throws {
-        let e = JSONEncoder.sorted
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        try AtomicFile.write(try e.encode(state), to: statePath)
-    }
-
-    /// Runs (or continues) the training; `progress` gets a line per epoch. `stopAfterEpoch` ends the run early
-    /// at that epoch, as an interruption would (state and checkpoints are saved after every epoch).
-    public func run(stopAfterEpoch: Int? = nil, progress: (EpochMetrics, _ eta: Double) -> Void = { _, _ in }) throws -> FineTuneSummary {
-        let mode = try GradientMode.parse(config.gradient)
-        if state.nextEpoch == 0 && state.history.isEmpty {
-            let tr = try evaluate(train), va = try evaluate(validation)
-            state.before["train_dq_mean"] = ErrorSummary(tr.map(\.deltaQ)).mean
-            if !va.isEmpty {
-                let s = ErrorSummary(va.map(\.deltaQ))
-                state.before["val_dq_mean"] = s.mean
-                state.before["val_dq_median"] = s.median
-                state.bestValidation = s.mean
-            }
-            state.bestEpoch = 0
-            try saveModel(to: bestModelPath, epoch: 0)
-            try saveModel(to: lastModelPath, epoch: 0)
-            try saveState()
+    /// Relaxes `examples` in chunks of `config.threads`, reporting after each chunk.
+    func evaluate(_ examples: [RelaxationExample], protocol p: RelaxationProtocol? = nil, potential pot: (any Potential)? = nil,
+                  progress: (Int) -> Void = { _ in }) -> [ExampleEvaluation] {
+        var out: [ExampleEvaluation] = []
+        let chunk = Swift.max(config.threads, 1)
+        var start = 0
+        while start < examples.count {
+            let part = Array(examples[start..<Swift.min(start + chunk, examples.count)])
+            out += evaluateRelaxations(part, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads)
+            start += chunk
+            progress(out.count)
         }
-        let relaxerRate = config.relaxerLearningRate ?? config.learningRate
+        return out
+    }
+
+    func saveModel(to name: String, epoch: Int) throws {
+        try run.saveModel(potential, to: name, metadata: [
+            "relaxation_protocol": relaxationProtocol.metadataValue,
+            "training": "relaxft finetune (BPTT) from \(ModelFile.recordedArgument(config.pretrained)), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer.name), T = \(config.steps)",
+        ])
+    }
+
+    /// Weights and state in one atomic file, then the cost so far.
+    func saveCheckpoint() throws {
+        try run.writeCheckpoint(potential.parameters, state: state, key: Self.checkpointKey)
+        if let s = session { try run.recordCost(s) }
+    }
+
+    /// Runs (or continues) the training; `report` gets progress events. `stopAfterEpoch` ends the run early at
+    /// that epoch, as an interruption would (the checkpoint is saved before the first relaxation and after
+    /// every epoch).
+    public func run(stopAfterEpoch: Int? = nil, report: (FineTuneEvent) -> Void = { _ in }) throws -> FineTuneSummary {
+        if !started {
+            _ = try RunDirectory.create(run.path, config: config)
+            started = true
+        }
+        if !run.exists("checkpoint.safetensors") { try saveCheckpoint() }
+        session = try run.beginSession()
+        if state.before.isEmpty && state.history.isEmpty { try initialEvaluation(report: report) }
+        let clock = Date()
+        var epochsThisCall = 0
         while state.nextEpoch < Swift.min(config.epochs, stopAfterEpoch ?? .max) && !state.stoppedEarly {
-            let epoch = state.nextEpoch
-            let t0 = Date()
-            var order = Array(0..<train.count)
-            state.rng.shuffle(&order)
-            var losses: [Double] = []
-            var forceSquares = 0.0, forceComponents = 0
-            var lastNorm = 0.0
-            let settings = try self.settings(mode: mode)
-            var b = 0
-            while b < order.count {
-                let batch = Array(order[b..<Swift.min(b + config.batchSize, order.count)])
-                b += config.batchSize
-                let params = Dictionary(uniqueKeysWithValues: potential.parameters.map { ($0.key, $0.value) })
-                let pot = potential
-                let hyper = state.hyper
-                let examples = batch.map { train[$0] }
-                let results = parallelMap(examples.count, threads: config.threads) { i in
-                    relaxationLossAndGradient(examples[i], potential: pot, parameters: params, hyper: hyper, settings: settings)
-                }
-                // Mean over the batch, accumulated in a fixed order.
-                var grads: [String: Tensor] = [:]
-                let w = 1 / Double(results.count)
-                for r in results {
-                    losses.append(r.loss)
-                    for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(params[name]!.shape)) + r.gradients[name]! * w }
-                    for name in config.trainRelaxer { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
-                }
-                if let wf = config.forceWeight, wf > 0 {
-                    let (_, g, m) = energyForceLossAndGradient(potential, trainable: trainable, frames: drawForceFrames(),
-                                                               energyWeight: 0, forceWeight: 1)
-                    for name in trainable { grads["p/" + name] = grads["p/" + name]! + g[name]! * wf }
-                    forceSquares += m.forceRMSE * m.forceRMSE * Double(m.forceComponents)
-                    forceComponents += m.forceComponents
-                }
-                guard grads.values.allSatisfy(\.isFinite), results.allSatisfy({ $0.loss.isFinite }) else {
-                    state.skippedSteps += 1
-                    continue
-                }
-                lastNorm = clipGradients(&grads, maxNorm: config.clipNorm)
-                var values: [String: Tensor] = [:]
-                for name in trainable { values["p/" + name] = params[name]! }
-                for name in config.trainRelaxer { values["r/" + name] = Tensor(scalar: state.hyper[name]!) }
-                // Relaxer hyperparameters move on their own learning rate: scale their gradients so that one
-                // Adam (whose steps are ~lr per coordinate) serves both.
-                state.adam.learningRate = state.schedule.rate
-                var pValues = values.filter { $0.key.hasPrefix("p/") }, rValues = values.filter { $0.key.hasPrefix("r/") }
-                let pGrads = grads.filter { $0.key.hasPrefix("p/") }, rGrads = grads.filter { $0.key.hasPrefix("r/") }
-                state.adam.update(&pValues, gradients: pGrads)
-                if !rValues.isEmpty {
-                    let saved = state.adam.learningRate
-                    state.adam.learningRate = relaxerRate * state.schedule.rate / config.learningRate
-                    state.adam.update(&rValues, gradients: rGrads, countStep: false)
-                    state.adam.learningRate = saved
-                }
-                for (k, v) in pValues { potential.parameters[String(k.dropFirst(2))] = v }
-                // Step sizes and the like must stay positive.
-                for (k, v) in rValues { state.hyper[String(k.dropFirst(2))] = Swift.max(v.scalar, 1e-8) }
-            }
-            let tr = ErrorSummary(losses)
-            var metrics = EpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
-                                       gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.hyper,
-                                       skippedSteps: state.skippedSteps, seconds: 0)
-            if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
-            var monitored = tr.mean
-            if !validation.isEmpty {
-                let va = ErrorSummary(try evaluate(validation).map(\.deltaQ))
-                metrics.valDQMean = va.mean
-                metrics.valDQMedian = va.median
-                monitored = va.mean
-            }
-            if monitored < (state.bestValidation ?? .infinity) {
-                state.bestValidation = monitored
-                state.bestEpoch = epoch + 1
-                state.epochsWithoutImprovement = 0
-                try saveModel(to: bestModelPath, epoch: epoch + 1)
-            } else {
-                state.epochsWithoutImprovement += 1
-                if config.patience > 0 && state.epochsWithoutImprovement >= config.patience { state.stoppedEarly = true }
-            }
-            state.schedule.endEpoch(epoch, monitored: monitored)
-            metrics.seconds = Date().timeIntervalSince(t0)
-            state.seconds += metrics.seconds
-            state.history.append(metrics)
-            state.nextEpoch = epoch + 1
-            try saveModel(to: lastModelPath, epoch: epoch + 1)
-            try saveState()
-            try writeMetricsCSV()
-            let perEpoch = state.seconds / Double(state.history.count)
-            progress(metrics, perEpoch * Double(config.epochs - state.nextEpoch))
+            let metrics = try trainEpoch(report: report)
+            epochsThisCall += 1
+            // ETA from this process's epochs (earlier sessions may have run on another machine).
+            let perEpoch = Date().timeIntervalSince(clock) / Double(epochsThisCall)
+            report(.epoch(metrics, eta: perEpoch * Double(config.epochs - state.nextEpoch)))
         }
         return try summary()
+    }
+
+    /// The starting model's ΔQ on the training and validation structures; best and last model files at epoch 0.
+    func initialEvaluation(report: (FineTuneEvent) -> Void) throws {
+        let total = train.count + validation.count
+        let t0 = Date()
+        func progress(_ done: Int) {
+            let eta = done > 0 ? Date().timeIntervalSince(t0) / Double(done) * Double(total - done) : nil
+            report(.initialEvaluation(done: done, total: total, eta: eta))
+        }
+        let tr = evaluate(train, progress: progress)
+        let va = evaluate(validation) { progress(train.count + $0) }
+        state.before["train_dq_mean"] = ErrorSummary(tr.map(\.deltaQ)).mean
+        if !va.isEmpty {
+            let s = ErrorSummary(va.map(\.deltaQ))
+            state.before["val_dq_mean"] = s.mean
+            state.before["val_dq_median"] = s.median
+            state.bestValidation = s.mean
+        }
+        state.bestEpoch = 0
+        try saveModel(to: "best.safetensors", epoch: 0)
+        try saveModel(to: "last.safetensors", epoch: 0)
+        try saveCheckpoint()
+    }
+
+    /// The gradient of one optimizer step: the batch's ΔQ gradient, plus the force term when it is on.
+    func stepGradient(_ batch: [RelaxationExample], settings: BPTTSettings, forceSquares: inout Double, forceComponents: inout Int) -> BatchGradient {
+        var g = batchGradient(batch, potential: potential, settings: settings, trainable: trainable, threads: config.threads)
+        if let wf = config.forceWeight, wf > 0 {
+            let (_, fg, m) = energyForceLossAndGradient(potential, trainable: trainable, frames: drawForceFrames(), energyWeight: 0, forceWeight: 1)
+            for name in trainable { g.gradients["p/" + name] = g.gradients["p/" + name]! + fg[name]! * wf }
+            forceSquares += m.forceRMSE * m.forceRMSE * Double(m.forceComponents)
+            forceComponents += m.forceComponents
+        }
+        return g
+    }
+
+    /// One Adam step on `grads` (relaxer hyperparameters on their own learning rate), taken only when the
+    /// parameter guard accepts the result: returns why it was refused (nothing changed then), or nil.
+    func applyStep(_ grads: [String: Tensor]) -> String? {
+        var values: [String: Tensor] = [:]
+        for name in trainable { values["p/" + name] = potential.parameters[name]! }
+        for name in config.trainRelaxer { values["r/" + name] = Tensor(scalar: state.hyper[name]!) }
+        // Scale the relaxer's gradients' step so that one Adam (whose steps are ~lr per coordinate) serves both.
+        var adam = state.adam
+        adam.learningRate = state.schedule.rate
+        var pValues = values.filter { $0.key.hasPrefix("p/") }, rValues = values.filter { $0.key.hasPrefix("r/") }
+        let pGrads = grads.filter { $0.key.hasPrefix("p/") }, rGrads = grads.filter { $0.key.hasPrefix("r/") }
+        adam.update(&pValues, gradients: pGrads)
+        if !rValues.isEmpty {
+            let saved = adam.learningRate
+            let relaxerRate = config.relaxerLearningRate ?? config.learningRate
+            adam.learningRate = relaxerRate * state.schedule.rate / config.learningRate
+            adam.update(&rValues, gradients: rGrads, countStep: false)
+            adam.learningRate = saved
+        }
+        var updated: [String: Tensor] = [:]
+        for (k, v) in pValues { updated[String(k.dropFirst(2))] = v }
+        if let why = ParameterGuard.rejection(of: updated, for: potential) { return why }
+        if let (k, _) = rValues.sorted(by: { $0.key < $1.key }).first(where: { !$0.value.scalar.isFinite }) {
+            return "relaxer hyperparameter \(k.dropFirst(2)) became non-finite"
+        }
+        state.adam = adam
+        for (k, v) in updated { potential.parameters[k] = v }
+        // Step sizes and the like must stay positive.
+        for (k, v) in rValues { state.hyper[String(k.dropFirst(2))] = Swift.max(v.scalar, 1e-8) }
+        return nil
+    }
+
+    /// Counts an optimizer step not taken; stops the run (`TrainingStopped`) after `maxRejectedSteps` in a row.
+    func reject(_ reason: String, epoch: Int, report: (FineTuneEvent) -> Void) throws {
+        state.skippedSteps += 1
+        report(.rejectedStep(epoch: epoch + 1, reason: reason))
+        var r = state.rejections ?? UpdateRejections()
+        defer { state.rejections = r }
+        try r.reject(reason, limit: config.maxRejectedSteps ?? ParameterGuard.defaultMaxRejectedSteps,
+                     kept: "\(run.lastModelPath) (epoch \(epoch)) and \(run.bestModelPath) (epoch \(state.bestEpoch ?? 0))")
+    }
+
+    /// One epoch: shuffled mini-batches, validation, best/last model files, checkpoint, metrics row.
+    func trainEpoch(report: (FineTuneEvent) -> Void) throws -> EpochMetrics {
+        let epoch = state.nextEpoch
+        let t0 = Date()
+        var order = Array(0..<train.count)
+        state.rng.shuffle(&order)
+        var losses: [Double] = []
+        var forceSquares = 0.0, forceComponents = 0
+        var lastNorm = 0.0
+        var failed = 0
+        var b = 0
+        while b < order.count {
+            let batch = order[b..<Swift.min(b + config.batchSize, order.count)].map { train[$0] }
+            b += config.batchSize
+            // The relaxer as trained so far: its hyperparameters change with every step.
+            var g = stepGradient(batch, settings: settings(), forceSquares: &forceSquares, forceComponents: &forceComponents)
+            // A failed example is counted and left out; the train ΔQ is over the examples that passed.
+            losses += g.losses.filter(\.isFinite)
+            failed += g.failures.count
+            for (k, f) in g.failures { report(.failedExample(epoch: epoch + 1, name: batch[k].displayName, failure: f)) }
+            let done = Swift.min(b, order.count)
+            report(.batch(epoch: epoch + 1, done: done, total: order.count, eta: Date().timeIntervalSince(t0) / Double(done) * Double(order.count - done)))
+            guard g.isFinite else {
+                try reject(g.failures.count == batch.count ? "every example of the batch failed" : "the gradient is not finite", epoch: epoch, report: report)
+                continue
+            }
+            let norm = clipGradients(&g.gradients, maxNorm: config.clipNorm)
+            if let why = applyStep(g.gradients) {
+                try reject(why, epoch: epoch, report: report)
+                continue
+            }
+            lastNorm = norm
+            state.rejections?.accept()
+        }
+        let tr = ErrorSummary(losses)
+        var metrics = EpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
+                                   gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.hyper,
+                                   skippedSteps: state.skippedSteps, seconds: 0)
+        if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
+        metrics.failedExamples = failed
+        state.failedExamples = (state.failedExamples ?? 0) + failed
+        var monitored = tr.mean
+        if !validation.isEmpty {
+            let evals = evaluate(validation)
+            let va = ErrorSummary(evals.map(\.deltaQ))
+            metrics.valDQMean = va.mean
+            metrics.valDQMedian = va.median
+            metrics.failedValidation = evals.filter { $0.failure != nil }.count
+            // A model whose validation relaxations fail is never the best one.
+            monitored = metrics.failedValidation! > 0 ? .infinity : va.mean
+        }
+        if monitored < (state.bestValidation ?? .infinity) {
+            state.bestValidation = monitored
+            state.bestEpoch = epoch + 1
+            state.epochsWithoutImprovement = 0
+            try saveModel(to: "best.safetensors", epoch: epoch + 1)
+        } else {
+            state.epochsWithoutImprovement += 1
+            if config.patience > 0 && state.epochsWithoutImprovement >= config.patience { state.stoppedEarly = true }
+        }
+        state.schedule.endEpoch(epoch, monitored: monitored)
+        metrics.seconds = Date().timeIntervalSince(t0)
+        state.seconds += metrics.seconds
+        state.history.append(metrics)
+        state.nextEpoch = epoch + 1
+        try saveModel(to: "last.safetensors", epoch: epoch + 1)
+        try saveCheckpoint()
+        try writeMetricsCSV()
+        return metrics
     }
 
     /// `config.forceFrames` frames (8 by default) drawn without replacement from the force frames, by the run's
@@ -343,29 +466,32 @@ public final class FineTuner {
         return idx.prefix(k).map { forceFrames[$0] }
     }
 
+    /// metrics.csv from the state's history (the state is the record: a resumed run rewrites it whole).
     func writeMetricsCSV() throws {
         let hyperNames = state.hyper.keys.sorted()
         // The force term's column only when it is on, so that the file of a plain run keeps its layout.
         let withForces = (config.forceWeight ?? 0) > 0
         var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")
-            + ",skipped_steps,seconds" + (withForces ? ",train_force_rmse" : "")]
+            + ",skipped_steps,failed_examples,failed_validation,seconds" + (withForces ? ",train_force_rmse" : "")]
         func f(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
         for m in state.history {
             lines.append(["\(m.epoch)", f(m.trainDQMean), f(m.trainDQMedian), f(m.valDQMean), f(m.valDQMedian), f(m.gradientNorm), f(m.learningRate)]
-                .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),\(f(m.seconds))"
+                .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),"
+                + "\(m.failedExamples.map(String.init) ?? ""),\(m.failedValidation.map(String.init) ?? ""),\(f(m.seconds))"
                 + (withForces ? "," + f(m.trainForceRMSE) : ""))
         }
-        try AtomicFile.write(lines.joined(separator: "\n") + "\n", to: runDirectory + "/metrics.csv")
+        try run.writeMetrics(lines)
     }
 
-    /// ΔQ before (start of the run) and after (best checkpoint, with the relaxer settings saved with it).
+    /// ΔQ before (start of the run) and after (best model, with the relaxer settings saved with it), and the
+    /// run's cost; written to RUN_DIR/summary.json.
     public func summary() throws -> FineTuneSummary {
         let (best, meta) = try ModelFile.load(bestModelPath)
         let proto = RelaxationProtocol.fromMetadata(meta) ?? relaxationProtocol
-        let tr = ErrorSummary(try evaluate(train, protocol: proto, potential: best).map(\.deltaQ))
+        let tr = ErrorSummary(evaluate(train, protocol: proto, potential: best).map(\.deltaQ))
         var vaMean: Double? = nil, vaMedian: Double? = nil
         if !validation.isEmpty {
-            let va = ErrorSummary(try evaluate(validation, protocol: proto, potential: best).map(\.deltaQ))
+            let va = ErrorSummary(evaluate(validation, protocol: proto, potential: best).map(\.deltaQ))
             vaMean = va.mean
             vaMedian = va.median
         }
@@ -375,27 +501,15 @@ public final class FineTuner {
             for (k, v) in best.parameters { d[k] = v.array }
             params = d
         }
-        return FineTuneSummary(train_dq_mean_before: state.before["train_dq_mean"] ?? .nan, train_dq_mean_after: tr.mean,
-                               val_dq_mean_before: state.before["val_dq_mean"], val_dq_mean_after: vaMean,
-                               val_dq_median_before: state.before["val_dq_median"], val_dq_median_after: vaMedian,
-                               epochs: state.history.count, best_epoch: state.bestEpoch, seconds: state.seconds,
-                               peak_rss_mb: peakResidentMegabytes(), skipped_steps: state.skippedSteps,
-                               stopped_early: state.stoppedEarly, relaxer_hyperparameters: proto.hyperparameters, parameters: params)
+        let cost = try session.map { try run.recordCost($0) } ?? RunDirectory.Cost()
+        let s = FineTuneSummary(train_dq_mean_before: state.before["train_dq_mean"] ?? .nan, train_dq_mean_after: tr.mean,
+                                val_dq_mean_before: state.before["val_dq_mean"], val_dq_mean_after: vaMean,
+                                val_dq_median_before: state.before["val_dq_median"], val_dq_median_after: vaMedian,
+                                epochs: state.history.count, best_epoch: state.bestEpoch, seconds: state.seconds,
+                                peak_rss_mb: cost.peakRSSMB, wall_seconds: cost.wallSeconds, cpu_seconds: cost.cpuSeconds, sessions: cost.sessions,
+                                skipped_steps: state.skippedSteps, failed_examples: state.failedExamples, stopped_early: state.stoppedEarly,
+                                relaxer_hyperparameters: proto.relaxer.hyperparameters.dictionary, parameters: params)
+        try run.writeJSON(s, to: "summary.json", pretty: true)
+        return s
     }
-}
-
-/// Peak resident set size of this process (MB).
-public func peakResidentMegabytes() -> Double {
-    var ru = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &ru)
-    return Double(ru.ru_maxrss) / 1024
-}
-
-/// CPU time (user + system, all threads) used by this process so far, in seconds: on a shared machine a
-/// steadier measure of training cost than wall time.
-public func processCPUSeconds() -> Double {
-    var ru = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &ru)
-    func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) * 1e-6 }
-    return s(ru.ru_utime) + s(ru.ru_stime)
 }

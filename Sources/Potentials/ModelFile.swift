@@ -34,6 +34,7 @@ public enum ModelFile {
             return sw
         },
         "chgnet": { p, m in try CHGNet(parameters: p, metadata: m) },
+        "sevennet": { p, m in try SevenNet(parameters: p, metadata: m) },
         "so3krates": { p, m in try SO3krates.load(p, m) },
         "schnet": { p, m in try SchNet.load(p, m) },
     ]

@@ -24,7 +24,7 @@ public enum ModelStore {
         public let convert: @Sendable ([UInt8]) throws -> (tensors: SafeTensors.OrderedTensors, metadata: [String: String])
     }
 
-    public static let pullable: [Source] = [CHGNetWeights.source]
+    public static let pullable: [Source] = [CHGNetWeights.source, SevenNetWeights.source]
 
     public static func source(_ name: String) -> Source? { pullable.first { $0.name == name } }
 

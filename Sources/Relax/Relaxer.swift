@@ -17,6 +17,42 @@ public protocol RelaxerState {
     var forces: Variable? { get set }
 }
 
+extension RelaxerState {
+    /// The forces at `positions`: the cached ones, else evaluated now (energy too) and cached.
+    public mutating func currentForces(_ evaluate: ForceFunction) -> Variable {
+        if let f = forces { return f }
+        let (e, f) = evaluate(positions)
+        energy = e
+        forces = f
+        return f
+    }
+}
+
+/// The continuous hyperparameters of a relaxer as a typed struct (`FIRE.Hyper<Double>`), with names for the
+/// command line, model files and training. A relaxer's `Hyper<T>` maps field by field (`map`), which gives
+/// the same struct of tape variables for a recorded relaxation.
+public protocol RelaxerHyperparameters: Sendable, Equatable {
+    /// The struct with every value replaced by `f(name, value)`, in the fixed field order.
+    func mapValues(_ f: (String, Double) -> Double) -> Self
+}
+
+extension RelaxerHyperparameters {
+    /// (name, value) pairs in the field order.
+    public var named: [(name: String, value: Double)] {
+        var out: [(name: String, value: Double)] = []
+        _ = mapValues { out.append(($0, $1)); return $1 }
+        return out
+    }
+
+    public var names: [String] { named.map(\.name) }
+
+    public var dictionary: [String: Double] {
+        Dictionary(uniqueKeysWithValues: named.map { ($0.name, $0.value) })
+    }
+
+    public subscript(name: String) -> Double? { named.first { $0.name == name }?.value }
+}
+
 /// An optimizer in init/apply style (as JAX-MD's minimizers): `start` builds the state, `step` advances
 /// it by one iteration. The same code runs on constants (fast, nothing recorded) or on tracked variables
 /// (recorded on the tape for backpropagation through the relaxation). Decisions that depend on values —
@@ -24,21 +60,42 @@ public protocol RelaxerState {
 /// every branch, including max-step clamps, is.
 public protocol Relaxer: Sendable {
     associatedtype State: RelaxerState
+    /// The hyperparameters' values (`Hyper<Double>`).
+    associatedtype Hyperparameters: RelaxerHyperparameters
+    /// The same struct of tape variables (`Hyper<Variable>`), constants or tracked.
+    associatedtype Inputs
     /// Name as used on the command line (fire, fire-jaxmd, bfgs, lbfgs, frame).
     var name: String { get }
-    /// Continuous hyperparameters that can be trained (by name, with their values).
-    var hyperparameters: OrderedDictionary<Double> { get set }
-    func start(positions: Variable, hyper: [String: Variable], evaluate: ForceFunction) -> State
-    func step(_ state: State, hyper: [String: Variable], evaluate: ForceFunction) -> State
+    /// Continuous hyperparameters (all of them can be differentiated and trained).
+    var hyperparameters: Hyperparameters { get set }
+    /// The hyperparameters as variables: `variable(name, value)` per field.
+    func inputs(_ variable: (String, Double) -> Variable) -> Inputs
+    func start(positions: Variable, hyper: Inputs, evaluate: ForceFunction) -> State
+    func step(_ state: State, hyper: Inputs, evaluate: ForceFunction) -> State
 }
 
 extension Relaxer {
     /// Hyperparameters as constants.
-    public var constantHyper: [String: Variable] {
-        var d: [String: Variable] = [:]
-        for (k, v) in hyperparameters { d[k] = Variable(constant: v) }
-        return d
+    public var constantHyper: Inputs { inputs { Variable(constant: $1) } }
+
+    /// Sets hyperparameters by name; unknown names are an error that lists the known ones.
+    public mutating func set(_ values: [String: Double]) throws {
+        let known = hyperparameters.names
+        for name in values.keys.sorted() where !known.contains(name) {
+            throw RelaxerError(message: "relaxer \(self.name) has no hyperparameter '\(name)' (has: \(known.joined(separator: ", ")))")
+        }
+        hyperparameters = hyperparameters.mapValues { values[$0] ?? $1 }
     }
+
+    /// `name (k=v, …)`, as logs print a relaxer.
+    public var summary: String {
+        "\(name) (" + hyperparameters.named.map { "\($0.name)=\($0.value)" }.joined(separator: ", ") + ")"
+    }
+}
+
+public struct RelaxerError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }
 
 /// Largest per-atom norm of a [N, 3] tensor (ASE's fmax for forces); NaN when any entry is NaN (so that a
@@ -57,80 +114,29 @@ public func maxRowNorm(_ t: Tensor) -> Double {
     }
 }
 
-/// Evaluates a potential for one structure during a relaxation: keeps a Verlet neighbour list (rebuilt
-/// when an atom has moved more than skin/2) and zeroes forces on fixed atoms, as ASE's FixAtoms does.
-public struct ForceEvaluator: Sendable {
-    public let potential: any Potential
-    public let structure: Structure
-    public var skin: Double
-    public private(set) var neighbors: VerletNeighborList
-    public private(set) var evaluations = 0
-    private var system: AtomicSystem
-    private let freeMask: Tensor?
+/// Relaxers by command-line name: the one place a name becomes a typed relaxer.
+public enum RelaxerFactory {
+    public static let names = ["fire", "fire-jaxmd", "bfgs", "lbfgs", "frame"]
 
-    public init(potential: any Potential, structure: Structure, skin: Double = 0.5) {
-        self.potential = potential
-        self.structure = structure
-        self.skin = skin
-        // A structure the list cannot be built for is not evaluated: the first evaluation reports the problem.
-        let buildable = (try? NeighborList.validate(structure, cutoff: potential.cutoff + skin, name: "the structure",
-                                                    extraBytesPerPair: potential.bytesPerPair)) != nil
-        neighbors = buildable ? VerletNeighborList(structure, cutoff: potential.cutoff, skin: skin)
-            : VerletNeighborList(unbuiltFor: structure.positions, cell: structure.cell, pbc: structure.pbc, cutoff: potential.cutoff, skin: skin)
-        system = AtomicSystem(structures: [structure], lists: [neighbors.list])
-        freeMask = (structure.fixed?.contains(true) ?? false) ? structure.freeMask : nil
-    }
-
-    public var neighborListBuilds: Int { neighbors.builds }
-
-    /// Why the last evaluation was not done (positions or a cell that cannot be binned, a neighbour list beyond
-    /// memory); its energy and forces were then NaN. Nil after a normal evaluation.
-    public private(set) var problem: String?
-
-    /// Checks positions and cell before the potential sees them (O(N)): a non-finite or absurdly large
-    /// coordinate, or a list that would not fit in memory, is not evaluated (`problem` says why). Otherwise
-    /// rebuilds the neighbour list when atoms moved enough, and returns true.
-    private mutating func prepare(_ positions: Tensor, _ cell: Tensor) -> Bool {
-        problem = NeighborList.problem(positions: positions, cell: cell, pbc: structure.pbc, cutoff: neighbors.cutoff + neighbors.skin)
-        guard problem == nil else { return false }
-        guard neighbors.needsRebuild(positions: positions, cell: cell) else { return true }
-        do {
-            try NeighborList.validate(positions: positions, cell: cell, pbc: structure.pbc, cutoff: neighbors.cutoff + neighbors.skin,
-                                      name: "the structure", extraBytesPerPair: potential.bytesPerPair)
-        } catch {
-            problem = "\(error)"
-            return false
+    /// The relaxer `name` with its default hyperparameters, then `overrides` (by hyperparameter name).
+    public static func make(_ name: String, overrides: [String: Double] = [:]) throws -> any Relaxer {
+        var r: any Relaxer
+        switch name {
+        case "fire": r = FIRE()
+        case "fire-jaxmd": r = FIREJaxMD()
+        case "bfgs": r = BFGS()
+        case "lbfgs": r = LBFGS()
+        case "frame": r = ForceFollowing()
+        default: throw RelaxerError(message: "unknown relaxer '\(name)' (known: \(names.joined(separator: ", ")))")
         }
-        neighbors.update(positions: positions, cell: cell)
-        system = AtomicSystem(structures: [structure], lists: [neighbors.list])
-        return true
+        try r.set(overrides)
+        return r
     }
 
-    /// Energy and forces at `positions` with the structure's cell; parameters as given (tracked for
-    /// training, constants otherwise). NaN (see `problem`) for positions that cannot be evaluated.
-    public mutating func evaluate(positions: Variable, cell: Variable? = nil, parameters: [String: Variable]) -> (energy: Variable, forces: Variable) {
-        let c = cell ?? Variable(constant: structure.cell)
-        guard prepare(positions.value, c.value) else {
-            return (Variable(constant: Tensor(scalar: .nan)), Variable(constant: Self.nan(positions.value.shape)))
-        }
-        evaluations += 1
-        var (e, f) = potential.energyAndForces(system, positions: positions, cells: c.reshaped([1, 3, 3]), parameters: parameters)
-        if let m = freeMask { f = f * m }
-        return (e.reshaped([]), f)
+    /// Whether two relaxers are the same kind with the same hyperparameters.
+    public static func equal(_ a: any Relaxer, _ b: any Relaxer) -> Bool {
+        a.name == b.name && a.hyperparameters.dictionary == b.hyperparameters.dictionary
     }
-
-    /// Energy, forces and stress (values) at `positions` and `cell` (NaN, see `problem`, when they cannot be evaluated).
-    public mutating func evaluateWithStress(positions: Tensor, cell: Tensor) -> Evaluation {
-        guard prepare(positions, cell) else {
-            return Evaluation(energies: Tensor(shape: [1], [.nan]), forces: Self.nan(positions.shape), stresses: Self.nan([1, 3, 3]))
-        }
-        evaluations += 1
-        var ev = potential.evaluate(system, positions: positions, cells: cell.reshaped([1, 3, 3]), stress: true)
-        if let m = freeMask { ev.forces = ev.forces * m }
-        return ev
-    }
-
-    static func nan(_ shape: [Int]) -> Tensor { Tensor(shape: shape, [Double](repeating: .nan, count: shape.reduce(1, *))) }
 }
 
 /// Why a relaxation stopped before converging or running out of steps: a non-finite energy, force, position
@@ -147,11 +153,10 @@ public struct RelaxationFailure: Error, Sendable, Equatable, CustomStringConvert
 
     public var description: String { "step \(step): \(reason)" }
 
-    /// The check every relaxation loop runs once per step, on the state it is about to log or continue from
-    /// (O(N)): energy, forces, positions and cell finite, plus the force evaluator's `problem`, if any. Loops
-    /// that unroll a relaxation (values or recorded on a tape) call it after each force evaluation and stop
-    /// at the first failure, keeping the last state that passed.
-    public static func check(step: Int, energy: Double, forces: Tensor, positions: Tensor, cell: Tensor? = nil,
+    /// The check `unroll` runs once per step, on the state it is about to log or continue from (O(N)): energy,
+    /// forces (those given), positions and cell finite, plus the force evaluator's `problem`, if any. The
+    /// unroll stops at the first failure; the states before it passed.
+    public static func check(step: Int, energy: Double?, forces: Tensor?, positions: Tensor, cell: Tensor? = nil,
                              evaluatorProblem: String? = nil) -> RelaxationFailure? {
         if let p = evaluatorProblem { return RelaxationFailure(step: step, reason: p) }
         func firstBad(_ t: Tensor) -> Int? {
@@ -162,8 +167,8 @@ public struct RelaxationFailure: Error, Sendable, Equatable, CustomStringConvert
         }
         if let i = firstBad(positions) { return RelaxationFailure(step: step, reason: "atom \(i / 3 + 1) has a non-finite position") }
         if let c = cell, firstBad(c) != nil { return RelaxationFailure(step: step, reason: "the cell became non-finite") }
-        if !energy.isFinite { return RelaxationFailure(step: step, reason: "the energy is \(energy)") }
-        if let i = firstBad(forces) { return RelaxationFailure(step: step, reason: "the force on atom \(i / 3 + 1) is \(forces.array[i])") }
+        if let e = energy, !e.isFinite { return RelaxationFailure(step: step, reason: "the energy is \(e)") }
+        if let f = forces, let i = firstBad(f) { return RelaxationFailure(step: step, reason: "the force on atom \(i / 3 + 1) is \(f.array[i])") }
         return nil
     }
 }

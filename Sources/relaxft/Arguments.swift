@@ -1,5 +1,6 @@
 import Atoms
 import Foundation
+import FineTune
 
 /// A command-line option: `--name VALUE` (or `--name=VALUE`), or a flag when `value` is nil.
 struct OptionSpec: Sendable {
@@ -69,8 +70,24 @@ struct ParsedArguments {
     var values: [String: [String]] = [:]
     var flags: Set<String> = []
     var positionals: [String] = []
+    /// Options given on the command line (not filled in from defaults), by their long name.
+    var given: Set<String> = []
 
     func has(_ name: String) -> Bool { flags.contains(name) || values[name] != nil }
+
+    /// The value of an option given on the command line (nil when only its default applies).
+    func givenPositiveInt(_ name: String) throws -> Int? { given.contains(name) ? try positiveInt(name) : nil }
+
+    /// Refuses options that cannot apply when resuming a run: its config.json holds them. `allowed` are
+    /// applied to the resumed run explicitly (a new --epochs budget, the output format, threads).
+    func refuseOnResume(allowed: Set<String>) throws {
+        let refused = given.subtracting(allowed.union(["resume"])).sorted()
+        guard refused.isEmpty else {
+            throw UsageError(command: command, message: refused.map { "--" + $0 }.joined(separator: ", ")
+                             + " cannot be changed when resuming (the run's config.json is used; on --resume only "
+                             + allowed.sorted().map { "--" + $0 }.joined(separator: ", ") + " apply)")
+        }
+    }
 
     func string(_ name: String) -> String? { values[name]?.last }
     func strings(_ name: String) -> [String] { values[name] ?? [] }
@@ -84,6 +101,12 @@ struct ParsedArguments {
     func int(_ name: String) throws -> Int? {
         guard let s = string(name) else { return nil }
         guard let v = Int(s) else { throw UsageError(command: command, message: "--\(name) expects an integer, got '\(s)'") }
+        return v
+    }
+
+    func nonNegativeInt(_ name: String) throws -> Int? {
+        guard let v = try int(name) else { return nil }
+        guard v >= 0 else { throw UsageError(command: command, message: "--\(name) must be ≥ 0, got \(v)") }
         return v
     }
 
@@ -126,6 +149,7 @@ enum ArgumentParser {
                 throw UsageError(command: spec.name, message: "unknown option '\(name)'")
             }
             let key = o.names.first { $0.hasPrefix("--") }.map { String($0.dropFirst(2)) } ?? String(o.names[0].dropFirst())
+            out.given.insert(key)
             if o.value == nil {
                 if inline != nil { throw UsageError(command: spec.name, message: "option '\(name)' takes no value") }
                 out.flags.insert(key)
@@ -153,4 +177,30 @@ enum ArgumentParser {
 /// structure file or a model's metadata) shown as escapes.
 func printError(_ s: String) {
     FileHandle.standardError.write(Data((s.escapingControlCharacters(keepNewlines: true) + "\n").utf8))
+}
+
+/// An error for users: errors of our own say what they mean; a Foundation file error becomes "PATH: reason"
+/// and a decoding error names the key, without the libraries' own wording.
+func userMessage(_ error: Error) -> String {
+    if error is DecodingError { return RunDirectory.describe(error) }
+    let ns = error as NSError
+    guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return "\(error)" }
+    let path = (ns.userInfo[NSFilePathErrorKey] as? String) ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path
+    var reason: String
+    if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain {
+        reason = String(cString: strerror(Int32(u.code)))
+    } else if ns.domain == NSPOSIXErrorDomain {
+        reason = String(cString: strerror(Int32(ns.code)))
+    } else {
+        switch CocoaError.Code(rawValue: ns.code) {
+        case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or directory"
+        case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
+        case .fileWriteOutOfSpace: reason = "no space left on the device"
+        case .fileReadInapplicableStringEncoding: reason = "not UTF-8 text"
+        case .fileReadCorruptFile: reason = "unreadable (corrupt)"
+        case .fileWriteFileExists: reason = "already exists"
+        default: reason = "file error \(ns.code)"
+        }
+    }
+    return (path.map { "\($0): " } ?? "") + reason
 }

@@ -113,7 +113,6 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     }
     let basin = BasinCriterion(deltaQ: try a.positiveDouble("basin-dq")!, bondScale: try a.positiveDouble("bond-scale")!)
     let threads = try a.positiveInt("threads") ?? defaultThreadCount
-    let overrides = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
     // One relaxation protocol for every model, so that a comparison is fair: the last model file's training
     // settings when it has them (the fine-tuned model in a before/after comparison), else FIRE to fmax 0.01;
     // options override.
@@ -121,21 +120,25 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     for (spec, p) in zip(models, potentials) {
         try checkInputs(p, spec: spec, structures: examples.map(\.initial), names: examples.map(\.displayName), command: cmd)
     }
-    var proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 1000, stopFmax: 0.01)
+    var proto = RelaxationProtocol(relaxer: FIRE(), steps: 1000, stopFmax: 0.01)
     for spec in models where spec.hasSuffix(".safetensors") {
         if let p = RelaxationProtocol.fromMetadata(try ModelFile.load(spec).metadata) { proto = p }
     }
-    if let r = a.string("relaxer") { proto.relaxer = r; proto.hyperparameters = [:] }
-    for (k, v) in overrides { proto.hyperparameters[k] = v }
+    if a.has("relaxer") {
+        proto.relaxer = try parseRelaxer(a, command: cmd)
+    } else if a.has("relaxer-param") {
+        do { try proto.relaxer.set(try relaxerOverrides(a.strings("relaxer-param"), command: cmd)) } catch let e as RelaxerError {
+            throw UsageError(command: cmd, message: "--relaxer-param: \(e.message)")
+        }
+    }
     if let s = try a.positiveInt("steps") { proto.steps = s }
     if let f = try a.positiveDouble("fmax") { proto.stopFmax = f }
     proto.convergedFmax = proto.stopFmax ?? 0.05
-    _ = try proto.makeRelaxer()
     var reports: [ModelReport] = []
     var perStructure: [[ExampleEvaluation]] = []
     for (k, (spec, potential)) in zip(models, potentials).enumerated() {
         let t0 = Date()
-        let evals = try evaluateRelaxations(examples, potential: potential, protocol: proto, threads: threads, basin: basin)
+        let evals = evaluateRelaxations(examples, potential: potential, protocol: proto, threads: threads, basin: basin)
         for e in evals { if let f = e.failure { printError("relaxft evaluate: \(labels[k]): \(e.name): the relaxation failed at \(f); counted as not converged") } }
         let dq = ErrorSummary(evals.map(\.deltaQ), thresholds: thresholds)
         let n = Double(max(evals.count, 1))
@@ -210,7 +213,7 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     print("\(examples.count) structures; ΔQ in amu^½·Å")
     if models.count > 1 { for (k, l) in labels.enumerated() { print("model \(k + 1): \(l)") } }
     print(row("", reports.indices.map { models.count > 1 ? "model \($0 + 1)" : "model" }))
-    print(row("relaxation", reports.map { "\($0.relaxation.relaxer)≤\($0.relaxation.steps)" }))
+    print(row("relaxation", reports.map { "\($0.relaxation.relaxer.name)≤\($0.relaxation.steps)" }))
     print(row("ΔQ mean", reports.map { String(format: "%.4f", $0.dq_mean) }))
     print(row("ΔQ median", reports.map { String(format: "%.4f", $0.dq_median) }))
     print(row("ΔQ max", reports.map { String(format: "%.4f", $0.dq_max) }))

@@ -35,40 +35,25 @@ let finetuneCommand = Command(
             OptionSpec("--clip", value: "NORM", default: "0", help: "clip the gradient's global norm (0: off)"),
             OptionSpec("--weight-decay", value: "W", default: "0", help: "AdamW decoupled weight decay"),
             OptionSpec("--patience", value: "N", default: "0", help: "stop after N epochs without validation improvement (0: never)"),
+            OptionSpec("--max-rejected-steps", value: "N", default: "10", help: "stop (exit 1, keeping the last good model) after N optimizer updates in a row were rejected: non-finite loss or gradient, or parameters out of range (0: never)"),
             OptionSpec("--val", value: "FILE", help: "validation structures (extended XYZ with pos_relaxed; repeatable) instead of --val-fraction"),
             OptionSpec("--val-fraction", value: "F", default: "0.2", help: "fraction of structures held out for validation"),
             OptionSpec("--seed", value: "N", default: "0", help: "seed of the split and the batch order"),
             OptionSpec("--threads", value: "N", help: "structures relaxed in parallel (default: number of cores)"),
             OptionSpec("--out", value: "RUN_DIR", help: "run directory (created; must be empty)"),
-            OptionSpec("--resume", value: "RUN_DIR", help: "continue an interrupted run exactly"),
+            OptionSpec("--resume", value: "RUN_DIR", help: "continue an interrupted run exactly, with its stored options (--epochs sets a new budget; --threads, --json, --quiet apply; other options are refused)"),
             OptionSpec("--json", help: "print a JSON summary on stdout (progress goes to stderr)"),
             OptionSpec("--quiet", help: "no progress lines"),
         ],
         details: """
             The loss is the mass-weighted ΔQ = sqrt(Σ m_j |x_j − x*_j|²) (amu^½·Å, minimum image) between the structure after
             T relaxer steps and the reference relaxed structure, averaged over a batch. RUN_DIR receives best.safetensors
-            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv and
-            state.json (for --resume); at the end summary.json (ΔQ before/after, best epoch, training cost: wall and CPU
-            seconds and peak resident memory of the process). --force-weight mixes force matching on DFT frames into every
+            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv,
+            checkpoint.safetensors (for --resume) and cost.json; at the end summary.json (ΔQ before/after, best epoch,
+            training cost: wall and CPU seconds, peak resident memory and processes, summed over resumes). --force-weight mixes force matching on DFT frames into every
             step (a regulariser against forgetting, as StABlE mixes in its QM loss); metrics.csv then has train_force_rmse.
             """),
     run: runFinetune)
-
-func parseList(_ s: String?) -> [String] {
-    (s ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-}
-
-func parseAssignments(_ s: String?, command: String, option: String) throws -> [String: Double] {
-    var d: [String: Double] = [:]
-    for item in parseList(s) {
-        let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
-        guard kv.count == 2, let v = Double(kv[1]), v.isFinite else {
-            throw UsageError(command: command, message: "--\(option) expects name=value pairs, got '\(item)'")
-        }
-        d[kv[0]] = v
-    }
-    return d
-}
 
 /// Examples from --data files or an --initial/--target pair.
 func loadExamples(data: [String], initial: String?, target: String?, command: String) throws -> [RelaxationExample] {
@@ -80,22 +65,17 @@ func loadExamples(data: [String], initial: String?, target: String?, command: St
     return try data.flatMap { try RelaxationDataset.examples(from: try StructureIO.read($0), source: $0) }
 }
 
-func formatDuration(_ s: Double) -> String {
-    if s < 60 { return String(format: "%.0fs", s) }
-    if s < 3600 { return String(format: "%dm%02ds", Int(s) / 60, Int(s) % 60) }
-    return String(format: "%dh%02dm", Int(s) / 3600, (Int(s) % 3600) / 60)
-}
-
 func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     let cmd = "finetune"
-    let started = Date()
     var config: FineTuneConfig
     let runDir: String
     let resuming = a.string("resume") != nil
     if let r = a.string("resume") {
+        try a.refuseOnResume(allowed: ["epochs", "threads", "json", "quiet"])
         runDir = r
-        let data = try Data(contentsOf: URL(fileURLWithPath: r + "/config.json"))
-        config = try JSONDecoder().decode(FineTuneConfig.self, from: data)
+        config = try RunDirectory.resume(r, as: FineTuneConfig.self, epochs: try a.givenPositiveInt("epochs")).config
+        // The thread count changes no result (structures are relaxed independently and reduced in order).
+        if let t = try a.positiveInt("threads") { config.threads = t }
     } else {
         guard let pre = a.string("pretrained") else { throw UsageError(command: cmd, message: "--pretrained MODEL is required") }
         guard let out = a.string("out") else { throw UsageError(command: cmd, message: "--out RUN_DIR is required") }
@@ -104,18 +84,18 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.data = a.strings("data")
         config.initial = a.string("initial")
         config.target = a.string("target")
-        config.relaxer = a.string("relaxer")!
-        config.relaxerParameters = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
+        config.relaxer = try parseRelaxer(a, command: cmd)
         config.steps = try a.positiveInt("steps")!
         config.stopFmax = try a.positiveDouble("stop-fmax")
-        config.gradient = a.string("grad")!
-        _ = try GradientMode.parse(config.gradient)
+        do { config.gradient = try GradientMode.parse(a.string("grad")!) } catch let e as GradientMode.ParseError {
+            throw UsageError(command: cmd, message: "--grad: \(e.message)")
+        }
         config.trainRelaxer = parseList(a.string("train-relaxer"))
         let tp = parseList(a.string("train-params"))
         config.trainParameters = tp.isEmpty ? nil : tp
         config.energyWeight = try a.double("energy-weight")!
         guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
-        if config.energyWeight > 0 && config.gradient == "implicit" {
+        if config.energyWeight > 0 && config.gradient == .implicit {
             throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
         }
         let forceData = a.strings("force-data")
@@ -136,6 +116,7 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.clipNorm = try a.double("clip")!
         config.weightDecay = try a.double("weight-decay")!
         config.patience = try a.int("patience")!
+        config.maxRejectedSteps = try a.nonNegativeInt("max-rejected-steps")!
         config.validationFraction = try a.double("val-fraction")!
         let val = a.strings("val")
         config.validationData = val.isEmpty ? nil : val
@@ -143,7 +124,7 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.seed = UInt64(try a.int("seed")!)
         config.threads = try a.positiveInt("threads") ?? defaultThreadCount
         let fm = FileManager.default
-        if fm.fileExists(atPath: out), let items = try? fm.contentsOfDirectory(atPath: out), !items.isEmpty {
+        if fm.fileExists(atPath: out), let items = try? fm.contentsOfDirectory(atPath: out), items.contains(where: { !RunDirectory.isTemporary($0) }) {
             throw UsageError(command: cmd, message: "run directory '\(out)' exists and is not empty (use a new --out, or --resume \(out))")
         }
     }
@@ -167,35 +148,42 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     }
     let trainer = try FineTuner(config: config, potential: potential, examples: examples, validationExamples: validation,
                                 forceFrames: forceFrames, runDirectory: runDir)
-    if resuming {
-        try trainer.resume()
-    } else {
-        // Created only now that every input has been read, so that bad input leaves nothing behind.
-        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
-        try AtomicFile.write(try JSONEncoder.pretty.encode(config), to: runDir + "/config.json")
-    }
+    // A new run's directory is created by the trainer, now that every input has been read, so that bad input
+    // leaves nothing behind.
+    if resuming { try trainer.resume() }
     let quiet = a.has("quiet")
-    let log: (String) -> Void = a.has("json") ? { printError($0) } : { print($0) }
+    let log: (String) -> Void = { emit($0, toStandardError: a.has("json")) }
     if !quiet {
-        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
+        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer.name) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
     }
-    var summary = try trainer.run { m, eta in
-        guard !quiet else { return }
-        var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, config.epochs, m.trainDQMean, m.trainDQMedian)
-        if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
-        line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
-        for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
-        if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
-        if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
-        line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
-        log(line)
+    let progress = ProgressLine(enabled: !quiet)
+    let summary = try trainer.run { event in
+        switch event {
+        case .initialEvaluation(let done, let total, let eta):
+            progress.update("relaxing the \(total) training and validation structures with the starting model: \(done)/\(total)  ETA \(formatDuration(eta))",
+                            final: done == total)
+        case .batch(let epoch, let done, let total, let eta):
+            progress.update("epoch \(epoch)/\(trainer.config.epochs)  structures \(done)/\(total)  ETA (epoch) \(formatDuration(eta))")
+        case .failedExample(let epoch, let name, let failure):
+            progress.clear()
+            printError("relaxft finetune: epoch \(epoch): \(name): the relaxation failed at \(failure); left out of the step")
+        case .rejectedStep(let epoch, let reason):
+            progress.clear()
+            printError("relaxft finetune: epoch \(epoch): optimizer step not taken: \(reason)")
+        case .epoch(let m, let eta):
+            progress.clear()
+            guard !quiet else { return }
+            var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, trainer.config.epochs, m.trainDQMean, m.trainDQMedian)
+            if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
+            line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
+            for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
+            if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
+            if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) steps" }
+            if let f = m.failedExamples, f > 0 { line += "  \(f) failed" }
+            line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
+            log(line)
+        }
     }
-    // Training cost beside the results, for reports and sweep tables (this process: a resumed run counts its
-    // last session here; `seconds` sums the epochs of all sessions).
-    summary.wall_seconds = Date().timeIntervalSince(started)
-    summary.cpu_seconds = processCPUSeconds()
-    summary.peak_rss_mb = peakResidentMegabytes()
-    try AtomicFile.write(try JSONEncoder.pretty.encode(summary), to: runDir + "/summary.json")
     if a.has("json") {
         print(String(decoding: try JSONEncoder.pretty.encode(summary), as: UTF8.self))
     } else if !quiet {

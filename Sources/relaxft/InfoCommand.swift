@@ -5,13 +5,12 @@ import Tape
 let infoCommand = Command(
     spec: CommandSpec(
         name: "info", summary: "print a model file's architecture, parameter count, elements, cutoff and provenance",
-        usage: "MODEL.safetensors", options: []),
+        usage: "MODEL (a .safetensors file or a pulled model name)", options: []),
     run: runInfo)
 
 func runInfo(_ args: ParsedArguments) throws -> Int32 {
     guard args.positionals.count == 1 else { throw UsageError(command: "info", message: "expected one model file, got \(args.positionals.count) arguments") }
-    let path = args.positionals[0]
-    guard FileManager.default.fileExists(atPath: path) else { throw UsageError(command: "info", message: "model file '\(path)' not found") }
+    let path = try resolveModelPath(args.positionals[0], command: "info")
     let (model, meta) = try ModelFile.load(path)
     let (tensors, _) = try SafeTensors.read(path)
     print("model:       \(path)")

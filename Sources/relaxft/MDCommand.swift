@@ -107,7 +107,7 @@ func runMD(_ args: ParsedArguments) throws -> Int32 {
     var start = frames[k]
     start.removeCalculatorResults()
     guard start.count > 1 else { throw usage("\(input) needs at least two atoms") }
-    if let w = try speciesCheck(potential, spec: spec, structure: start, name: input) { printError("relaxft md: warning: \(w)") }
+    if let w = try speciesCheck(potential, spec: spec, structure: start, name: input, command: "md") { printError("relaxft md: warning: \(w)") }
 
     let json = args.has("json"), quiet = args.has("quiet")
     let log = Terminal(handle: json ? FileHandle.standardError : FileHandle.standardOutput)

@@ -3,7 +3,7 @@ import Potentials
 
 let modelsCommand = Command(
     spec: CommandSpec(
-        name: "models", summary: "list local pretrained models, or pull one (e.g. chgnet-0.3.0)",
+        name: "models", summary: "list local pretrained models, or pull one (chgnet-0.3.0, sevennet-0)",
         usage: "list | pull NAME",
         options: [],
         details: """

@@ -9,7 +9,7 @@ let pretrainCommand = Command(
         name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces, or fine-tune one (--init)",
         usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] (--model so3krates|schnet | --init MODEL) --out RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
         options: [
-            OptionSpec("--init", value: "MODEL", help: "start from this model file or pulled model (so3krates, schnet, chgnet): conventional energy/force fine-tuning; the architecture options do not apply"),
+            OptionSpec("--init", value: "MODEL", help: "start from this model file or pulled model (so3krates, schnet, chgnet, sevennet): conventional energy/force fine-tuning; the architecture options do not apply"),
             OptionSpec("--refit-reference-energies", help: "with --init: first shift the per-element reference energies to fit the training energies (for data from another DFT code); default: keep the model's"),
             OptionSpec("--data", value: "FILE", help: "training frames, extended XYZ with energy and forces (repeatable)"),
             OptionSpec("--val", value: "FILE", help: "validation frames (repeatable); else a random fraction of --data"),
@@ -31,6 +31,7 @@ let pretrainCommand = Command(
             OptionSpec("--schedule-patience", value: "N", default: "5", help: "epochs without validation improvement before the rate halves"),
             OptionSpec("--patience", value: "N", default: "25", help: "early stopping: epochs without validation improvement"),
             OptionSpec("--clip", value: "NORM", default: "0", help: "global gradient-norm clipping (0: off)"),
+            OptionSpec("--max-rejected-steps", value: "N", default: "10", help: "stop (exit 1, keeping the last good model) after N optimizer updates in a row were rejected: non-finite loss or gradient, or parameters out of range (0: never)"),
             OptionSpec("--batch", value: "N", default: "4", help: "structures per mini-batch"),
             OptionSpec("--seed", value: "N", default: "1", help: "seed of the initialisation, split and shuffling"),
             OptionSpec("--out", value: "RUN_DIR", help: "run directory (checkpoints, metrics.csv)"),
@@ -49,16 +50,13 @@ let pretrainCommand = Command(
     run: runPretrain)
 
 func runPretrain(_ args: ParsedArguments) throws -> Int32 {
-    let started = Date()
     let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).map(ModelFile.recordedArgument).joined(separator: " ")
     let trainer: Pretrainer
     do {
         if let dir = args.string("resume") {
-            for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out", "init"] where args.values[o] != nil {
-                throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
-            }
-            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
-            print("resuming \(dir) after epoch \(trainer.completedEpochs)")
+            try args.refuseOnResume(allowed: ["epochs"])
+            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs"))
+            emit("resuming \(dir) after epoch \(trainer.completedEpochs)")
         } else {
             let data = args.strings("data")
             guard !data.isEmpty else { throw UsageError(command: "pretrain", message: "--data FILE is required") }
@@ -91,6 +89,7 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             o.schedulePatience = try args.positiveInt("schedule-patience")!
             o.patience = try args.positiveInt("patience")!
             o.clipNorm = try args.double("clip")!
+            o.maxRejectedSteps = try args.nonNegativeInt("max-rejected-steps")!
             o.batch = try args.positiveInt("batch")!
             guard let seed = UInt64(args.string("seed")!) else { throw UsageError(command: "pretrain", message: "--seed expects a non-negative integer") }
             o.seed = seed
@@ -101,35 +100,34 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
             o.command = command
             do { try o.validate() } catch let e as PretrainError { throw UsageError(command: "pretrain", message: e.message) }
             trainer = try Pretrainer(options: o, runDirectory: out)
-            print("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
+            emit("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
         }
     }
-    fflush(nil)
     // The starting point of a warm start, for the summary (before → after).
     var initial: (loss: Double, metrics: ForceFieldMetrics)? = nil
     if trainer.options.initModel != nil && trainer.completedEpochs == 0 {
         initial = trainer.validationMetrics()
-        print("initial model on the validation frames: \(initial!.metrics)")
-        fflush(nil)
-    }
-    let tty = isatty(2) != 0
-    var lastProgress = Date.distantPast
-    try trainer.run(progress: { line in
-        // On a terminal a live line; in a log file one progress line per minute.
-        if tty {
-            FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
-        } else if Date().timeIntervalSince(lastProgress) > 60 {
-            lastProgress = Date()
-            FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+        emit("initial model on the validation frames: \(initial!.metrics)")
         }
-    }, log: { line in
-        if tty { FileHandle.standardError.write("\r\u{1B}[K".data(using: .utf8)!) }
-        FileHandle.standardOutput.write((line + "\n").data(using: .utf8)!)
-    })
-    if trainer.stoppedEarly { print("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
-    for (file, m) in try trainer.evaluateBest() { print("test \(file): \(m)") }
-    print("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
-    try writePretrainSummary(trainer, initial: initial, started: started)
+    let progress = ProgressLine()
+    try trainer.run { event in
+        switch event {
+        case .batch(let epoch, let b, let nb, let loss, let lr, let eta):
+            progress.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", epoch, trainer.options.epochs, b, nb, loss, lr, formatDuration(eta)))
+        case .rejectedStep(let epoch, let reason):
+            progress.clear()
+            printError("relaxft pretrain: epoch \(epoch): optimizer step not taken: \(reason)")
+        case .epoch(let row, let improved):
+            progress.clear()
+            emit(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
+                         row.epoch, trainer.options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
+                         row.valLoss, row.val.energyMAE, row.val.forceMAE, row.val.forceRMSE, improved ? "  *best" : "", row.seconds))
+        }
+    }
+    if trainer.stoppedEarly { emit("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
+    for (file, m) in try trainer.evaluateBest() { emit("test \(file): \(m)") }
+    emit("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
+    try writePretrainSummary(trainer, initial: initial)
     return 0
 }
 
@@ -146,11 +144,12 @@ func resolveModelPath(_ spec: String, command: String) throws -> String {
 
 /// RUN_DIR/summary.json: the best epoch's row of metrics.csv, the initial model's validation errors (warm
 /// start), and the training cost of this process (wall and CPU seconds, peak resident memory).
-func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?, started: Date) throws {
+func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?) throws {
+    let cost = try trainer.cost()
     var obj: [String: Any] = [
         "epochs": trainer.completedEpochs, "best_epoch": trainer.bestEpoch, "stopped_early": trainer.stoppedEarly,
         "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount,
-        "wall_seconds": Date().timeIntervalSince(started), "cpu_seconds": processCPUSeconds(), "peak_rss_mb": peakResidentMegabytes(),
+        "wall_seconds": cost.wallSeconds, "cpu_seconds": cost.cpuSeconds, "peak_rss_mb": cost.peakRSSMB, "sessions": cost.sessions,
         "model": trainer.options.model,
     ]
     if let i = trainer.options.initModel { obj["init_model"] = URL(fileURLWithPath: i).lastPathComponent }
@@ -168,5 +167,5 @@ func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics
         obj["best"] = best
     }
     let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-    try AtomicFile.write(data, to: trainer.runDirectory + "/summary.json")
+    try AtomicFile.write(data, to: trainer.run.summaryPath)
 }

@@ -119,13 +119,7 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
     } catch {
         throw usage("--potential \(potentialSpec): \(error)")  // an unreadable model file
     }
-    let relaxerName = args.string("relaxer") ?? "fire"
-    let relaxer: any Relaxer
-    do {
-        relaxer = try RelaxerFactory.make(relaxerName, overrides: try relaxerOverrides(args.strings("relaxer-param")))
-    } catch let e as RelaxerFactory.UnknownRelaxer {
-        throw usage(RelaxerFactory.names.contains(relaxerName) ? "--relaxer-param: \(e.message)" : "--relaxer: \(e.message)")
-    }
+    let relaxer = try parseRelaxer(args, command: "relax")
 
     // Where the results go: checked before relaxing, so that a long run does not end in an unwritable path.
     guard let inFormat = inFormatOption ?? StructureFormat(path: input) else {
@@ -187,7 +181,7 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
     let trajectory = try trajectoryPath.map { try AtomicFileWriter(path: $0) }
     var trajectoryFrames = 0
     let logName = relaxer.name.uppercased()
-    let hyper = relaxer.hyperparameters.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+    let hyper = relaxer.hyperparameters.named.map { "\($0.name)=\($0.value)" }.joined(separator: ", ")
     if logSteps {
         terminal.line("relaxft relax: \(input), \(picked.count) frame(s); potential \(potentialSpec); relaxer \(relaxer.name) (\(hyper)); "
                       + "fmax \(settings.fmax) eV/Å, at most \(steps) steps" + (settings.relaxCell ? "; cell relaxed at \(pressureGPa) GPa" : ""))
@@ -246,7 +240,7 @@ func runRelax(_ args: ParsedArguments) throws -> Int32 {
             ("energy", jsonNumber(e1)), ("initial_energy", jsonNumber(e0)), ("fmax", jsonNumber(result.fmax)),
             ("max_displacement", jsonNumber(result.maxDisplacement)), ("force_calls", "\(result.forceCalls)"),
             ("seconds", jsonNumber(result.seconds)), ("relaxer", jsonString(relaxer.name)),
-            ("relaxer_parameters", "{" + relaxer.hyperparameters.map { "\(jsonString($0.key)): \(jsonNumber($0.value))" }.joined(separator: ", ") + "}"),
+            ("relaxer_parameters", "{" + relaxer.hyperparameters.named.map { "\(jsonString($0.name)): \(jsonNumber($0.value))" }.joined(separator: ", ") + "}"),
             ("potential", jsonString(potentialSpec)), ("failure", result.failure.map { jsonString($0.description) } ?? "null"),
         ]
         if settings.relaxCell {
@@ -283,25 +277,11 @@ struct RelaxError: Error, CustomStringConvertible {
     var description: String { message }
 }
 
-/// `--relaxer-param` values: comma-separated name=value pairs, numbers only (later ones win).
-func relaxerOverrides(_ values: [String]) throws -> [String: Double] {
-    var overrides: [String: Double] = [:]
-    for item in values.flatMap({ $0.split(separator: ",") }) {
-        let kv = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-        guard kv.count == 2, !kv[0].isEmpty else {
-            throw UsageError(command: "relax", message: "--relaxer-param expects name=value, got '\(item)'")
-        }
-        guard let v = Double(kv[1]), v.isFinite else {
-            throw UsageError(command: "relax", message: "--relaxer-param \(kv[0]): expects a number, got '\(kv[1])'")
-        }
-        overrides[kv[0]] = v
-    }
-    return overrides
-}
-
 /// sw and lj have no per-element parameters: every atom is treated alike. Returns a warning to print, or
-/// throws when the structure cannot be meant for the potential (sw with several elements).
-func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String) throws -> String? {
+/// throws when the structure cannot be meant for the potential (sw with several elements, or an element a model
+/// file does not declare).
+func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String, command: String = "relax") throws -> String? {
+    try checkElements(potential, spec: spec, numbers: [s.numbers], names: [name], command: command)
     var elements: [Int] = []
     for z in s.numbers where !elements.contains(z) { elements.append(z) }
     let symbols = elements.map { Elements.symbols[$0] }.joined(separator: ", ")

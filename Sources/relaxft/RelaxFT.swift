@@ -1,4 +1,5 @@
 import Foundation
+import FineTune
 import Tape
 
 let relaxftVersion = "0.1.0-dev"
@@ -37,18 +38,23 @@ struct RelaxFT {
             print("relaxft \(relaxftVersion)")
             exit(0)
         }
+        if first == "mpi-selftest" { runMPISelfTest(Array(args.dropFirst())) }   // hidden: tests the MPI layer
         guard let cmd = commands.first(where: { $0.spec.name == first }) else {
             printError("relaxft: unknown command '\(first)' (see 'relaxft --help')")
             exit(2)
         }
+        refuseMultiTaskLaunch(of: first)
         do {
             guard let parsed = try ArgumentParser.parse(Array(args.dropFirst()), cmd.spec) else { exit(0) }
             exit(try cmd.run(parsed))
         } catch let e as UsageError {
             printError(e.description)
             exit(2)
+        } catch let e as TrainingStopped {
+            printError("relaxft \(first): \(e)")
+            exit(1)
         } catch {
-            printError("relaxft \(first): \(error)")
+            printError("relaxft \(first): \(userMessage(error))")
             exit(2)
         }
     }

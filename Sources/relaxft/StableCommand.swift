@@ -35,6 +35,7 @@ let stableCommand = Command(
             OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
             OptionSpec("--absolute-steps", help: "do not scale the steps of scalar parameters by their starting magnitude"),
             OptionSpec("--clip", value: "NORM", default: "1", help: "global gradient-norm clipping (0: off)"),
+            OptionSpec("--max-rejected-steps", value: "N", default: "10", help: "stop (exit 1, keeping the last good model) after N optimizer updates in a row were rejected: non-finite loss or gradient, or parameters out of range (0: never)"),
             OptionSpec("--lambda", value: "W", default: "10", help: "weight of the energy/force gradient on --data (0: observable only)"),
             OptionSpec("--energy-weight", value: "W", default: "0.01", help: "energy/force loss: weight of the total-energy MSE"),
             OptionSpec("--force-weight", value: "W", default: "0.99", help: "energy/force loss: weight of the force MSE"),
@@ -84,10 +85,8 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
     let out = FileHandle.standardOutput, err = FileHandle.standardError
     func log(_ s: String) { (json ? err : out).write(Data((s + "\n").utf8)) }
     if let dir = args.string("resume") {
-        for o in ["pretrained", "data", "test", "reference-observable", "structure", "train", "out"] where args.values[o] != nil {
-            throw usage("--\(o) cannot be changed when resuming (the run's config.json is used)")
-        }
-        do { trainer = try StableTrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs")) } catch let e as StableError { throw usage(e.message) }
+        try args.refuseOnResume(allowed: ["epochs", "json"])
+        do { trainer = try StableTrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs")) } catch let e as StableError { throw usage(e.message) }
         log("resuming \(dir) after epoch \(trainer.completedEpochs)")
     } else {
         guard let model = args.string("pretrained") else { throw usage("--pretrained MODEL is required") }
@@ -121,6 +120,7 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
         o.learningRate = try args.positiveDouble("lr")!
         o.relativeSteps = !args.has("absolute-steps")
         o.clipNorm = try args.double("clip")!
+        o.maxRejectedSteps = try args.nonNegativeInt("max-rejected-steps")!
         o.lambda = try args.double("lambda")!
         o.energyWeight = try args.double("energy-weight")!
         o.forceWeight = try args.double("force-weight")!
@@ -146,7 +146,7 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
         log("relaxft stable: \(model), training \(trainer.trainableNames.count <= 8 ? trainer.trainableNames.joined(separator: ", ") : "\(trainer.trainableNames.count) tensors") "
             + "(\(trainer.trainableCount) of \(trainer.model.parameterCount) parameters); \(o.replicas) replicas × \(o.steps) steps of \(o.timestep) fs at \(o.temperature) K per epoch; run directory \(dir)")
     }
-    let rows = try trainer.run(log: log)
+    let rows = try trainer.run { event in log(stableLine(event, epochs: trainer.options.epochs, replicas: trainer.options.replicas)) }
     let o = trainer.options
     let tests = try trainer.testMetrics()
     for (file, before, after) in tests {
@@ -175,9 +175,39 @@ func runStable(_ args: ParsedArguments) throws -> Int32 {
                ("force_mae_before", jsonNumber(t.before.forceMAE)), ("force_mae_after", jsonNumber(t.after.forceMAE)), ("frames", "\(t.after.frames)")]
             .map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
     }.joined(separator: ", ") + "]"))
+    let cost = try trainer.cost()
+    fields += [("wall_seconds", jsonNumber(cost.wallSeconds)), ("cpu_seconds", jsonNumber(cost.cpuSeconds)), ("peak_rss_mb", jsonNumber(cost.peakRSSMB)),
+               ("sessions", "\(cost.sessions)")]
     let summary = "{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
-    try AtomicFile.write(summary + "\n", to: trainer.runDirectory + "/summary.json")
+    try AtomicFile.write(summary + "\n", to: trainer.run.summaryPath)
     if json { print(summary) }
     log("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch)); metrics \(trainer.runDirectory)/metrics.csv, rdf.csv, summary.json")
     return 0
+}
+
+/// The log line of a StABlE event.
+func stableLine(_ event: StableEvent, epochs: Int, replicas: Int) -> String {
+    switch event {
+    case .skippedStep(let epoch, let reason):
+        return "epoch \(epoch): optimizer step not taken: \(reason)"
+    case .epoch(let row, let unstable, let improved, let change):
+        let learning = row.phase == "learn"
+        var line = String(format: "epoch %d/%d %@ unstable %d/%d", row.epoch, epochs, learning ? "learn   " : "simulate", unstable, replicas)
+        if let t = row.meanTimeToInstability { line += String(format: " (at %.3g ps)", t / 1000) }
+        if let l = row.observableLoss, let a = row.rdfMAE { line += String(format: "  RDF MSE %.4g MAE %.4g (%d samples)", l, a, row.samples) }
+        if learning { line += String(format: "  lr %.3g", row.learningRate) }
+        if let g = row.observableGradientNorm { line += String(format: "  |g_obs| %.3g", g) }
+        if let g = row.energyForceGradientNorm { line += String(format: "  |g_EF| %.3g", g) }
+        if let e = row.energyMAE, let f = row.forceMAE { line += String(format: "  E %.2f meV/atom F %.4f eV/Å", e, f) }
+        if !row.scalars.isEmpty { line += "  " + row.scalars.map { String(format: "%@ %.5g", $0.0, $0.1) }.joined(separator: " ") }
+        line += String(format: "  %.0f s", row.seconds) + (improved ? "  *best" : "")
+        if let r = change.rateReducedTo { line += String(format: "  lr → %.3g", r) }
+        switch change.toSimulate {
+        case .calm?: line += "  → simulate (no replica unstable)"
+        case .rateReduced(let n)?: line += "  → simulate (learning rate reduced \(n) times)"
+        case nil: break
+        }
+        if let f = change.toLearn { line += String(format: "  → learn (%.0f%% unstable)", 100 * f) }
+        return line
+    }
 }

@@ -7,11 +7,12 @@ import Glibc
 #endif
 
 /// Runs an executable (relaxft, or python3 scripts) in `dir` with a given PATH; output goes through files, since a
-/// pipe could fill up and block. With a `timeout` (seconds) the process is killed when it runs longer
-/// (`CLIRun.timedOut`). The child is spawned and reaped here (posix_spawn, waitpid), not by Foundation's Process,
-/// whose reaping can starve when many tests wait at once.
+/// pipe could fill up and block. With a `timeout` (seconds) the process is ended when it runs longer
+/// (`CLIRun.timedOut`, and "[killed after N s]" ends its stderr): `timeoutSignal` (SIGTERM, so that a launcher
+/// such as mpirun can end its tasks), SIGKILL 10 s later. The child is spawned and reaped here (posix_spawn, waitpid),
+/// not by Foundation's Process, whose reaping can starve when many tests wait at once.
 func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:],
-             timeout: Double? = nil) throws -> CLIRun {
+             timeout: Double? = nil, timeoutSignal: Int32 = SIGTERM) throws -> CLIRun {
     let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: outputs) }
@@ -37,9 +38,13 @@ func runTool(_ executable: String, _ args: [String], in dir: URL, path: String =
         let r = waitpid(pid, &status, deadline == nil ? 0 : WNOHANG)
         if r == pid { break }
         if r < 0 && errno != EINTR { break }
-        if let d = deadline, Date() > d, !timedOut {
-            timedOut = true
-            kill(pid, SIGKILL)
+        if let d = deadline, Date() > d {
+            if !timedOut {
+                timedOut = true
+                kill(pid, timeoutSignal)
+            } else if Date() > d.addingTimeInterval(10) {
+                kill(pid, SIGKILL)
+            }
         }
         if deadline != nil { usleep(2000) }
     }
@@ -47,7 +52,8 @@ func runTool(_ executable: String, _ args: [String], in dir: URL, path: String =
     let signal = status & 0x7F, exited = signal == 0
     // Invalid UTF-8 (a crash dump, echoed binary input) is shown with replacement characters rather than lost.
     func text(_ url: URL) -> String { String(decoding: (try? Data(contentsOf: url)) ?? Data(), as: UTF8.self) }
-    return CLIRun(status: exited ? (status >> 8) & 0xFF : signal, stdout: text(o), stderr: text(e), signaled: !exited && !timedOut, timedOut: timedOut)
+    let killed = timedOut ? "\n[killed after \(timeout ?? 0) s]" : ""
+    return CLIRun(status: exited ? (status >> 8) & 0xFF : signal, stdout: text(o), stderr: text(e) + killed, signaled: !exited && !timedOut, timedOut: timedOut)
 }
 
 func readCSV(_ path: String) throws -> (header: [String], rows: [[String: String]]) {
@@ -155,6 +161,14 @@ struct ExperimentToolsTests {
         #expect(!FileManager.default.fileExists(atPath: dir.path("f1")) && !FileManager.default.fileExists(atPath: dir.path("f2")))
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("run/summary.json")))) as? [String: Any])
         for k in ["wall_seconds", "cpu_seconds", "peak_rss_mb", "train_dq_mean_before", "train_dq_mean_after"] { #expect(summary[k] != nil, "\(k)") }
+        // On --resume the stored configuration is used: a new --epochs budget is applied, other options are refused.
+        let refused = try dir.run(["finetune", "--resume", "run", "--lr", "0.1", "--quiet"])
+        #expect(refused.status == 2 && refused.stderr.contains("--lr cannot be changed when resuming"), "\(refused.stderr)")
+        let more = try dir.run(["finetune", "--resume", "run", "--epochs", "3", "--quiet", "--json"])
+        #expect(more.status == 0, "\(more.stderr)")
+        let resumed = try #require(try JSONSerialization.jsonObject(with: Data(more.stdout.utf8)) as? [String: Any])
+        #expect(resumed["epochs"] as? Int == 3 && resumed["sessions"] as? Int == 2, "\(resumed)")
+        #expect(try String(contentsOfFile: dir.path("run/config.json"), encoding: .utf8).contains("\"epochs\" : 3"))
         let ev = try dir.run(["evaluate", "--model", perturbedSW, "--model", "run/best.safetensors", "--data", "test.extxyz",
                               "--relaxer", "fire", "--steps", "100", "--csv", "run/eval.csv"])
         #expect(ev.status == 0, "\(ev.stderr)")

@@ -35,6 +35,8 @@ struct HostileCase: Sendable, CustomTestStringConvertible {
     let args: [String]
     var files: [String: Data] = [:]
     var special: [SpecialFile] = []
+    /// Environment variables set for the run (MPI launcher variables, say).
+    var environment: [String: String] = [:]
     var exit: Int32 = 2
     /// Substrings the error output must contain: the file (and line), option or structure at fault.
     var names: [String]
@@ -53,10 +55,10 @@ enum HostileRunner {
     static let wallLimit = 60.0
 
     /// Runs relaxft under the limits, with HOME and RELAXFT_HOME inside the scratch directory.
-    static func run(_ args: [String], in dir: URL) throws -> CLIRun {
+    static func run(_ args: [String], in dir: URL, environment: [String: String] = [:]) throws -> CLIRun {
         // exec keeps the pid, so a signal ending relaxft is the process's termination reason.
         try runTool("/bin/sh", ["-c", "ulimit -v 4000000 2>/dev/null; ulimit -t 120 2>/dev/null; exec \"$0\" \"$@\"", binary] + args, in: dir,
-                    environment: ["HOME": dir.path, "RELAXFT_HOME": dir.path + "/.relaxft-home"], timeout: wallLimit)
+                    environment: ["HOME": dir.path, "RELAXFT_HOME": dir.path + "/.relaxft-home"].merging(environment) { $1 }, timeout: wallLimit)
     }
 
     /// Name, size, modification time and kind of every file below `dir` (the scratch directory's state).
@@ -104,7 +106,7 @@ enum HostileRunner {
             }
         }
         let before = snapshot(dir)
-        let run = try run(c.args, in: dir)
+        let run = try run(c.args, in: dir, environment: c.environment)
         let after = snapshot(dir)
 
         var outcome = HostileOutcome.clean

@@ -222,6 +222,19 @@ struct RelaxCommandTests {
         #expect(try StructureIO.read(dir.path("out.xyz"))[0].positions == input.positions)
     }
 
+    /// A structure with an element a model file does not declare: exit 2 with the element named, nothing
+    /// written (not a crash in the model's species lookup).
+    @Test func unknownElementForAModelIsAUsageError() throws {
+        let dir = try Scratch(copying: ["Fixtures/models/si-so3krates-pretrained.safetensors"])
+        defer { dir.remove() }
+        try "2\nLattice=\"6 0 0 0 6 0 0 0 6\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\nGe 0 0 0\nSi 1.4 1.4 1.4\n"
+            .write(toFile: dir.path("sige.xyz"), atomically: true, encoding: .utf8)
+        let run = try dir.run(["relax", "sige.xyz", "--potential", "si-so3krates-pretrained.safetensors"])
+        #expect(run.status == 2)
+        #expect(run.stderr.contains("contains Ge, which si-so3krates-pretrained.safetensors does not know"), "\(run.stderr)")
+        #expect(!dir.files().contains("sige-relaxed.xyz"))
+    }
+
     /// POSCAR in, POSCAR out next to it; without --json the log and summary go to stdout; fixed atoms stay.
     @Test func poscarInput() throws {
         let dir = try Scratch(copying: ["Fixtures/structures/si_vacancy_fixed.vasp"])

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import Atoms
-import FineTune
+@testable import FineTune
 import Potentials
 import Relax
 import Tape
@@ -115,10 +115,10 @@ struct NonFiniteTests {
         let s = strainedVacancy()
         let target = relax(s, potential: StillingerWeber(), relaxer: FIRE(), settings: RelaxationSettings()).structure.positions
         let ex = RelaxationExample(name: "vacancy", initial: s, target: target)
-        let proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 200, stopFmax: 0.05)
-        let good = try evaluateRelaxations([ex], potential: StillingerWeber(), protocol: proto)[0]
+        let proto = RelaxationProtocol(relaxer: FIRE(), steps: 200, stopFmax: 0.05)
+        let good = evaluateRelaxations([ex], potential: StillingerWeber(), protocol: proto)[0]
         #expect(good.converged && good.failure == nil && good.sameBasin)
-        let bad = try evaluateRelaxations([ex], potential: PoisonedPotential(inner: StillingerWeber(), healthy: 7, poison: .nan), protocol: proto)[0]
+        let bad = evaluateRelaxations([ex], potential: PoisonedPotential(inner: StillingerWeber(), healthy: 7, poison: .nan), protocol: proto)[0]
         #expect(!bad.converged)
         #expect(!bad.sameBasin)
         #expect(bad.differingBonds == -1)
@@ -223,5 +223,148 @@ struct TrainingGuardTests {
         _ = try RelaxationDataset.examples(from: [s], source: "d.xyz")
         s.info["energy_relaxed"] = .double(.nan)
         #expect(throws: DatasetError.self) { _ = try RelaxationDataset.examples(from: [s], source: "d.xyz") }
+    }
+}
+
+/// NaN from the potential at a given evaluation in each trainer: the failing examples or steps are counted,
+/// no update is taken from them, and the run stops (`TrainingStopped`, exit 1 in the CLI) after
+/// `maxRejectedSteps` rejected updates in a row, with the last good model in its directory.
+@Suite("Non-finite values: trainers reject and stop", .serialized)
+struct TrainerNonFiniteTests {
+    func scratch(_ tag: String) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-nan-\(tag)-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// Rattled 8-atom silicon cells with SW energies and forces, written to `dir/frames.extxyz`.
+    func labelledFrames(_ dir: String) throws -> String {
+        var rng = SeededGenerator(seed: 11)
+        let frames = (0..<6).map { _ -> Structure in
+            var f = Structure.diamond(a: 5.431, repeats: 1)
+            f.positions = f.positions + Tensor(shape: f.positions.shape, (0..<f.positions.count).map { _ in 0.1 * (rng.uniform() - 0.5) })
+            let ev = StillingerWeber().evaluate(AtomicSystem(f, cutoff: 4), positions: f.positions, cells: f.cell.reshaped([1, 3, 3]))
+            f.energy = ev.energy
+            f.forces = ev.forces
+            return f
+        }
+        try StructureIO.write(frames, dir + "/frames.extxyz")
+        return dir + "/frames.extxyz"
+    }
+
+    /// finetune: the relaxation of the first training example goes NaN at its step 4: that example fails there
+    /// (every later one too), each batch without a passing example is a rejected step, and the third in a row
+    /// stops the run; the starting model is what the directory keeps.
+    @Test(arguments: [GradientMode.full, .checkpoint(every: 2), .truncated(last: 3)])
+    func finetuneCountsFailedExamplesAndStops(mode: GradientMode) throws {
+        let s = strainedVacancy()
+        let target = relax(s, potential: StillingerWeber(), relaxer: FIRE(), settings: RelaxationSettings()).structure.positions
+        let examples = (0..<2).map { RelaxationExample(name: "vacancy-\($0)", initial: s, target: target) }
+        var c = FineTuneConfig(pretrained: "sw")
+        c.relaxer = FIRE()
+        c.steps = 6
+        c.gradient = mode
+        c.epochs = 5
+        c.batchSize = 1
+        c.validationFraction = 0
+        c.threads = 1
+        c.maxRejectedSteps = 3
+        // The initial evaluation relaxes both examples (7 evaluations each); the first training relaxation then
+        // evaluates steps 0–3 and gets NaN at step 4.
+        let poisoned = PoisonedPotential(inner: StillingerWeber(), healthy: 14 + 4, poison: .nan)
+        let dir = try scratch("finetune")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let t = try FineTuner(config: c, potential: poisoned, examples: examples, runDirectory: dir)
+        var failures: [RelaxationFailure] = [], rejected: [String] = []
+        do {
+            _ = try t.run { event in
+                if case .failedExample(_, _, let f) = event { failures.append(f) }
+                if case .rejectedStep(_, let why) = event { rejected.append(why) }
+            }
+            Issue.record("the run went on with NaN")
+        } catch let e as TrainingStopped {
+            #expect(e.message.contains("3 optimizer updates in a row"), "\(e)")
+        }
+        #expect(failures.first?.step == 4, "\(failures)")
+        #expect(failures.first?.reason.contains("nan") == true, "\(failures)")
+        #expect(failures.count == 3 && rejected.count == 3 && rejected.allSatisfy { $0.contains("every example") }, "\(rejected)")
+        #expect(t.state.skippedSteps == 3 && t.state.rejections?.inARow == 3)
+        #expect(t.state.history.count == 1 && t.state.history[0].failedExamples == 2)
+        #expect(t.potential.parameters == StillingerWeber().parameters, "no update was taken")
+        let best = try ModelFile.load(dir + "/best.safetensors").potential
+        #expect(best.parameters == StillingerWeber().parameters)
+    }
+
+    /// pretrain: NaN energies from the fifth batch evaluation on: the losses of those batches are NaN, their
+    /// updates are rejected, and the third rejection in a row stops the run after two completed epochs.
+    @Test func pretrainRejectsNonFiniteLossesAndStops() throws {
+        let dir = try scratch("pretrain")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = PretrainOptions()
+        o.model = "schnet"
+        o.features = 4
+        o.layers = 1
+        o.radialBasis = 4
+        o.cutoff = 4
+        o.epochs = 6
+        o.batch = 2
+        o.valFraction = 0.34
+        o.maxRejectedSteps = 3
+        o.dataFiles = [try labelledFrames(dir)]
+        let t = try Pretrainer(options: o, runDirectory: dir + "/run")
+        // Per epoch: two training batches, then one validation batch; NaN from evaluation 4 (epoch 2's second batch).
+        t.model = PoisonedPotential(inner: t.model, healthy: 4, poison: .nan)
+        var rejected: [String] = []
+        do {
+            try t.run { if case .rejectedStep(_, let why) = $0 { rejected.append(why) } }
+            Issue.record("the run went on with NaN")
+        } catch let e as TrainingStopped {
+            #expect(e.message.contains("3 optimizer updates in a row"), "\(e)")
+        }
+        #expect(rejected.count == 3 && rejected.allSatisfy { $0.contains("loss") }, "\(rejected)")
+        #expect(t.completedEpochs == 2)
+        #expect(t.model.parameters.allSatisfy { $0.value.isFinite })
+        let last = try ModelFile.load(dir + "/run/last.safetensors").potential
+        #expect(last.parameters.allSatisfy { $0.value.isFinite })
+    }
+
+    /// stable: NaN forces from the 10th batched evaluation on (MD step 7 of the first epoch): both replicas stop
+    /// there as unstable (non-finite), the energy/force and observable gradients are NaN, every learning step is
+    /// rejected, and the third in a row stops the run with the starting parameters.
+    @Test func stableRejectsNonFiniteStepsAndStops() throws {
+        let dir = try scratch("stable")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(("r,g\n" + (0..<50).map { "\(0.05 + 0.1 * Double($0)),\($0 < 20 ? 0.0 : 1.0)" }.joined(separator: "\n") + "\n").utf8)
+            .write(to: URL(fileURLWithPath: dir + "/rdf.csv"))
+        var o = StableOptions()
+        o.pretrained = "sw:sigma=2.16"
+        o.reference = dir + "/rdf.csv"
+        o.dataFiles = [try labelledFrames(dir)]
+        o.structureFile = o.dataFiles[0]
+        o.temperature = 600
+        o.replicas = 2
+        o.steps = 20
+        o.sampleInterval = 5
+        o.epochs = 6
+        o.unstableFraction = 0
+        o.lambda = 1
+        o.maxRejectedSteps = 3
+        let t = try StableTrainer(options: o, runDirectory: dir + "/run")
+        let start = t.model.parameters
+        t.model = PoisonedPotential(inner: t.model, healthy: 10, poison: .nan)
+        var rejected: [String] = []
+        do {
+            try t.run { if case .skippedStep(_, let why) = $0 { rejected.append(why) } }
+            Issue.record("the run went on with NaN")
+        } catch let e as TrainingStopped {
+            #expect(e.message.contains("3 optimizer updates in a row"), "\(e)")
+        }
+        #expect(rejected.count == 3, "\(rejected)")
+        #expect(t.completedEpochs == 2)
+        #expect(t.model.parameters == start, "no update was taken")
+        let metrics = try String(contentsOfFile: dir + "/run/metrics.csv", encoding: .utf8).split(separator: "\n")
+        let header = metrics[0].split(separator: ",").map(String.init)
+        let k = try #require(header.firstIndex(of: "fraction_unstable"))
+        #expect(metrics.count == 3 && metrics.dropFirst().allSatisfy { $0.split(separator: ",", omittingEmptySubsequences: false)[k] == "1" }, "\(metrics)")
     }
 }

@@ -3,6 +3,7 @@ import Testing
 import Tape
 import Atoms
 import Potentials
+import Relax
 @testable import FineTune
 
 /// Frames of the recovery set's initial structures labelled with a Stillinger–Weber potential `spec`.
@@ -60,7 +61,7 @@ struct ForceTermTests {
 
     func config(forceWeight: Double?) -> FineTuneConfig {
         var c = FineTuneConfig(pretrained: "sw:sigma=2.157953,lambda=18.9")
-        c.relaxer = "fire"
+        c.relaxer = FIRE()
         c.steps = 20
         c.trainParameters = ["sigma"]
         c.epochs = 3

@@ -16,8 +16,7 @@ func temporaryDirectory(_ tag: String) throws -> String {
 struct TrainerTests {
     func config() -> FineTuneConfig {
         var c = FineTuneConfig(pretrained: "sw:sigma=2.157953,lambda=18.9")
-        c.relaxer = "frame"
-        c.relaxerParameters = ["eta": 0.01, "maxstep": 0.1]
+        c.relaxer = ForceFollowing(eta: 0.01, maxstep: 0.1)
         c.steps = 8
         c.trainRelaxer = ["eta"]
         c.epochs = 4
@@ -36,13 +35,16 @@ struct TrainerTests {
         let a = try temporaryDirectory("resume-a"), b = try temporaryDirectory("resume-b")
         defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
         let straight = try FineTuner(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: a)
-        _ = try straight.run()
+        let straightSummary = try straight.run()
         let first = try FineTuner(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: b)
         _ = try first.run(stopAfterEpoch: 2)
         let resumed = try FineTuner(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: b)
         try resumed.resume()
         #expect(resumed.state.nextEpoch == 2)
-        _ = try resumed.run()
+        let summary = try resumed.run()
+        // The cost is summed over the processes that worked on the run.
+        #expect(straightSummary.sessions == 1 && summary.sessions == 2, "sessions \(String(describing: summary.sessions))")
+        #expect((summary.cpu_seconds ?? 0) > (straightSummary.cpu_seconds ?? 0) * 0.1)
         #expect(resumed.potential.parameters == straight.potential.parameters)
         #expect(resumed.state.hyper == straight.state.hyper)
         #expect(resumed.state.history.map(\.trainDQMean) == straight.state.history.map(\.trainDQMean))
@@ -51,7 +53,7 @@ struct TrainerTests {
         #expect(m1 == m2, "metrics except timings")
         // The relaxer's step size was trained and stored with the model.
         let (_, meta) = try ModelFile.load(resumed.bestModelPath)
-        #expect(RelaxationProtocol.fromMetadata(meta)!.relaxer == "frame")
+        #expect(RelaxationProtocol.fromMetadata(meta)!.relaxer.name == "frame")
     }
 
     /// E = √p · Σ|x|²: with p < 0 every energy, force and gradient is NaN.
@@ -80,6 +82,28 @@ struct TrainerTests {
         _ = try? t.run()
         #expect(t.state.skippedSteps >= 1)
         #expect(t.potential.parameters == before)
+    }
+
+    /// The run directory holds a checkpoint before the first relaxation: a run stopped right after its initial
+    /// evaluation (or killed during it) resumes to the same end.
+    @Test func resumeFromTheStartingCheckpointIsExact() throws {
+        let examples = Array(try recoveryExamples("train").prefix(4))
+        var c = config()
+        c.epochs = 2
+        let a = try temporaryDirectory("start-a"), b = try temporaryDirectory("start-b")
+        defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
+        let straight = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: a)
+        _ = try straight.run()
+        let first = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b)
+        _ = try first.run(stopAfterEpoch: 0)
+        #expect(FileManager.default.fileExists(atPath: b + "/checkpoint.safetensors") && first.state.history.isEmpty)
+        let resumed = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b)
+        try resumed.resume()
+        _ = try resumed.run()
+        #expect(resumed.potential.parameters == straight.potential.parameters)
+        #expect(resumed.state.history.map(\.trainDQMean) == straight.state.history.map(\.trainDQMean))
+        // A new run over it is refused.
+        #expect(throws: RunDirectoryError.self) { _ = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b).run() }
     }
 
     @Test func splitIsReproducibleAndDisjoint() {

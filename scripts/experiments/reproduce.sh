@@ -249,7 +249,7 @@ for m in $models; do
         start=$out/train/$m-ef/best.safetensors
         [ -s "$start" ] || { echo "reproduce.sh: ef-then-bptt needs the ef model $start" >&2; exit 1; }
       fi
-      if [ -f "$run/state.json" ]; then
+      if [ -f "$run/checkpoint.safetensors" ] || [ -f "$run/state.json" ]; then
         $bin finetune --resume "$run" --quiet --json > "$run.log" 2>&1
       else
         rm -rf "$run"
