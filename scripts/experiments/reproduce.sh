@@ -276,12 +276,12 @@ for m in $models; do
     csv=$out/eval/$m-$split-common.csv
     if [ ! -s "$csv" ]; then
       log "$m: evaluate on $split (FIRE to $EVAL_FMAX eV/Å, ≤ $EVAL_STEPS steps)"
-      args=(--model "$pre" --label pretrained)
+      args=(--potential "$pre" --label pretrained)
       for meth in $methods; do
-        [ -s "$out/train/$m-$meth/best.safetensors" ] && args+=(--model "$out/train/$m-$meth/best.safetensors" --label "$meth")
+        [ -s "$out/train/$m-$meth/best.safetensors" ] && args+=(--potential "$out/train/$m-$meth/best.safetensors" --label "$meth")
       done
       $bin evaluate "${args[@]}" --data "$d/$split.extxyz" --relaxer fire --fmax "$EVAL_FMAX" --steps "$EVAL_STEPS" \
-        --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-common.json"
+        --threads "$THREADS" -o "$csv.tmp" --json > "$out/eval/$m-$split-common.json"
       mv "$csv.tmp" "$csv"
     fi
     # The validation split picked the best epochs: common protocol only, reported apart from the held-out splits.
@@ -292,8 +292,8 @@ for m in $models; do
       best=$out/train/$m-$meth/best.safetensors
       csv=$out/eval/$m-$split-own-$meth.csv
       [ -s "$best" ] && [ ! -s "$csv" ] || continue
-      $bin evaluate --model "$pre" --label pretrained --model "$best" --label "$meth" --data "$d/$split.extxyz" \
-        --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-own-$meth.json"
+      $bin evaluate --potential "$pre" --label pretrained --potential "$best" --label "$meth" --data "$d/$split.extxyz" \
+        --protocol "$best" --threads "$THREADS" -o "$csv.tmp" --json > "$out/eval/$m-$split-own-$meth.json"
       mv "$csv.tmp" "$csv"
     done
   done
