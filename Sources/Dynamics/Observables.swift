@@ -95,12 +95,6 @@ public enum RadialDistribution {
         precondition(a.count == b.count, "RDFs of different lengths")
         return zip(a, b).reduce(0) { $0 + Swift.abs($1.0 - $1.1) } / Double(Swift.max(a.count, 1))
     }
-
-    /// Mean squared difference over the radii (StABlE's `ObservableMSELoss`).
-    public static func meanSquaredError(_ a: [Double], _ b: [Double]) -> Double {
-        precondition(a.count == b.count, "RDFs of different lengths")
-        return zip(a, b).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / Double(Swift.max(a.count, 1))
-    }
 }
 
 /// Bond-angle distribution: angles θ_jik between bonds i–j and i–k shorter than `cutoff`, smeared with a

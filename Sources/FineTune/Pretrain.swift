@@ -460,15 +460,11 @@ public final class PretrainTrainer {
 
     /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        try run.writeCheckpoint(model.parameters, state: state, key: Self.checkpointKey)
-        if let s = session { try run.recordCost(s) }
+        try run.saveCheckpoint(model.parameters, state: state, key: Self.checkpointKey, session: session)
     }
 
     /// The run's cost over all its processes so far (written to cost.json).
-    public func cost() throws -> RunDirectory.Cost {
-        guard let s = session else { return try run.readJSON(RunDirectory.Cost.self, from: "cost.json") ?? RunDirectory.Cost() }
-        return try run.recordCost(s)
-    }
+    public func cost() throws -> RunDirectory.Cost { try run.cost(session) }
 
     /// The command line, with the run directory by its name only (where it lived is machine-specific).
     var recordedCommand: String { run.recordedCommand(config.command) }

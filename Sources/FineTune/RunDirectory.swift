@@ -123,17 +123,18 @@ public struct RunDirectory: Sendable {
         }
     }
 
-    /// summary.json from a JSON object (sorted keys, pretty).
-    public func writeSummary(_ object: [String: Any]) throws {
-        try AtomicFile.write(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]), to: summaryPath)
-    }
-
     // MARK: Checkpoints (weights and state in one file)
 
     /// checkpoint.safetensors: the model's tensors, and `state` as JSON under the metadata key `key`.
     public func writeCheckpoint(_ parameters: OrderedDictionary<Tensor>, state: some Encodable, key: String) throws {
         let js = String(decoding: try Self.encoder(pretty: false).encode(state), as: UTF8.self)
         try SafeTensors.write(parameters.map { ($0.key, $0.value) }, metadata: [key: js], to: checkpointPath)
+    }
+
+    /// The checkpoint, then, when `session` counts this process's work, the cost so far (cost.json).
+    public func saveCheckpoint(_ parameters: OrderedDictionary<Tensor>, state: some Encodable, key: String, session: Session?) throws {
+        try writeCheckpoint(parameters, state: state, key: key)
+        if let s = session { try recordCost(s) }
     }
 
     /// The checkpoint's tensors and state, nil when there is none.
@@ -219,6 +220,13 @@ public struct RunDirectory: Sendable {
     /// Starts counting this process's work on the run (call once, before the first expensive step).
     public func beginSession() throws -> Session {
         Session(earlier: try readJSON(Cost.self, from: "cost.json") ?? Cost(), wallStart: Date(), cpuStart: processCPUSeconds())
+    }
+
+    /// The run's cost over all its processes so far: with `session`, earlier processes plus this one (written to
+    /// cost.json); without, what cost.json holds.
+    public func cost(_ session: Session?) throws -> Cost {
+        guard let s = session else { return try readJSON(Cost.self, from: "cost.json") ?? Cost() }
+        return try recordCost(s)
     }
 
     /// Writes cost.json (earlier processes plus this one so far); returns the total.

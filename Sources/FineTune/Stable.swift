@@ -224,15 +224,11 @@ public final class StableTrainer {
 
     /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        try run.writeCheckpoint(model.parameters, state: state, key: Self.checkpointKey)
-        if let s = session { try run.recordCost(s) }
+        try run.saveCheckpoint(model.parameters, state: state, key: Self.checkpointKey, session: session)
     }
 
     /// The run's cost over all its processes so far (written to cost.json).
-    public func cost() throws -> RunDirectory.Cost {
-        guard let s = session else { return try run.readJSON(RunDirectory.Cost.self, from: "cost.json") ?? RunDirectory.Cost() }
-        return try run.recordCost(s)
-    }
+    public func cost() throws -> RunDirectory.Cost { try run.cost(session) }
 
     var recordedCommand: String { run.recordedCommand(config.command) }
 

@@ -290,8 +290,7 @@ public final class FineTuneTrainer {
 
     /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        try run.writeCheckpoint(potential.parameters, state: state, key: Self.checkpointKey)
-        if let s = session { try run.recordCost(s) }
+        try run.saveCheckpoint(potential.parameters, state: state, key: Self.checkpointKey, session: session)
     }
 
     /// Runs (or continues) the training; `report` gets progress events. `stopAfterEpoch` ends the run early at
