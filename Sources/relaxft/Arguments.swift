@@ -78,7 +78,11 @@ struct CommandSpec: Sendable {
     var details: String = ""
 
     var help: String {
-        var s = wrapped("usage: relaxft \(name) \(usage)", width: 112).joined(separator: "\n    ") + "\n\n\(summary)\n"
+        // Each usage line wrapped on its own (a second form starts with "relaxft" on a line of its own).
+        let forms = usage.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        var s = forms.enumerated().map { k, form in
+            wrapped((k == 0 ? "usage: relaxft \(name) " : "       ") + form, width: 112).joined(separator: "\n    ")
+        }.joined(separator: "\n") + "\n\n\(summary)\n"
         if !details.isEmpty { s += "\n\(details)\n" }
         if !options.isEmpty {
             s += "\noptions:\n"

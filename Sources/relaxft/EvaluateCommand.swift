@@ -16,7 +16,7 @@ let evaluateCommand = Command(
             Vocabulary.data.detail("structures with the reference-relaxed positions in pos_relaxed (relaxed and scored by ΔQ), or frames with energy, forces or stress (scored as they are)"),
             Vocabulary.initial,
             Vocabulary.target,
-            Vocabulary.frames,
+            Vocabulary.frames.detail("of --data, --initial and --target"),
             Vocabulary.skipUnknownElements,
             Vocabulary.relaxer.detail("with --protocol own, for models without a stored protocol"),
             Vocabulary.relaxerParam,
@@ -175,7 +175,9 @@ struct EvaluateJob {
         case let model:
             // A model file's stored protocol for every model (a fine-tuned model's T-step relaxation, also for
             // the model it started from).
-            let path = try resolveModelPath(model, command: "evaluate")
+            guard let path = try? resolveModelPath(model, command: "evaluate") else {
+                throw UsageError(command: "evaluate", message: "--protocol expects common, own or a fine-tuned model file (or name), got '\(model)'")
+            }
             guard var p = RelaxationProtocol.fromMetadata(try ModelFile.load(path).metadata) else {
                 throw UsageError(command: "evaluate", message: "--protocol \(model): the model file stores no relaxation protocol (expected common, own or a fine-tuned model file)")
             }

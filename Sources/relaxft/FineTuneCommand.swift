@@ -15,7 +15,7 @@ let finetuneCommand = Command(
             Vocabulary.data.detail("initial structures with the reference-relaxed positions in the per-atom column pos_relaxed"),
             Vocabulary.initial,
             Vocabulary.target,
-            Vocabulary.frames,
+            Vocabulary.frames.detail("of --data, --initial and --target (--val and --force-data are read whole)"),
             Vocabulary.skipUnknownElements,
             Vocabulary.val,
             Vocabulary.valFraction.detail("structures, so 0.2 keeps a few even in small sets"),

@@ -14,7 +14,7 @@ let pretrainCommand = Command(
             OptionSpec("--architecture", value: "KIND", default: "so3krates", help: "a new model: so3krates or schnet"),
             OptionSpec("--refit-reference-energies", help: "with --potential: first shift the per-element reference energies to fit the training energies (for data from another DFT code); default: keep the model's"),
             Vocabulary.data.detail("training frames with energy and forces"),
-            Vocabulary.frames,
+            Vocabulary.frames.detail("of --data (--val and --test are read whole)"),
             Vocabulary.skipUnknownElements.detail("with --potential"),
             Vocabulary.val,
             Vocabulary.valFraction.detail("frames").withDefault("0.1", reason: "frames are many (hundreds), structures in finetune few"),

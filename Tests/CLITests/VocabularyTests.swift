@@ -159,3 +159,34 @@ struct VocabularyTests {
         #expect(m1.status == 0 && m1.number("atoms") == m2.number("atoms"), "\(m1.stderr)")
     }
 }
+
+/// Models by name: the repository's Fixtures/models and any directory of $RELAXFT_MODEL_PATH are listed and
+/// usable wherever a potential is.
+@Suite("models by name", .serialized)
+struct ModelsByNameTests {
+    @Test func bundledAndPathModelsAreListedAndUsable() throws {
+        let dir = try Scratch(copying: ["Fixtures/structures/si_vacancy.extxyz"])
+        defer { dir.remove() }
+        let mine = dir.path("mine")
+        try FileManager.default.createDirectory(atPath: mine, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: repoPath("Fixtures/models/si-schnet-pretrained.safetensors"), toPath: mine + "/my-schnet.safetensors")
+        let env = ["RELAXFT_MODEL_PATH": mine, "RELAXFT_HOME": dir.path("home")]
+        let list = try runTool(relaxftBinary, ["models", "list", "--json"], in: dir.url, environment: env)
+        #expect(list.status == 0, "\(list.stderr)")
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [String: Any])
+        let models = try #require(obj["models"] as? [[String: Any]])
+        let names = models.compactMap { $0["name"] as? String }
+        #expect(names.first == "my-schnet" && names.contains("si-so3krates-pretrained") && names.contains("si-schnet-pretrained"), "\(names)")
+        #expect((obj["search_path"] as? [String])?.first == mine)
+        // Usable by name, from any directory: the same relaxation as with the file's path.
+        let byName = try runTool(relaxftBinary, ["relax", "si_vacancy.extxyz", "--potential", "my-schnet", "--steps", "2", "--json", "-o", "a.xyz"],
+                                 in: dir.url, environment: env)
+        let byPath = try runTool(relaxftBinary, ["relax", "si_vacancy.extxyz", "--potential", mine + "/my-schnet.safetensors", "--steps", "2", "--json", "-o", "b.xyz"],
+                                 in: dir.url, environment: env)
+        #expect(byName.status == 1 && byName.number("energy") != nil && byName.number("energy") == byPath.number("energy"), "\(byName.stderr)")
+        let bundled = try runTool(relaxftBinary, ["info", "si-so3krates-pretrained", "--quiet"], in: dir.url, environment: env)
+        #expect(bundled.status == 0 && bundled.stdout.contains("kind:        so3krates"), "\(bundled.stderr)")
+        let missing = try runTool(relaxftBinary, ["relax", "si_vacancy.extxyz", "--potential", "no-such-model"], in: dir.url, environment: env)
+        #expect(missing.status == 2 && missing.stderr.contains("model 'no-such-model' is not in \(mine)"), "\(missing.stderr)")
+    }
+}

@@ -238,7 +238,7 @@ for m in $models; do
         rm -rf "$run"
         # Reference energies refitted: the model was trained on VASP data, these frames are GPAW's (another
         # energy zero); forces are unaffected, and energies enter the loss with weight 0.01 as in pretraining.
-        $bin pretrain --init "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" \
+        $bin pretrain --potential "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" \
           --epochs "$EF_EPOCHS" --lr "$LR_EF" --batch "$EF_BATCH" --schedule cosine --patience 1000 --seed "$SEED" --out "$run" > "$run.log" 2>&1
       fi
     else
@@ -255,7 +255,7 @@ for m in $models; do
         rm -rf "$run"
         # bptt_args come last: ef-then-bptt overrides --lr.
         # shellcheck disable=SC2046
-        $bin finetune --pretrained "$start" --data "$d/train.extxyz" "${val[@]}" --epochs "$BPTT_EPOCHS" --lr "$LR_BPTT" \
+        $bin finetune --potential "$start" --data "$d/train.extxyz" "${val[@]}" --epochs "$BPTT_EPOCHS" --lr "$LR_BPTT" \
           --batch "$BATCH" --schedule "$BPTT_SCHEDULE" --clip 10 --seed "$SEED" --threads "$THREADS" $(bptt_args $meth) "${extra[@]}" --out "$run" > "$run.log" 2>&1
       fi
     fi
