@@ -109,12 +109,11 @@ public enum PotentialSpec {
             return try ModelFile.load(spec).potential
         }
         if ModelStore.isModelName(spec) {
-            let path = ModelStore.path(of: spec)
-            guard FileManager.default.fileExists(atPath: path) else {
+            guard let path = ModelStore.locate(spec) else {
                 let hint = ModelStore.source(spec) != nil
                     ? "run 'relaxft models pull \(spec)' first"
-                    : "models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
-                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.modelsDirectory); \(hint)")
+                    : "relaxft models list shows the models at hand; models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
+                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.searchPath.joined(separator: ", ")); \(hint)")
             }
             return try ModelFile.load(path).potential
         }

@@ -3,56 +3,6 @@ import Testing
 import Atoms
 import Potentials
 
-/// Runs an executable (relaxft, or python3 scripts) in `dir` with a given PATH; output goes through files, since a
-/// pipe could fill up and block.
-/// Runs a program with a clean environment (PATH, one BLAS thread, `environment`), output through files. With
-/// `timeout`, a run still going after that many seconds is killed and "[killed after N s]" ends its stderr.
-func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:],
-             timeout: Double? = nil) throws -> CLIRun {
-    let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: outputs) }
-    let (o, e) = (outputs.appendingPathComponent("stdout"), outputs.appendingPathComponent("stderr"))
-    _ = FileManager.default.createFile(atPath: o.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: e.path, contents: nil)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = args
-    process.currentDirectoryURL = dir
-    process.environment = ["OPENBLAS_NUM_THREADS": "1", "PATH": path].merging(environment) { $1 }
-    process.standardOutput = try FileHandle(forWritingTo: o)
-    process.standardError = try FileHandle(forWritingTo: e)
-    try process.run()
-    var killed = ""
-    if let timeout {
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async { process.waitUntilExit(); done.signal() }
-        if done.wait(timeout: .now() + timeout) == .timedOut {
-            killed = "\n[killed after \(timeout) s]"
-            process.terminate()
-            if done.wait(timeout: .now() + 10) == .timedOut { kill(process.processIdentifier, SIGKILL); done.wait() }
-        }
-    }
-    process.waitUntilExit()
-    return CLIRun(status: process.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8),
-                  stderr: try String(contentsOf: e, encoding: .utf8) + killed)
-}
-
-func readCSV(_ path: String) throws -> (header: [String], rows: [[String: String]]) {
-    let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }
-    // No quoted commas in the columns these tests read; fields with commas are quoted and sit elsewhere.
-    let header = lines[0].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-    let rows = lines.dropFirst().map { line -> [String: String] in
-        var fields: [String] = [], cur = "", quoted = false
-        for ch in line {
-            if ch == "\"" { quoted.toggle() } else if ch == "," && !quoted { fields.append(cur); cur = "" } else { cur.append(ch) }
-        }
-        fields.append(cur)
-        return Dictionary(zip(header, fields), uniquingKeysWith: { a, _ in a })
-    }
-    return (header, rows)
-}
-
 let perturbedSW = "sw:sigma=2.157953,lambda=18.9"
 
 /// Evaluation metrics, training summaries, conventional fine-tuning, reports and sweeps (issue 9's tooling).

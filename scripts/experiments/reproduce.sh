@@ -238,7 +238,7 @@ for m in $models; do
         rm -rf "$run"
         # Reference energies refitted: the model was trained on VASP data, these frames are GPAW's (another
         # energy zero); forces are unaffected, and energies enter the loss with weight 0.01 as in pretraining.
-        $bin pretrain --init "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" \
+        $bin pretrain --potential "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" \
           --epochs "$EF_EPOCHS" --lr "$LR_EF" --batch "$EF_BATCH" --schedule cosine --patience 1000 --seed "$SEED" --out "$run" > "$run.log" 2>&1
       fi
     else
@@ -255,7 +255,7 @@ for m in $models; do
         rm -rf "$run"
         # bptt_args come last: ef-then-bptt overrides --lr.
         # shellcheck disable=SC2046
-        $bin finetune --pretrained "$start" --data "$d/train.extxyz" "${val[@]}" --epochs "$BPTT_EPOCHS" --lr "$LR_BPTT" \
+        $bin finetune --potential "$start" --data "$d/train.extxyz" "${val[@]}" --epochs "$BPTT_EPOCHS" --lr "$LR_BPTT" \
           --batch "$BATCH" --schedule "$BPTT_SCHEDULE" --clip 10 --seed "$SEED" --threads "$THREADS" $(bptt_args $meth) "${extra[@]}" --out "$run" > "$run.log" 2>&1
       fi
     fi
@@ -276,12 +276,12 @@ for m in $models; do
     csv=$out/eval/$m-$split-common.csv
     if [ ! -s "$csv" ]; then
       log "$m: evaluate on $split (FIRE to $EVAL_FMAX eV/Å, ≤ $EVAL_STEPS steps)"
-      args=(--model "$pre" --label pretrained)
+      args=(--potential "$pre" --label pretrained)
       for meth in $methods; do
-        [ -s "$out/train/$m-$meth/best.safetensors" ] && args+=(--model "$out/train/$m-$meth/best.safetensors" --label "$meth")
+        [ -s "$out/train/$m-$meth/best.safetensors" ] && args+=(--potential "$out/train/$m-$meth/best.safetensors" --label "$meth")
       done
       $bin evaluate "${args[@]}" --data "$d/$split.extxyz" --relaxer fire --fmax "$EVAL_FMAX" --steps "$EVAL_STEPS" \
-        --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-common.json"
+        --threads "$THREADS" -o "$csv.tmp" --json > "$out/eval/$m-$split-common.json"
       mv "$csv.tmp" "$csv"
     fi
     # The validation split picked the best epochs: common protocol only, reported apart from the held-out splits.
@@ -292,8 +292,8 @@ for m in $models; do
       best=$out/train/$m-$meth/best.safetensors
       csv=$out/eval/$m-$split-own-$meth.csv
       [ -s "$best" ] && [ ! -s "$csv" ] || continue
-      $bin evaluate --model "$pre" --label pretrained --model "$best" --label "$meth" --data "$d/$split.extxyz" \
-        --threads "$THREADS" --csv "$csv.tmp" --json > "$out/eval/$m-$split-own-$meth.json"
+      $bin evaluate --potential "$pre" --label pretrained --potential "$best" --label "$meth" --data "$d/$split.extxyz" \
+        --protocol "$best" --threads "$THREADS" -o "$csv.tmp" --json > "$out/eval/$m-$split-own-$meth.json"
       mv "$csv.tmp" "$csv"
     done
   done
