@@ -19,7 +19,7 @@ let finetuneCommand = Command(
             OptionSpec("--relaxer-param", value: "K=V,…", help: "relaxer hyperparameters, e.g. eta=0.01 or dt=0.05,maxstep=0.1"),
             OptionSpec("--steps", value: "T", default: "50", help: "relaxation steps unrolled per structure"),
             OptionSpec("--stop-fmax", value: "F", help: "stop a relaxation early below this fmax (eV/Å; not differentiated)"),
-            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K or implicit"),
+            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K, implicit, or guided:K[:W] (K recorded steps, then implicit at the minimum; loss W·ΔQ(x_K) + (1 − W)·ΔQ(x*), W = 0.5 by default)"),
             OptionSpec("--train-relaxer", value: "NAMES", help: "relaxer hyperparameters to train, e.g. eta or dt,dtmax"),
             OptionSpec("--train-params", value: "NAMES", help: "potential parameters to train (default: all)"),
             OptionSpec("--energy-weight", value: "W", default: "0", help: "add W·|E − E_ref|/N (eV/atom) at the relaxed structure to the loss (needs energy_relaxed)"),
@@ -94,8 +94,8 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         config.trainParameters = tp.isEmpty ? nil : tp
         config.energyWeight = try a.double("energy-weight")!
         guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
-        if config.energyWeight > 0 && config.gradient == .implicit {
-            throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
+        if config.energyWeight > 0 && config.gradient.differentiatesMinimum {
+            throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad \(config.gradient)")
         }
         let forceData = a.strings("force-data")
         let forceWeight = try a.double("force-weight")!
