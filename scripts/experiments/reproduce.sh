@@ -174,12 +174,13 @@ split_files() {
 split_files si Si
 split_files all ""
 
+# Relative paths and model-store names: they are recorded in run directories and model files.
 chgnet_file=${RELAXFT_HOME:-$HOME/.cache/relaxft}/models/chgnet-0.3.0.safetensors
 model_path() {
   case $1 in
-    so3krates) echo "$repo/Fixtures/models/si-so3krates-pretrained.safetensors" ;;
-    schnet) echo "$repo/Fixtures/models/si-schnet-pretrained.safetensors" ;;
-    chgnet) echo "$chgnet_file" ;;
+    so3krates) echo "Fixtures/models/si-so3krates-pretrained.safetensors" ;;
+    schnet) echo "Fixtures/models/si-schnet-pretrained.safetensors" ;;
+    chgnet) echo "chgnet-0.3.0" ;;
   esac
 }
 species_tag() { case $1 in chgnet) echo all ;; *) echo si ;; esac; }
@@ -290,7 +291,7 @@ train() {  # train MODEL METHOD SEED; returns 0 when the run is finished
 evaluate() {  # evaluate MODEL METHOD SEED: the common protocol on every split, each written atomically
   local m=$1 meth=$2 s=$3 file label split d e timing=() bin
   file=$(model_file_of $m $meth $s); label=$(label_of $m $meth $s); d=$out/data/$(species_tag $m); bin=$(model_bin $m)
-  [ -s "$file" ] || return 0
+  [ "$meth" = pretrained ] || [ -s "$file" ] || return 0
   for split in test unseen val; do
     [ -s "$d/$split.extxyz" ] || continue
     e=$out/eval/$m/$split; mkdir -p "$e"
@@ -309,6 +310,7 @@ evaluate() {  # evaluate MODEL METHOD SEED: the common protocol on every split, 
 # ---- the run --------------------------------------------------------------------------------------------------
 for m in $models; do
   pre=$(model_path $m)
+  [ $m = chgnet ] && pre=$chgnet_file
   [ -s "$pre" ] || { echo "reproduce.sh: $m needs $pre$([ $m = chgnet ] && echo ' (relaxft models pull chgnet-0.3.0)')" >&2; exit 2; }
   [ -s "$out/settings/$m.env" ] || log "$m: first start; settings stored in $out/settings/$m.env"
   settings_file "$out/settings/$m.env" $model_keys
