@@ -204,7 +204,7 @@ status() {
       for meth in $methods; do
         r=$(run_dir $m $meth $s); n_all=$((n_all + 1))
         if [ -s "$r/summary.json" ]; then state=done; n_done=$((n_done + 1))
-        elif [ -f "$r/checkpoint.safetensors" ]; then state="interrupted at epoch $(($(wc -l < "$r/metrics.csv" 2>/dev/null || echo 1) - 1))"
+        elif [ -f "$r/checkpoint.safetensors" ]; then state="interrupted after epoch $(($(wc -l 2>/dev/null < "$r/metrics.csv" || echo 1) - 1))"
         else state="not started"; fi
         grep -qx "$m-$meth-s$s" "$out/failed.txt" 2>/dev/null && state="$state, FAILED (see $r.log)"
         echo "$m $meth seed $s: $state"
@@ -213,7 +213,11 @@ status() {
   done
   echo "$n_done of $n_all trainings done; evaluations: $(find "$out/eval" -name '*.csv' | wc -l)"
 }
-if [ $status_only = 1 ]; then status; exit 0; fi
+if [ $status_only = 1 ]; then
+  if [ -s "$out/driver.pid" ] && kill -0 "$(cat "$out/driver.pid")" 2>/dev/null; then echo "running (process $(cat "$out/driver.pid"))"; else echo "not running"; fi
+  status
+  exit 0
+fi
 
 scripts/setup >/dev/null
 built=$repo/.build/release/relaxft
@@ -316,6 +320,7 @@ for m in $models; do
   settings_file "$out/settings/$m.env" $model_keys
 done
 write_plan
+echo $$ > "$out/driver.pid"
 log "start: models '$models', methods '$(echo $methods)', seeds '$seeds', $THREADS thread(s), out $out"
 for m in $models; do evaluate $m pretrained 0; done
 for s in $seeds; do
