@@ -185,10 +185,11 @@ model_path() {
 }
 species_tag() { case $1 in chgnet) echo all ;; *) echo si ;; esac; }
 
-# The plan (for the results' partial marking): models ever started here, methods and seeds of this invocation.
+# The plan (for the results' partial marking): the three models of the full run (CHGNet starts later) and any other
+# model started here, the methods and seeds of this invocation.
 write_plan() {
   local planned
-  planned=$(ls "$out/settings" | sed -n 's/\.env$//p' | grep -v '^common$' | paste -sd' ' -)
+  planned=$( { [ "$dataset" = large ] && printf '%s\n' so3krates schnet chgnet; ls "$out/settings" | sed -n 's/\.env$//p' | grep -v '^common$'; } | sort -u | paste -sd' ' -) || true
   printf '{"models": "%s", "methods": "%s", "seeds": "%s", "dataset": "%s", "data": "%s"}\n' \
     "$planned" "$(echo $methods)" "$(echo $seeds)" "$dataset" "$data" > "$out/plan.json"
 }
