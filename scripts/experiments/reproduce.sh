@@ -44,7 +44,14 @@
 # directories: config.json, metrics.csv, best.safetensors, summary.json with CPU time and peak memory),
 # eval/<model>/<split>/<label>.{csv,json,time} (label: pretrained or <method>-s<seed>), bin/<model>/ (the relaxft
 # binary the model's runs use, copied from the build at its first start, and its commit), driver.log, failed.txt.
-# Cost measured on the shared 2-core machine (one thread, 63-atom cells): see docs/results.md, "Budget".
+# Budget. Measured on the shared 2-core machine (one thread; CPU seconds per training structure and epoch, 63-atom
+# cells, validation relaxations included): SO3krates bptt ≈ 5, implicit ≈ 8, guided ≈ 9, energy/force matching
+# ≈ 0.055 per DFT frame; SchNet ≈ 2.4, 2.8, 3.4 and 0.025. The defaults (8 BPTT epochs, 20 EF epochs, 3 seeds, 32
+# Si-only training structures, 823 frames) come to ≈ 6.6 CPU hours for SO3krates and ≈ 2.8 for SchNet, plus well
+# under an hour of evaluations; peak memory ≈ 0.75 GB (SO3krates, checkpointed BPTT).
+# The whole script is one brace group, read in full before it runs: editing the file while a run is under way
+# (it lasts days) cannot change what that run executes.
+{
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -66,7 +73,7 @@ while [ $# -gt 0 ]; do
     --models) models=$2; shift ;;
     --methods) methods_arg=$2; shift ;;
     --seeds) seeds=$2; shift ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^# The whole script/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "reproduce.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -337,3 +344,5 @@ done
 if status | tail -1 | grep -q '^\([0-9]*\) of \1 trainings done'; then render docs; fi
 status | tail -1 | sed 's/^/== /' >&2
 log "finished this pass: $out/results.md$([ -n "$RESULTS_MD" ] && [ -s "$RESULTS_MD" ] && echo ", $RESULTS_MD")"
+exit 0
+}
