@@ -227,13 +227,14 @@ if [ $status_only = 1 ]; then
   exit 0
 fi
 
-scripts/setup >/dev/null
 built=$repo/.build/release/relaxft
 # Each model's runs use the relaxft it started with (copied into OUT/bin/<model>/ with its commit), so that resumed
-# trainings continue bit for bit and later builds of the checkout never mix into a model's results.
+# trainings continue bit for bit and later builds of the checkout never mix into a model's results; the checkout is
+# built only when a model starts.
 model_bin() {
   local d=$out/bin/$1
   if [ ! -x "$d/relaxft" ]; then
+    scripts/setup >/dev/null
     mkdir -p "$d"
     cp "$built" "$d/relaxft.tmp" && mv "$d/relaxft.tmp" "$d/relaxft"
     { git rev-parse --short HEAD; git status --porcelain --untracked-files=no | grep -q . && echo "with uncommitted changes"; } 2>/dev/null | paste -sd' ' - > "$d/commit.txt" || true
@@ -241,14 +242,17 @@ model_bin() {
   echo "$d/relaxft"
 }
 
-render() {  # render [final]: OUT/results.md always; docs/results.md with its figures when asked
+render() {  # render [docs]: OUT/results.md always; docs/results.md with its figures when asked
   write_plan
-  local extra=() md=$out/results.md figs=$out/figures
+  local extra=() md=$out/results.md figs=$out/figures b
+  # Figures with a model's relaxft when there is one (no build needed), else the checkout's.
+  for b in "$out"/bin/*/relaxft ""; do [ -x "$b" ] && break; done
+  [ -n "$b" ] || { scripts/setup >/dev/null; b=$built; }
   [ -s "$MEMORY_JSON" ] && extra+=(--memory "$MEMORY_JSON")
-  python3 scripts/experiments/results.py "$out" "${extra[@]}" --markdown "$md" --figures "$figs" --binary "$built" || return 0
+  python3 scripts/experiments/results.py "$out" "${extra[@]}" --markdown "$md" --figures "$figs" --binary "$b" || return 0
   if [ "${1:-}" = docs ] && [ -n "$RESULTS_MD" ]; then
     figs=$(dirname "$RESULTS_MD")/figures/results
-    python3 scripts/experiments/results.py "$out" "${extra[@]}" --markdown "$RESULTS_MD" --figures "$figs" --binary "$built" || true
+    python3 scripts/experiments/results.py "$out" "${extra[@]}" --markdown "$RESULTS_MD" --figures "$figs" --binary "$b" || true
   fi
 }
 if [ $report_only = 1 ]; then render docs; exit 0; fi
