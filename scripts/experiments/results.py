@@ -204,7 +204,7 @@ class Results:
                         if not self.select(m, meth, 'test', s):
                             todo.append(f'{meth} s{s} (trained, not evaluated)')
                     elif (run / 'checkpoint.safetensors').is_file():
-                        todo.append(f'{meth} s{s} (interrupted)')
+                        todo.append(f'{meth} s{s} (under way or interrupted)')
                     else:
                         todo.append(f'{meth} s{s}')
             if todo:
@@ -214,6 +214,8 @@ class Results:
 
 def criteria(w, R):
     """The issue's done-when criteria, checked on the test split (means over seeds)."""
+    def pct(x):  # one decimal, so that a verdict never contradicts its rounded figure
+        return '–' if x != x else f'{100 * x:+.1f} %'
     out = []
     pre = R.mean_dq('so3krates', 'pretrained', 'test')[0]
     b, bsd = R.mean_dq('so3krates', 'bptt', 'test')
