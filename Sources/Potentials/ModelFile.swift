@@ -84,17 +84,19 @@ public enum ModelFile {
         return meta
     }
 
-    /// Loads a model file; the metadata is returned too (provenance, relaxer settings, …).
+    /// Loads a model file (or a difference from a pulled model, see `ModelDelta`); the metadata is returned too
+    /// (provenance, relaxer settings, …).
     public static func load(_ path: String) throws -> (potential: any Potential, metadata: [String: String]) {
         let (tensors, meta) = try SafeTensors.read(path)
         guard let kind = meta["relaxft_kind"] else {
             throw PotentialSpecError(message: "\(path): not a relaxft model file (no relaxft_kind in __metadata__)")
         }
+        var params = OrderedDictionary<Tensor>()
+        for (name, t) in tensors { params[name] = t }
+        if kind == ModelDelta.kind { return try ModelDelta.load(params, meta, path: path) }
         guard let loader = loaders[kind] else {
             throw PotentialSpecError(message: "\(path): unknown model kind '\(kind)' (known: \(knownKinds.joined(separator: ", ")))")
         }
-        var params = OrderedDictionary<Tensor>()
-        for (name, t) in tensors { params[name] = t }
         return (try loader(params, meta), meta)
     }
 }

@@ -24,7 +24,7 @@ let finetuneCommand = Command(
             Vocabulary.steps.detail("relaxer steps unrolled per structure (T)").withDefault("50", reason: "the unrolled length T, whose memory and time grow with it"),
             Vocabulary.fmax.detail("not differentiated").describedDefault("none", reason: "every relaxation runs T steps, so each gradient sees the same unroll")
                 .alias("--stop-fmax"),
-            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K or implicit"),
+            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K, implicit, or guided:K[:W] (K recorded steps, then implicit at the minimum; loss W·ΔQ(x_K) + (1 − W)·ΔQ(x*), W = 0.5 by default)"),
             OptionSpec("--train-relaxer", value: "NAMES", help: "relaxer hyperparameters to train, e.g. eta or dt,dtmax"),
             Vocabulary.trainParams.detail("default: all"),
             Vocabulary.energyWeight.detail("W·|E − E_ref|/N (eV/atom) at the relaxed structure, added to ΔQ (needs energy_relaxed)"),
@@ -79,8 +79,8 @@ func fineTuneConfig(_ a: ParsedArguments) throws -> (config: FineTuneConfig, run
     config.trainParameters = tp.isEmpty ? nil : tp
     config.energyWeight = try a.double("energy-weight")!
     guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
-    if config.energyWeight > 0 && config.gradient == .implicit {
-        throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
+    if config.energyWeight > 0 && config.gradient.differentiatesMinimum {
+        throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad \(config.gradient)")
     }
     let forceData = a.strings("force-data")
     let forceWeight = try a.double("force-weight")!
