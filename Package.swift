@@ -28,14 +28,17 @@ let package = Package(
         .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "Dynamics"]),
         .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "Dynamics", "Cluster"]),
         .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "CLinalg", "Cluster"], path: "Sources/Bench"),
-        .testTarget(name: "TapeTests", dependencies: ["Tape"]),
+        // Helpers every test target shares: repository paths, scratch directories, running the relaxft binary.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "TapeTests", dependencies: ["Tape", "TestSupport"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
-        .testTarget(name: "AtomsTests", dependencies: ["Atoms"], exclude: ["Malformed"]),
-        .testTarget(name: "PotentialsTests", dependencies: ["Potentials"]),
-        .testTarget(name: "RelaxTests", dependencies: ["Relax"]),
-        .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Relax", "Potentials", "Atoms", "Tape"]),
-        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Relax", "Loss", "Potentials", "Atoms", "Tape"]),
+        .testTarget(name: "AtomsTests", dependencies: ["Atoms", "TestSupport"], exclude: ["Malformed"]),
+        .testTarget(name: "PotentialsTests", dependencies: ["Potentials", "TestSupport"]),
+        .testTarget(name: "RelaxTests", dependencies: ["Relax", "TestSupport"]),
+        .testTarget(name: "LossTests", dependencies: ["Loss", "Atoms", "Tape", "TestSupport"]),
+        .testTarget(name: "DynamicsTests", dependencies: ["Dynamics", "FineTune", "Relax", "Potentials", "Atoms", "Tape", "TestSupport"]),
+        .testTarget(name: "FineTuneTests", dependencies: ["FineTune", "Relax", "Loss", "Potentials", "Atoms", "Tape", "TestSupport"]),
         // Runs the relaxft binary; depending on the executable target makes `swift test` build it.
-        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape"]),
+        .testTarget(name: "CLITests", dependencies: ["relaxft", "Atoms", "Potentials", "Relax", "Dynamics", "Tape", "TestSupport"]),
     ]
 )

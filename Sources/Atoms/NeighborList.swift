@@ -338,24 +338,11 @@ public struct VerletNeighborList: Sendable {
         referenceCell = cell
     }
 
-    /// A list not built yet, for inputs `NeighborList.problem` refuses: empty, and built at the next `update`.
-    public init(unbuiltFor positions: Tensor, cell: Tensor, pbc: [Bool], cutoff: Double, skin: Double = 0.5) {
-        self.cutoff = cutoff
-        self.skin = skin
-        self.pbc = pbc
-        list = NeighborList(first: [], second: [], shifts: [], atomCount: positions.shape[0], cutoff: cutoff + skin)
-        referencePositions = positions
-        referenceCell = cell
-        builds = 0
-        stale = true
-    }
-
     let pbc: [Bool]
-    private var stale = false
 
     /// Whether positions (or the cell) moved enough since the last build that pairs could be missed.
     public func needsRebuild(positions: Tensor, cell: Tensor) -> Bool {
-        if stale || positions.shape != referencePositions.shape { return true }
+        if positions.shape != referencePositions.shape { return true }
         // A changed cell changes image distances; for simplicity any change triggers a rebuild.
         if cell.maxAbsDifference(referenceCell) > 0 { return true }
         let half2 = 0.25 * skin * skin
@@ -380,7 +367,6 @@ public struct VerletNeighborList: Sendable {
         referencePositions = positions
         referenceCell = cell
         builds += 1
-        stale = false
         return true
     }
 }

@@ -18,14 +18,41 @@ public enum GradientMode: Equatable, Sendable, CustomStringConvertible, Codable 
     /// gradients with Hessian-vector products, then ∂L/∂θ = v·∂F/∂θ. Memory independent of T; relaxer
     /// hyperparameters get no gradient (the fixed point does not depend on them).
     case implicit
+    /// Guided: a recorded window of the first K relaxer steps, then the same relaxation continued unrecorded to
+    /// the minimum, with the loss
+    ///
+    ///     L(θ) = w·ΔQ(x_K(θ)) + (1 − w)·ΔQ(x*(θ)),   x_K = Φ^K(x_0; θ),   x* = lim Φ^n(x_K; θ), F(x*, θ) = 0,
+    ///
+    /// where Φ is one relaxer step and w the window weight. The first term is backpropagated through the window
+    /// (checkpointed, bit-identical to recording it); the second is differentiated at the fixed point as in
+    /// `implicit`. Inside a basin an isolated minimum attracts a neighbourhood of x_K, so ∂x*/∂x_K = 0 and
+    /// dx*/dθ = −H⁻¹ ∂F/∂θ is the whole derivative: the sum is the exact gradient of L when the relaxation
+    /// converges. The window term steers the early trajectory, and so the basin, which the fixed point alone
+    /// cannot see. Memory: the window (∝ √K checkpointed) or one force graph at x*, whichever is larger.
+    /// A short unrolled guidance window followed by an implicit phase is the idea of G-DEQ (Zhang, Dramko and
+    /// Kyrillidis, 2026); its exact formulation is not public, this one is ours.
+    case guided(window: Int, weight: Double)
 
-    /// The command-line form: full, checkpoint[:K], truncated:K, implicit.
+    /// The window weight when `guided:K` gives none.
+    public static let defaultGuidedWeight = 0.5
+
+    /// The command-line form: full, checkpoint[:K], truncated:K, implicit, guided:K:W.
     public var description: String {
         switch self {
         case .full: return "full"
         case .checkpoint(let k): return k.map { "checkpoint:\($0)" } ?? "checkpoint"
         case .truncated(let k): return "truncated:\(k)"
         case .implicit: return "implicit"
+        case .guided(let k, let w): return "guided:\(k):\(w)"
+        }
+    }
+
+    /// Whether the mode relaxes to a minimum and differentiates there (implicit, guided) rather than
+    /// differentiating the structure after T steps.
+    public var differentiatesMinimum: Bool {
+        switch self {
+        case .implicit, .guided: return true
+        default: return false
         }
     }
 
@@ -46,8 +73,15 @@ public enum GradientMode: Equatable, Sendable, CustomStringConvertible, Codable 
         case "truncated":
             guard parts.count == 2, let k = Int(parts[1]), k > 0 else { throw ParseError(message: "truncated:K needs a positive integer K, got '\(s)'") }
             return .truncated(last: k)
+        case "guided":
+            guard (2...3).contains(parts.count), let k = Int(parts[1]), k > 0 else {
+                throw ParseError(message: "guided:K[:W] needs a positive integer window K (and a weight 0 ≤ W ≤ 1), got '\(s)'")
+            }
+            let w = parts.count == 3 ? Double(parts[2]) : defaultGuidedWeight
+            guard let w, w.isFinite, (0...1).contains(w) else { throw ParseError(message: "guided:K:W needs a window weight 0 ≤ W ≤ 1, got '\(s)'") }
+            return .guided(window: k, weight: w)
         default:
-            throw ParseError(message: "unknown gradient mode '\(s)' (full, checkpoint[:K], truncated:K, implicit)")
+            throw ParseError(message: "unknown gradient mode '\(s)' (full, checkpoint[:K], truncated:K, implicit, guided:K[:W])")
         }
     }
 
@@ -162,10 +196,12 @@ public struct BPTTResult: Sendable {
 /// or gradient, gives a result with `failure` set (and no gradients) instead.
 public func relaxationLossAndGradient(_ example: RelaxationExample, potential: any Potential, settings: BPTTSettings) -> BPTTResult {
     func open<R: Relaxer>(_ r: R) -> BPTTResult {
-        if settings.mode == .implicit {
-            return implicitGradient(example, potential: potential, relaxer: r, settings: settings).checkedFinite()
+        // A relaxation that went non-finite, or a non-finite loss or gradient, is a failed example.
+        switch settings.mode {
+        case .implicit: return implicitGradient(example, potential: potential, relaxer: r, settings: settings).checkedFinite()
+        case .guided(let k, let w): return guidedGradient(example, potential: potential, relaxer: r, settings: settings, window: k, weight: w).checkedFinite()
+        default: return unrolledGradient(example, potential: potential, relaxer: r, settings: settings).checkedFinite()
         }
-        return unrolledGradient(example, potential: potential, relaxer: r, settings: settings).checkedFinite()
     }
     return open(settings.relaxer)
 }
@@ -234,20 +270,30 @@ func detachedState<S: RelaxerState>(_ s: S, dropForces: Bool) -> S {
     return out
 }
 
-func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, relaxer: R, settings: BPTTSettings) -> BPTTResult {
-    let tape = Tape()
-    defer { tape.reset() }
-    let leaves = RelaxationLeaves(tape: tape, potential: potential, relaxer: relaxer, trainable: settings.trainableHyper)
-    var evaluator = ForceEvaluator(potential: potential, structure: example.initial, skin: settings.skin)
-    let T = settings.steps
-    let stop = settings.stopFmax
+/// A relaxation recorded on a tape from the example's initial structure: the state reached (its positions a
+/// function of the leaves), the force evaluator there, steps taken, whether the stop rule ended it, and the
+/// last fmax seen.
+struct RecordedUnroll<R: Relaxer> {
+    var state: R.State
+    var evaluator: ForceEvaluator
+    var steps: Int
+    var stopped: Bool
+    var fmax: Double?
+    /// The state that failed the finiteness check (`unroll`), with its step; `state` is then that state.
+    var failure: RelaxationFailure? = nil
+}
+
+/// Records T relaxer steps from `example.initial` as `mode` (full, checkpointed or truncated) records them.
+func recordUnroll<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, relaxer: R, leaves: RelaxationLeaves<R>, tape: Tape,
+                              steps T: Int, mode: GradientMode, stopFmax stop: Double?, skin: Double) -> RecordedUnroll<R> {
+    var evaluator = ForceEvaluator(potential: potential, structure: example.initial, skin: skin)
     var lastFmax: Double? = nil
     var stepsDone = 0
     var stopped = false
 
     // Truncated mode: the first T − K steps on values, the rest recorded.
     var recordedFrom = 0
-    if case .truncated(let k) = settings.mode { recordedFrom = Swift.max(0, T - k) }
+    if case .truncated(let k) = mode { recordedFrom = Swift.max(0, T - k) }
     let constants = leaves.detached(relaxer: relaxer)
     let x0 = Variable(constant: example.initial.positions)
     var state = relaxer.start(positions: x0, hyper: recordedFrom > 0 ? constants.hyper : leaves.hyper) { x in
@@ -257,7 +303,7 @@ func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any P
     if recordedFrom > 0 {
         let prefix = unroll(relaxer, state: &state, hyper: constants.hyper, control: UnrollControl(maxSteps: recordedFrom, stopFmax: stop),
                             evaluate: { x in evaluator.evaluate(positions: x, parameters: constants.parameters) }, problem: problem)
-        if let f = prefix.failure { return .failed(f, steps: prefix.steps, positions: state.positions.value) }
+        if let f = prefix.failure { return RecordedUnroll(state: state, evaluator: evaluator, steps: prefix.steps, stopped: false, fmax: nil, failure: f) }
         stepsDone = prefix.steps
         stopped = prefix.stopped
         lastFmax = prefix.fmax ?? lastFmax
@@ -265,13 +311,14 @@ func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any P
         state = detachedState(state, dropForces: true)
     }
 
-    if case .checkpoint(let every) = settings.mode {
+    if case .checkpoint(let every) = mode {
         let k = every ?? Int(Double(T).squareRoot().rounded(.up))
         while stepsDone < T && !stopped {
             let segment = checkpointedSegment(relaxer, state: state, evaluator: evaluator, leaves: leaves, tape: tape,
                                               steps: Swift.min(k, T - stepsDone), stopFmax: stop)
             if let f = segment.failure {
-                return .failed(RelaxationFailure(step: stepsDone + f.step, reason: f.reason), steps: stepsDone + f.step, positions: segment.state.positions.value)
+                return RecordedUnroll(state: segment.state, evaluator: segment.evaluator, steps: stepsDone + f.step, stopped: false, fmax: lastFmax,
+                                      failure: RelaxationFailure(step: stepsDone + f.step, reason: f.reason))
             }
             state = segment.state
             evaluator = segment.evaluator
@@ -282,28 +329,97 @@ func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any P
         let rest = unroll(relaxer, state: &state, hyper: leaves.hyper, control: UnrollControl(maxSteps: T - stepsDone, stopFmax: stop),
                           evaluate: { x in evaluator.evaluate(positions: x, parameters: leaves.parameters) }, problem: problem)
         if let f = rest.failure {
-            return .failed(RelaxationFailure(step: stepsDone + f.step, reason: f.reason), steps: stepsDone + f.step, positions: state.positions.value)
+            return RecordedUnroll(state: state, evaluator: evaluator, steps: stepsDone + f.step, stopped: false, fmax: lastFmax,
+                                  failure: RelaxationFailure(step: stepsDone + f.step, reason: f.reason))
         }
         stepsDone += rest.steps
+        stopped = rest.stopped
         lastFmax = rest.fmax ?? lastFmax
     }
-    let s = example.initial
-    var loss = StructureLoss.deltaQ(state.positions, target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc)
-    if settings.energyWeight > 0, let eRef = example.targetEnergy {
-        // Energy term w·|E(x_T) − E_ref|/N (eV/atom): meaningful when the reference energies share the
-        // model's energy zero (e.g. the model was pretrained on the same DFT code).
-        let (e, _) = evaluator.evaluate(positions: state.positions, parameters: leaves.parameters)
-        loss = loss + ((e - eRef) * (1 / Double(s.count))).abs() * settings.energyWeight
-    }
+    return RecordedUnroll(state: state, evaluator: evaluator, steps: stepsDone, stopped: stopped, fmax: lastFmax)
+}
+
+/// ∂loss/∂θ for every potential parameter and ∂loss/∂h for the trainable relaxer hyperparameters.
+func leafGradients<R: Relaxer>(of loss: Variable, leaves: RelaxationLeaves<R>, tape: Tape) -> (parameters: [String: Tensor], hyper: [String: Double]) {
     let wrt = leaves.parameterNames.map { leaves.parameters[$0]! } + leaves.trainableHyper.map { leaves.hyperList[$0.index] }
-    let nodes = tape.nodeCount
     let g = tape.gradient(of: loss, wrt: wrt)
     var grads: [String: Tensor] = [:], hgrads: [String: Double] = [:]
     for (i, name) in leaves.parameterNames.enumerated() { grads[name] = g[i].value }
     for (i, h) in leaves.trainableHyper.enumerated() { hgrads[h.name] = g[leaves.parameterNames.count + i].scalar }
-    if let f = state.forces { lastFmax = maxRowNorm(f.value) }
-    return BPTTResult(loss: loss.scalar, gradients: grads, hyperGradients: hgrads, finalPositions: state.positions.value,
-                      steps: stepsDone, fmax: lastFmax, tapeNodes: nodes)
+    return (grads, hgrads)
+}
+
+func unrolledGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, relaxer: R, settings: BPTTSettings) -> BPTTResult {
+    let tape = Tape()
+    defer { tape.reset() }
+    let leaves = RelaxationLeaves(tape: tape, potential: potential, relaxer: relaxer, trainable: settings.trainableHyper)
+    var run = recordUnroll(example, potential: potential, relaxer: relaxer, leaves: leaves, tape: tape, steps: settings.steps,
+                           mode: settings.mode, stopFmax: settings.stopFmax, skin: settings.skin)
+    if let f = run.failure { return .failed(f, steps: run.steps, positions: run.state.positions.value) }
+    let s = example.initial
+    var loss = StructureLoss.deltaQ(run.state.positions, target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc)
+    if settings.energyWeight > 0, let eRef = example.targetEnergy {
+        // Energy term w·|E(x_T) − E_ref|/N (eV/atom): meaningful when the reference energies share the
+        // model's energy zero (e.g. the model was pretrained on the same DFT code).
+        let (e, _) = run.evaluator.evaluate(positions: run.state.positions, parameters: leaves.parameters)
+        loss = loss + ((e - eRef) * (1 / Double(s.count))).abs() * settings.energyWeight
+    }
+    let nodes = tape.nodeCount
+    let (grads, hgrads) = leafGradients(of: loss, leaves: leaves, tape: tape)
+    var fmax = run.fmax
+    if let f = run.state.forces { fmax = maxRowNorm(f.value) }
+    return BPTTResult(loss: loss.scalar, gradients: grads, hyperGradients: hgrads, finalPositions: run.state.positions.value,
+                      steps: run.steps, fmax: fmax, tapeNodes: nodes)
+}
+
+/// Guided mode (see `GradientMode.guided`): L = w·ΔQ(x_K) + (1 − w)·ΔQ(x*). The window is recorded (checkpointed
+/// every ⌈√K⌉ steps) and backpropagated first and its tape freed; then the relaxer's state at x_K (velocities,
+/// step sizes and all) continues unrecorded, through the same `unroll` loop, until fmax < `implicitFmax`, so
+/// that x* is the minimum the plain relaxation from x_0 reaches; the implicit adjoint there adds
+/// (1 − w)·vᵀ∂F/∂θ with H v = ∂ΔQ/∂x*. Relaxer hyperparameters get the window's gradient only (x* does not
+/// depend on them). w = 1 is BPTT of the K steps (no continuation); w = 0 is implicit mode, the window run on
+/// values only.
+func guidedGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Potential, relaxer: R, settings: BPTTSettings,
+                                window K: Int, weight w: Double) -> BPTTResult {
+    let s = example.initial
+    let tape = Tape()
+    defer { tape.reset() }
+    let leaves = RelaxationLeaves(tape: tape, potential: potential, relaxer: relaxer, trainable: settings.trainableHyper)
+    let window = recordUnroll(example, potential: potential, relaxer: relaxer, leaves: leaves, tape: tape, steps: K,
+                              mode: .checkpoint(every: nil), stopFmax: settings.stopFmax, skin: settings.skin)
+    if let f = window.failure { return .failed(f, steps: window.steps, positions: window.state.positions.value) }
+    let windowLoss = StructureLoss.deltaQ(window.state.positions, target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc)
+    var grads: [String: Tensor] = [:]
+    var hgrads = Dictionary(uniqueKeysWithValues: settings.trainableHyper.map { ($0, 0.0) })
+    if w > 0 {
+        (grads, hgrads) = leafGradients(of: windowLoss * w, leaves: leaves, tape: tape)
+    }
+    let windowNodes = tape.nodeCount
+    if w == 1 {
+        return BPTTResult(loss: windowLoss.scalar, gradients: grads, hyperGradients: hgrads, finalPositions: window.state.positions.value,
+                          steps: window.steps, fmax: window.fmax, tapeNodes: windowNodes)
+    }
+    // Continue on values: the window's tape is no longer needed (nor anything recorded on it).
+    var state = detachedState(window.state, dropForces: true)
+    tape.reset()
+    var evaluator = window.evaluator
+    let parameters = potential.constantParameters
+    let rest = unroll(relaxer, state: &state, hyper: relaxer.constantHyper,
+                      control: UnrollControl(maxSteps: Swift.max(settings.implicitMaxSteps - window.steps, 0), stopFmax: settings.implicitFmax,
+                                             checkFinalState: true),
+                      evaluate: { x in evaluator.evaluate(positions: x, parameters: parameters) }, problem: { evaluator.problem })
+    if let f = rest.failure {
+        return .failed(RelaxationFailure(step: window.steps + f.step, reason: f.reason), steps: window.steps + f.step, positions: state.positions.value)
+    }
+    let xStar = state.positions.value
+    let star = implicitAdjoint(example, potential: potential, at: xStar, settings: settings)
+    for (name, g) in star.gradients {
+        let scaled = w == 0 ? g : g * (1 - w)
+        grads[name] = grads[name].map { $0 + scaled } ?? scaled
+    }
+    return BPTTResult(loss: w * windowLoss.scalar + (1 - w) * star.loss, gradients: grads, hyperGradients: hgrads, finalPositions: xStar,
+                      steps: window.steps + rest.steps, fmax: rest.fmax, tapeNodes: Swift.max(windowNodes, star.tapeNodes),
+                      cgIterations: star.cgIterations)
 }
 
 /// Up to `steps` steps from `state` as one checkpointed segment: the body keeps no intermediates and is
@@ -340,9 +456,8 @@ func checkpointedSegment<R: Relaxer>(_ relaxer: R, state: R.State, evaluator: Fo
     return (next, record.evaluator!, record.steps!, record.stopped, record.failure)
 }
 
-/// Implicit gradient at the converged minimum (see `GradientMode.implicit`). Rigid translations make the
-/// Hessian singular under periodic boundary conditions; they are projected out of the right-hand side and
-/// of every CG iterate (and fixed atoms are removed from the system).
+/// Implicit gradient at the converged minimum (see `GradientMode.implicit`): relax to `implicitFmax` with the
+/// plain relaxation, then `implicitAdjoint` there.
 func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential pot: any Potential, relaxer: R, settings: BPTTSettings) -> BPTTResult {
     var rs = RelaxationSettings()
     rs.fmax = settings.implicitFmax
@@ -351,6 +466,21 @@ func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential pot: a
     let relaxed = relax(example.initial, potential: pot, relaxer: relaxer, settings: rs)
     if let f = relaxed.failure { return .failed(f, steps: relaxed.steps, positions: relaxed.structure.positions) }
     let xStar = relaxed.structure.positions
+    let star = implicitAdjoint(example, potential: pot, at: xStar, settings: settings)
+    // The fixed point does not depend on the relaxer: trained hyperparameters get a zero gradient.
+    let hgrads = Dictionary(uniqueKeysWithValues: settings.trainableHyper.map { ($0, 0.0) })
+    return BPTTResult(loss: star.loss, gradients: star.gradients, hyperGradients: hgrads, finalPositions: xStar, steps: relaxed.steps,
+                      fmax: relaxed.fmax, tapeNodes: star.tapeNodes, cgIterations: star.cgIterations)
+}
+
+/// ΔQ(x*) and its gradient with respect to the potential's parameters at a minimum x* of the potential
+/// (F(x*, θ) = 0), by the implicit-function theorem: dx*/dθ = H⁻¹ ∂F/∂θ with H = ∇²E(x*), so
+/// ∂ΔQ/∂θ = vᵀ ∂F/∂θ with H v = ∂ΔQ/∂x*, solved by conjugate gradients on Hessian-vector products of one
+/// recorded force graph. Rigid translations make the Hessian singular under periodic boundary conditions; they
+/// are projected out of the right-hand side and of every CG iterate (and fixed atoms are removed from the
+/// system).
+func implicitAdjoint(_ example: RelaxationExample, potential pot: any Potential, at xStar: Tensor, settings: BPTTSettings)
+    -> (loss: Double, gradients: [String: Tensor], tapeNodes: Int, cgIterations: Int) {
     let s = example.initial
 
     // ∂L/∂x*.
@@ -393,8 +523,7 @@ func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential pot: a
     let g = tape.gradient(of: contracted, wrt: paramNames.map { paramLeaves[$0]! })
     var grads: [String: Tensor] = [:]
     for (i, name) in paramNames.enumerated() { grads[name] = -g[i].value }
-    return BPTTResult(loss: loss.scalar, gradients: grads, hyperGradients: [:], finalPositions: xStar, steps: relaxed.steps,
-                      fmax: relaxed.fmax, tapeNodes: tape.nodeCount, cgIterations: iterations)
+    return (loss.scalar, grads, tape.nodeCount, iterations)
 }
 
 /// Conjugate gradients for a symmetric positive (semi-)definite operator on the range of the projector.

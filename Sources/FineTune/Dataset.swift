@@ -1,5 +1,6 @@
 import Atoms
 import Foundation
+import Potentials
 import Tape
 
 public struct DatasetError: Error, CustomStringConvertible {
@@ -102,4 +103,14 @@ public enum LabelledFrames {
             if let st = f.stress, !st.isFinite { throw DatasetError(message: "\(which): the stress has a non-finite component") }
         }
     }
+}
+
+/// Elements a potential covers (`Potential.coveredElements`: a neural model's list, SevenNet's species, CHGNet's
+/// H–Pu); nil when any element is accepted (classical potentials).
+public func declaredElements(_ potential: any Potential) -> Set<Int>? { potential.coveredElements }
+
+/// The elements of `numbers` a potential does not know (sorted; empty when it knows them all or declares none).
+public func unknownElements(_ numbers: [Int], known: Set<Int>?) -> [Int] {
+    guard let known else { return [] }
+    return Set(numbers).subtracting(known).sorted()
 }

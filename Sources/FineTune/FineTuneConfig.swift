@@ -6,6 +6,8 @@ import Relax
 public struct FineTuneConfig: Sendable {
     public var pretrained: String
     public var data: [String] = []
+    /// Frames of each data file used (a Python index or slice; nil: all).
+    public var frames: String? = nil
     public var initial: String?
     public var target: String?
     /// The relaxer and its starting hyperparameters.
@@ -78,7 +80,7 @@ public struct FineTuneConfig: Sendable {
 /// gradient mode as its command-line form, so that run directories and sweep tables read as before.
 extension FineTuneConfig: RunConfiguration {
     enum CodingKeys: String, CodingKey {
-        case pretrained, data, initial, target, relaxer, relaxerParameters, steps, gradient, trainRelaxer, trainParameters, epochs
+        case pretrained, data, frames, initial, target, relaxer, relaxerParameters, steps, gradient, trainRelaxer, trainParameters, epochs
         case learningRate, relaxerLearningRate, batchSize, validationFraction, validationData, seed, schedule, clipNorm, weightDecay
         case patience, stopFmax, threads, relativeLearningRate, energyWeight, forceData, forceWeight, forceFrames, skipUnknownElements
         case maxRejectedSteps
@@ -89,6 +91,7 @@ extension FineTuneConfig: RunConfiguration {
         func get<T: Decodable>(_ k: CodingKeys, _ fallback: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? fallback }
         pretrained = try c.decode(String.self, forKey: .pretrained)
         data = try get(.data, [])
+        frames = try c.decodeIfPresent(String.self, forKey: .frames)
         initial = try c.decodeIfPresent(String.self, forKey: .initial)
         target = try c.decodeIfPresent(String.self, forKey: .target)
         let name = try get(.relaxer, "frame")
@@ -125,6 +128,7 @@ extension FineTuneConfig: RunConfiguration {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(pretrained, forKey: .pretrained)
         try c.encode(data, forKey: .data)
+        try c.encodeIfPresent(frames, forKey: .frames)
         try c.encodeIfPresent(initial, forKey: .initial)
         try c.encodeIfPresent(target, forKey: .target)
         try c.encode(relaxer.name, forKey: .relaxer)

@@ -43,6 +43,18 @@ public struct RunDirectory: Sendable {
 
     public func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: file(name)) }
 
+    /// A run's command line as model files record it: the run directory by its name only, whichever spelling
+    /// of the output option gave it (where it lived is machine-specific).
+    public func recordedCommand(_ command: String) -> String {
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        var out = command
+        for option in ["--out", "-o", "--output"] {
+            out = out.replacingOccurrences(of: option + " " + path, with: option + " " + name)
+                .replacingOccurrences(of: option + "=" + path, with: option + "=" + name)
+        }
+        return out
+    }
+
     /// A new run: refuses a directory that holds a run or anything else, creates it, writes config.json.
     public static func create(_ path: String, config: some Encodable) throws -> RunDirectory {
         let fm = FileManager.default
@@ -126,9 +138,10 @@ public struct RunDirectory: Sendable {
         return e
     }
 
-    static var decoder: JSONDecoder {
+    static func decoder(userInfo: [CodingUserInfoKey: Any] = [:]) -> JSONDecoder {
         let d = JSONDecoder()
         d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        d.userInfo = userInfo
         return d
     }
 
@@ -137,10 +150,10 @@ public struct RunDirectory: Sendable {
     }
 
     /// The decoded file, or nil when it does not exist; an unreadable file is an error naming it and what is
-    /// wrong in it.
-    public func readJSON<T: Decodable>(_ type: T.Type, from name: String) throws -> T? {
+    /// wrong in it. `userInfo` reaches the type's decoder.
+    public func readJSON<T: Decodable>(_ type: T.Type, from name: String, userInfo: [CodingUserInfoKey: Any] = [:]) throws -> T? {
         guard let data = FileManager.default.contents(atPath: file(name)) else { return nil }
-        do { return try Self.decoder.decode(type, from: data) } catch {
+        do { return try Self.decoder(userInfo: userInfo).decode(type, from: data) } catch {
             throw RunDirectoryError(message: "\(file(name)): \(Self.describe(error))")
         }
     }
@@ -189,11 +202,6 @@ public struct RunDirectory: Sendable {
         }
     }
 
-    /// summary.json from a JSON object (sorted keys, pretty).
-    public func writeSummary(_ object: [String: Any]) throws {
-        try AtomicFile.write(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]), to: summaryPath)
-    }
-
     // MARK: Checkpoints (weights and state in one file)
 
     /// checkpoint.safetensors: the model's tensors, and `state` as JSON under the metadata key `key`.
@@ -202,12 +210,19 @@ public struct RunDirectory: Sendable {
         try SafeTensors.write(parameters.map { ($0.key, $0.value) }, metadata: [key: js], to: checkpointPath)
     }
 
+    /// The checkpoint, then, when `session` counts this process's work, the cost so far (cost.json).
+    public func saveCheckpoint(_ parameters: OrderedDictionary<Tensor>, state: some Encodable, key: String, session: Session?) throws {
+        try writeCheckpoint(parameters, state: state, key: key)
+        if let s = session { try recordCost(s) }
+    }
+
     /// The checkpoint's tensors and state, nil when there is none.
-    public func readCheckpoint<S: Decodable>(_ type: S.Type, key: String) throws -> (tensors: SafeTensors.OrderedTensors, state: S)? {
+    public func readCheckpoint<S: Decodable>(_ type: S.Type, key: String, userInfo: [CodingUserInfoKey: Any] = [:]) throws
+        -> (tensors: SafeTensors.OrderedTensors, state: S)? {
         guard exists("checkpoint.safetensors") else { return nil }
         let (tensors, meta) = try SafeTensors.read(checkpointPath)
         guard let js = meta[key] else { throw RunDirectoryError(message: "\(checkpointPath): no \(key) in __metadata__ (not a checkpoint of this kind of run)") }
-        do { return (tensors, try Self.decoder.decode(type, from: Data(js.utf8))) } catch {
+        do { return (tensors, try Self.decoder(userInfo: userInfo).decode(type, from: Data(js.utf8))) } catch {
             throw RunDirectoryError(message: "\(checkpointPath): \(key) in __metadata__: \(Self.describe(error))")
         }
     }
@@ -300,6 +315,13 @@ public struct RunDirectory: Sendable {
     /// Starts counting this process's work on the run (call once, before the first expensive step).
     public func beginSession() throws -> Session {
         Session(earlier: try readJSON(Cost.self, from: "cost.json") ?? Cost(), wallStart: Date(), cpuStart: processCPUSeconds())
+    }
+
+    /// The run's cost over all its processes so far: with `session`, earlier processes plus this one (written to
+    /// cost.json); without, what cost.json holds.
+    public func cost(_ session: Session?) throws -> Cost {
+        guard let s = session else { return try readJSON(Cost.self, from: "cost.json") ?? Cost() }
+        return try recordCost(s)
     }
 
     /// Writes cost.json (earlier processes plus this one so far); returns the total.

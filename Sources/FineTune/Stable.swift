@@ -4,104 +4,6 @@ import Foundation
 import Potentials
 import Tape
 
-/// Settings of a StABlE run (Raja et al., "Stability-aware training of machine learning force fields with
-/// differentiable Boltzmann estimators", TMLR 2025), saved as RUN_DIR/config.json.
-public struct StableOptions: RunConfiguration, Sendable, Equatable {
-    /// Potential spec of the starting model (model file, model name, or `sw:…`).
-    public var pretrained = ""
-    /// Parameters trained (empty: all but the per-element reference energies).
-    public var trainable: [String] = []
-    /// Energy/force training data (the QM term, weight `lambda`); may be empty when lambda is 0.
-    public var dataFiles: [String] = []
-    /// Held-out labelled frames, evaluated before and after.
-    public var testFiles: [String] = []
-    /// Starting structure of the replicas ("" → first frame of a reference trajectory, else of the data).
-    public var structureFile = ""
-    public var structureFrame = 0
-    /// rdf.csv (columns r and g_reference, g or the second) or a reference trajectory (extended XYZ).
-    public var reference = ""
-    /// Frames of a reference trajectory skipped (equilibration).
-    public var referenceSkip = 0
-    public var rdfMax = 5.0
-    public var rdfBins = 100
-    /// Gaussian smearing of the RDF, Å; must be the one the reference was computed with.
-    public var rdfSigma = 0.05
-    public var temperature = 300.0
-    public var timestep = 1.0
-    public var thermostat: Thermostat = .langevin(friction: 0.01)
-    public var replicas = 8
-    /// MD steps per epoch (one segment per replica).
-    public var steps = 1000
-    /// Steps between the frames fed to the estimator (StABlE's n_dump = 100: decorrelated samples).
-    public var sampleInterval = 100
-    /// Also sample the frame at which a replica is found unstable (StABlE samples whole segments, unstable
-    /// parts included, so the estimator sees the configurations that went wrong).
-    public var sampleUnstable = true
-    /// Steps at the start of every segment that are not sampled.
-    public var discard = 0
-    /// Steps run once with the starting model before the first epoch; the stored restart states are taken then.
-    public var equilibrate = 0
-    /// "initial": every learning epoch restarts all replicas from the stored states (StABlE);
-    /// "continue": replicas continue (unstable ones are reset to their state at the start of the epoch).
-    public var restart = "initial"
-    public var epochs = 50
-    public var learningRate = 1e-3
-    /// Steps of scalar parameters relative to their starting magnitude (Adam's per-parameter scales).
-    public var relativeSteps = true
-    /// Global gradient-norm clipping (StABlE: 1.0; 0: off).
-    public var clipNorm = 1.0
-    /// Weight of the energy/force gradient (StABlE's λ_EF: 10 for the molecules, 0 for water).
-    public var lambda = 10.0
-    public var energyWeight = 0.01
-    public var forceWeight = 0.99
-    /// Training frames per energy/force gradient (0: all, as StABlE).
-    public var efBatch = 0
-    /// Instability: max bond deviation (StABlE training: 0.25 Å) and optionally a minimum distance.
-    public var bondThreshold = 0.25
-    public var bondCutoff: Double?
-    public var minDistance: Double?
-    /// A learning phase starts when at least this fraction of replicas went unstable in an epoch (0: always learn).
-    public var unstableFraction = 0.75
-    /// Reduce-on-plateau (StABlE: factor 0.2, patience 10, two reductions) on "unstable" (replicas unstable,
-    /// StABlE) or "loss" (observable loss).
-    public var plateauFactor = 0.2
-    public var plateauPatience = 10
-    public var maxReductions = 2
-    public var monitor = "unstable"
-    public var seed: UInt64 = 1
-    public var command = ""
-    /// Optimizer updates rejected in a row (non-finite gradients, parameters the guard refuses) after which
-    /// training stops with the last good model (nil: `ParameterGuard.defaultMaxRejectedSteps`; 0: never).
-    public var maxRejectedSteps: Int? = nil
-
-    public init() {}
-
-    public func validate() throws {
-        func fail(_ s: String) throws -> Never { throw StableError(message: s) }
-        if pretrained.isEmpty { try fail("no starting model (--pretrained)") }
-        if reference.isEmpty { try fail("no reference observable (--reference-observable)") }
-        if lambda > 0 && dataFiles.isEmpty { try fail("--lambda \(lambda) needs training data (--data), or use --lambda 0") }
-        if lambda < 0 { try fail("--lambda must be ≥ 0") }
-        if replicas < 1 || steps < 1 || epochs < 1 || sampleInterval < 1 { try fail("replicas, steps, epochs and sample interval must be positive") }
-        if discard < 0 || equilibrate < 0 || efBatch < 0 || referenceSkip < 0 { try fail("discard, equilibrate, ef batch and reference skip must be ≥ 0") }
-        if discard >= steps { try fail("--discard \(discard) leaves no steps of a \(steps)-step segment to sample") }
-        if !(learningRate > 0) || !(temperature > 0) || !(timestep > 0) { try fail("learning rate, temperature and time step must be positive") }
-        if !(unstableFraction >= 0 && unstableFraction <= 1) { try fail("--unstable-fraction must be in [0, 1]") }
-        if !(plateauFactor > 0 && plateauFactor < 1) { try fail("--plateau-factor must be in (0, 1)") }
-        if !["initial", "continue"].contains(restart) { try fail("--restart expects initial or continue, got '\(restart)'") }
-        if !["unstable", "loss"].contains(monitor) { try fail("--monitor expects unstable or loss, got '\(monitor)'") }
-        if !(rdfSigma > 0 && rdfMax > 0) || rdfBins < 2 { try fail("RDF settings must be positive (at least 2 bins)") }
-        if energyWeight < 0 || forceWeight < 0 || energyWeight + forceWeight <= 0 { try fail("energy and force weights must be ≥ 0 and not both 0") }
-        if plateauPatience < 0 || maxReductions < 0 || (maxRejectedSteps ?? 0) < 0 { try fail("--plateau-patience, --max-reductions and --max-rejected-steps must be ≥ 0") }
-        if !(clipNorm >= 0) || !(bondThreshold > 0) || (bondCutoff.map { !($0 > 0) } ?? false) || (minDistance.map { !($0 > 0) } ?? false) {
-            try fail("--clip must be ≥ 0, bond threshold, bond cutoff and minimum distance positive")
-        }
-        for v in [temperature, timestep, learningRate, lambda, energyWeight, forceWeight, rdfMax, rdfSigma, clipNorm, bondThreshold] where !v.isFinite {
-            try fail("non-finite setting \(v)")
-        }
-    }
-}
-
 public struct StableError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
@@ -178,7 +80,7 @@ struct StableState: Codable {
 ///   ∇θ L_obs (Boltzmann estimator on frames of the stable part of the replicas) + λ ∇θ L_EF (training data),
 /// clipped to a global norm; the observable is the RDF against a reference.
 public final class StableTrainer {
-    public let options: StableOptions
+    public let config: StableConfig
     public let run: RunDirectory
     public var runDirectory: String { run.path }
     public internal(set) var model: any Potential
@@ -201,25 +103,25 @@ public final class StableTrainer {
 
     /// A new run in `runDirectory` (which must not hold one): the inputs are read first, then the directory is
     /// created with config.json and the starting checkpoint.
-    public convenience init(options: StableOptions, runDirectory: String) throws {
-        try options.validate()
+    public convenience init(config: StableConfig, runDirectory: String) throws {
+        try config.validate()
         if RunDirectory(runDirectory).exists("config.json") {
             throw StableError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
         }
-        try self.init(options: options, run: RunDirectory(runDirectory), resuming: false)
-        _ = try RunDirectory.create(runDirectory, config: options)
+        try self.init(config: config, run: RunDirectory(runDirectory), resuming: false)
+        _ = try RunDirectory.create(runDirectory, config: config)
         try run.startMetrics(header: metricsHeader)
         try saveCheckpoint()
     }
 
     /// Continues the run in `runDirectory`; `epochs` sets a new budget (written into config.json).
     public static func resume(runDirectory: String, epochs: Int? = nil) throws -> StableTrainer {
-        let (run, options) = try RunDirectory.resume(runDirectory, as: StableOptions.self, epochs: epochs)
+        let (run, config) = try RunDirectory.resume(runDirectory, as: StableConfig.self, epochs: epochs)
         // Without a checkpoint the run was stopped between writing config.json and its first checkpoint: it
-        // starts from the beginning, as the stored options say.
+        // starts from the beginning, as the stored configuration says.
         let resuming = run.exists("checkpoint.safetensors")
-        let t = try StableTrainer(options: options, run: run, resuming: resuming)
-        try run.storeEpochs(options.epochs, as: StableOptions.self)
+        let t = try StableTrainer(config: config, run: run, resuming: resuming)
+        try run.storeEpochs(config.epochs, as: StableConfig.self)
         if !resuming {
             try run.startMetrics(header: t.metricsHeader)
             try t.saveCheckpoint()
@@ -227,8 +129,8 @@ public final class StableTrainer {
         return t
     }
 
-    private init(options o: StableOptions, run: RunDirectory, resuming: Bool) throws {
-        options = o
+    private init(config o: StableConfig, run: RunDirectory, resuming: Bool) throws {
+        config = o
         self.run = run
         let m0: any Potential
         do { m0 = try PotentialSpec.parse(o.pretrained) } catch let e as PotentialSpecError { throw StableError(message: "--pretrained: \(e.message)") }
@@ -240,8 +142,8 @@ public final class StableTrainer {
         }
         guard !ns.isEmpty else { throw StableError(message: "no trainable parameters") }
         names = ns
-        trainFrames = try Pretrainer.loadFrames(o.dataFiles)
-        testSets = try o.testFiles.map { ($0, try Pretrainer.loadFrames([$0])) }
+        trainFrames = try PretrainTrainer.loadFrames(o.dataFiles)
+        testSets = try o.testFiles.map { ($0, try PretrainTrainer.loadFrames([$0])) }
 
         // Reference observable: a table, or the mean RDF of a trajectory.
         var refFrames: [Structure] = []
@@ -308,7 +210,7 @@ public final class StableTrainer {
     func validateState() throws {
         let file = run.checkpointPath
         func fail(_ what: String) throws -> Never { throw StableError(message: "\(file): \(what) (not a state this run wrote)") }
-        let st = state, o = options
+        let st = state, o = config
         if st.epoch < 0 || st.cycle < 0 || st.bestEpoch < 0 || st.bestEpoch > st.epoch || st.reductions < 0 || st.plateauBad < 0 {
             try fail("epoch \(st.epoch), best epoch \(st.bestEpoch), cycle \(st.cycle)")
         }
@@ -338,9 +240,9 @@ public final class StableTrainer {
 
     /// Replica states at the start (after the optional equilibration), the stored restart states.
     func initialStates() -> [ReplicaState] {
-        let md = MolecularDynamics(starts: Array(repeating: start, count: options.replicas), potential: model, settings: settings, seed: options.seed)
-        if options.equilibrate > 0 {
-            _ = md.runSegment(Array(0..<options.replicas), steps: options.equilibrate, monitor: nil, stopUnstable: false)
+        let md = MolecularDynamics(starts: Array(repeating: start, count: config.replicas), potential: model, settings: settings, seed: config.seed)
+        if config.equilibrate > 0 {
+            _ = md.runSegment(Array(0..<config.replicas), steps: config.equilibrate, monitor: nil, stopUnstable: false)
             for r in 0..<md.replicaCount { md.replicas[r].step = 0 }
         }
         return md.replicas
@@ -349,7 +251,7 @@ public final class StableTrainer {
     /// Loss and gradient of the energy/force term on `frames` (total-energy and force-component MSE, weights
     /// normalised as in pretraining), with the metrics of the current weights.
     func energyForceGradient(_ frames: [Structure]) -> (loss: Double, grads: [String: Tensor], metrics: ForceFieldMetrics) {
-        let we = options.energyWeight / (options.energyWeight + options.forceWeight)
+        let we = config.energyWeight / (config.energyWeight + config.forceWeight)
         return energyForceLossAndGradient(model, trainable: names, frames: frames, energyWeight: we, forceWeight: 1 - we)
     }
 
@@ -365,27 +267,19 @@ public final class StableTrainer {
 
     /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        try run.writeCheckpoint(model.parameters, state: state, key: Self.checkpointKey)
-        if let s = session { try run.recordCost(s) }
+        try run.saveCheckpoint(model.parameters, state: state, key: Self.checkpointKey, session: session)
     }
 
     /// The run's cost over all its processes so far (written to cost.json).
-    public func cost() throws -> RunDirectory.Cost {
-        guard let s = session else { return try run.readJSON(RunDirectory.Cost.self, from: "cost.json") ?? RunDirectory.Cost() }
-        return try run.recordCost(s)
-    }
+    public func cost() throws -> RunDirectory.Cost { try run.cost(session) }
 
-    var recordedCommand: String {
-        let name = URL(fileURLWithPath: runDirectory).lastPathComponent
-        return options.command.replacingOccurrences(of: "--out " + runDirectory, with: "--out " + name)
-            .replacingOccurrences(of: "--out=" + runDirectory, with: "--out=" + name)
-    }
+    var recordedCommand: String { run.recordedCommand(config.command) }
 
     func provenance(kind: String, epoch: Int) -> [String: String] {
         [
-            "training_method": "StABlE (Boltzmann estimator on the RDF, energy/force weight \(options.lambda))",
-            "training_reference": ModelFile.recordedArgument(options.reference),
-            "training_data": options.dataFiles.map(ModelFile.recordedArgument).joined(separator: ","),
+            "training_method": "StABlE (Boltzmann estimator on the RDF, energy/force weight \(config.lambda))",
+            "training_reference": ModelFile.recordedArgument(config.reference),
+            "training_data": config.dataFiles.map(ModelFile.recordedArgument).joined(separator: ","),
             "training_command": recordedCommand,
             "training_epochs": "\(epoch)",
             "training_checkpoint": kind,

@@ -66,7 +66,7 @@ extension StableTrainer {
         md.refreshForces()
         var rows: [StableEpochMetrics] = []
         var cache = EnergyForceCache()
-        while state.epoch < options.epochs {
+        while state.epoch < config.epochs {
             if let mx = maxEpochsThisCall, rows.count >= mx { break }
             rows.append(try runEpoch(md, cache: &cache, report: report))
         }
@@ -76,7 +76,7 @@ extension StableTrainer {
     /// One epoch: simulate, measure the observable, learn (in a learning phase), keep the best model, change
     /// phase, and write the epoch's outputs.
     func runEpoch(_ md: MolecularDynamics, cache: inout EnergyForceCache, report: (StableEvent) -> Void) throws -> StableEpochMetrics {
-        let o = options
+        let o = config
         let t0 = Date()
         let learning = state.learning
         if learning && o.restart == "initial" {
@@ -154,7 +154,7 @@ extension StableTrainer {
 
     /// One MD segment of every replica: the discarded steps first, then the sampled ones; ages updated.
     func simulate(_ md: MolecularDynamics, agesAtStart: [Double]) -> SegmentOutcome {
-        let o = options
+        let o = config
         var samples: [[Structure]] = Array(repeating: [], count: o.replicas)
         var unstableStep: [Int?] = Array(repeating: nil, count: o.replicas)
         let all = Array(0..<o.replicas)
@@ -181,7 +181,7 @@ extension StableTrainer {
         let values = pooled.map { RadialDistribution.values($0, settings: rdf) }
         let obs = Tensor(shape: [pooled.count, rdf.radii.count], values.flatMap { $0 })
         let (l, mean, c) = BoltzmannEstimator.lossCoefficients(observables: obs, reference: referenceRDF,
-                                                               beta: BoltzmannEstimator.beta(temperature: options.temperature))
+                                                               beta: BoltzmannEstimator.beta(temperature: config.temperature))
         if state.initialRDF == nil { state.initialRDF = mean }
         state.lastRDF = mean
         return ObservableOutcome(loss: l, mae: RadialDistribution.meanAbsoluteError(mean, referenceRDF), coefficients: c)
@@ -191,7 +191,7 @@ extension StableTrainer {
     /// the gradient norms, the energy/force loss and (with all frames) their metrics.
     func learn(_ md: MolecularDynamics, pooled: [Structure], coefficients: [Double], cache: inout EnergyForceCache, versionAtStart: Int,
                report: (StableEvent) -> Void) throws -> (Double?, Double?, Double?, ForceFieldMetrics?) {
-        let o = options
+        let o = config
         var gObs: Double?, gEF: Double?, efLoss: Double?, efMetrics: ForceFieldMetrics?
         var grads: [String: Tensor] = [:]
         for n in names { grads[n] = Tensor.zeros(model.parameters[n]!.shape) }
@@ -242,7 +242,7 @@ extension StableTrainer {
     func endLearningEpoch(learning: Bool, unstable: [Int], observableLoss: Double?) throws -> StablePhaseChange {
         var change = StablePhaseChange()
         guard learning else { return change }
-        let o = options
+        let o = config
         let monitored = o.monitor == "loss" ? (observableLoss ?? .infinity) : Double(unstable.count)
         if monitored < (state.plateauBest ?? .infinity) { state.plateauBest = monitored; state.plateauBad = 0 } else {
             state.plateauBad += 1

@@ -6,7 +6,7 @@ import Relax
 import Tape
 
 /// One row of metrics.csv.
-public struct EpochMetrics: Codable, Sendable {
+public struct FineTuneEpochMetrics: Codable, Sendable {
     public var epoch: Int
     public var trainDQMean: Double
     public var trainDQMedian: Double
@@ -26,13 +26,13 @@ public struct EpochMetrics: Codable, Sendable {
 }
 
 /// Resumable state of a run (RUN_DIR/checkpoint.safetensors, with the weights).
-public struct TrainerState: Codable, Sendable {
+public struct FineTuneState: Sendable {
     public var nextEpoch = 0
     public var adam: Adam
     public var schedule: ScheduleState
     public var rng: SeededGenerator
-    /// The relaxer's hyperparameters as trained so far.
-    public var hyper: [String: Double]
+    /// The relaxer with its hyperparameters as trained so far.
+    public var relaxer: any Relaxer
     public var bestValidation: Double?
     public var bestEpoch: Int?
     public var epochsWithoutImprovement = 0
@@ -42,11 +42,78 @@ public struct TrainerState: Codable, Sendable {
     public var rejections: UpdateRejections? = nil
     /// Training examples that failed, over the run.
     public var failedExamples: Int? = nil
-    public var history: [EpochMetrics] = []
+    public var history: [FineTuneEpochMetrics] = []
     /// ΔQ of the starting model (empty until the initial evaluation is done).
     public var before: [String: Double] = [:]
     public var seconds = 0.0
     public var stoppedEarly = false
+
+    public init(adam: Adam, schedule: ScheduleState, rng: SeededGenerator, relaxer: any Relaxer) {
+        self.adam = adam
+        self.schedule = schedule
+        self.rng = rng
+        self.relaxer = relaxer
+    }
+}
+
+/// The relaxer is stored as {"relaxer": name, "hyperparameters": {…}}. States written before it was typed kept
+/// only the hyperparameters ("hyper"); they are read with the run's configured relaxer (`relaxerKey` in the
+/// decoder's userInfo) as the kind.
+extension FineTuneState: Codable {
+    public static let relaxerKey = CodingUserInfoKey(rawValue: "relaxft.relaxer")!
+
+    enum CodingKeys: String, CodingKey {
+        case nextEpoch, adam, schedule, rng, relaxer, hyper, bestValidation, bestEpoch, epochsWithoutImprovement, skippedSteps, history
+        case before, seconds, stoppedEarly, rejections, failedExamples
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if let stored = try c.decodeIfPresent(StoredRelaxer.self, forKey: .relaxer) {
+            relaxer = stored.relaxer
+        } else {
+            guard var r = decoder.userInfo[Self.relaxerKey] as? any Relaxer else {
+                throw DecodingError.keyNotFound(CodingKeys.relaxer, .init(codingPath: c.codingPath, debugDescription: "no relaxer in the state"))
+            }
+            do { try r.set(try c.decode([String: Double].self, forKey: .hyper)) } catch let e as RelaxerError {
+                throw DecodingError.dataCorruptedError(forKey: .hyper, in: c, debugDescription: e.message)
+            }
+            relaxer = r
+        }
+        nextEpoch = try c.decode(Int.self, forKey: .nextEpoch)
+        adam = try c.decode(Adam.self, forKey: .adam)
+        schedule = try c.decode(ScheduleState.self, forKey: .schedule)
+        rng = try c.decode(SeededGenerator.self, forKey: .rng)
+        bestValidation = try c.decodeIfPresent(Double.self, forKey: .bestValidation)
+        bestEpoch = try c.decodeIfPresent(Int.self, forKey: .bestEpoch)
+        epochsWithoutImprovement = try c.decode(Int.self, forKey: .epochsWithoutImprovement)
+        skippedSteps = try c.decode(Int.self, forKey: .skippedSteps)
+        history = try c.decode([FineTuneEpochMetrics].self, forKey: .history)
+        before = try c.decode([String: Double].self, forKey: .before)
+        seconds = try c.decode(Double.self, forKey: .seconds)
+        stoppedEarly = try c.decode(Bool.self, forKey: .stoppedEarly)
+        rejections = try c.decodeIfPresent(UpdateRejections.self, forKey: .rejections)
+        failedExamples = try c.decodeIfPresent(Int.self, forKey: .failedExamples)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(nextEpoch, forKey: .nextEpoch)
+        try c.encode(adam, forKey: .adam)
+        try c.encode(schedule, forKey: .schedule)
+        try c.encode(rng, forKey: .rng)
+        try c.encode(StoredRelaxer(relaxer), forKey: .relaxer)
+        try c.encodeIfPresent(bestValidation, forKey: .bestValidation)
+        try c.encodeIfPresent(bestEpoch, forKey: .bestEpoch)
+        try c.encode(epochsWithoutImprovement, forKey: .epochsWithoutImprovement)
+        try c.encode(skippedSteps, forKey: .skippedSteps)
+        try c.encode(history, forKey: .history)
+        try c.encode(before, forKey: .before)
+        try c.encode(seconds, forKey: .seconds)
+        try c.encode(stoppedEarly, forKey: .stoppedEarly)
+        try c.encodeIfPresent(rejections, forKey: .rejections)
+        try c.encodeIfPresent(failedExamples, forKey: .failedExamples)
+    }
 }
 
 public struct FineTuneSummary: Codable, Sendable {
@@ -81,7 +148,7 @@ public enum FineTuneEvent: Sendable {
     /// Mini-batches of an epoch (1-based epoch), `done` of `total` structures.
     case batch(epoch: Int, done: Int, total: Int, eta: Double?)
     /// A completed epoch and the estimated time to the end of the run.
-    case epoch(EpochMetrics, eta: Double)
+    case epoch(FineTuneEpochMetrics, eta: Double)
     /// A training example failed in (1-based) `epoch` and was left out of its step.
     case failedExample(epoch: Int, name: String, failure: RelaxationFailure)
     /// An optimizer step of (1-based) `epoch` was not taken, and why.
@@ -122,7 +189,7 @@ public func batchGradient(_ examples: [RelaxationExample], potential: any Potent
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
 /// hyperparameters), mini-batches of examples, a seeded train/validation split, early stopping on validation
 /// ΔQ, best and last model files, exact resume from RUN_DIR/checkpoint.safetensors.
-public final class FineTuner {
+public final class FineTuneTrainer {
     public let config: FineTuneConfig
     public let run: RunDirectory
     public var runDirectory: String { run.path }
@@ -131,7 +198,7 @@ public final class FineTuner {
     public let validation: [RelaxationExample]
     /// Frames of the force-matching term (empty without it).
     public let forceFrames: [Structure]
-    public private(set) var state: TrainerState
+    public private(set) var state: FineTuneState
     let trainable: [String]
     /// Whether the run directory exists (created by `run`, or opened by `resume`).
     private var started = false
@@ -175,36 +242,32 @@ public final class FineTuner {
             validation = split.validation.map { examples[$0] }
         }
         guard !train.isEmpty else { throw DatasetError(message: "no training examples (\(examples.count) in the data)") }
-        let hyper = config.relaxer.hyperparameters.dictionary
         var adam = Adam(learningRate: config.learningRate, weightDecay: config.weightDecay)
         if config.relativeLearningRate {
             for name in trainable {
                 let t = potential.parameters[name]!
                 adam.scales["p/" + name] = Swift.max((t.dot(t) / Double(Swift.max(t.count, 1))).squareRoot(), 1e-12)
             }
-            for name in config.trainRelaxer { adam.scales["r/" + name] = Swift.max(Swift.abs(hyper[name]!), 1e-12) }
+            for name in config.trainRelaxer { adam.scales["r/" + name] = Swift.max(Swift.abs(config.relaxer.hyperparameters[name]!), 1e-12) }
         }
-        state = TrainerState(adam: adam,
+        state = FineTuneState(adam: adam,
                              schedule: ScheduleState(try LearningRateSchedule.parse(config.schedule, epochs: config.epochs), baseRate: config.learningRate),
-                             rng: SeededGenerator(seed: config.seed &+ 0x5EED), hyper: hyper)
+                             rng: SeededGenerator(seed: config.seed &+ 0x5EED), relaxer: config.relaxer)
     }
 
     public var bestModelPath: String { run.bestModelPath }
 
     /// The relaxer with its hyperparameters as trained so far.
-    public var relaxer: any Relaxer {
-        var r = config.relaxer
-        try? r.set(state.hyper)
-        return r
-    }
+    public var relaxer: any Relaxer { state.relaxer }
 
     /// Restores the state and weights of an interrupted run (its config must be this trainer's; a new epoch
     /// budget in it re-targets a cosine schedule, the only state that depends on the budget).
     public func resume() throws {
-        if let ck = try run.readCheckpoint(TrainerState.self, key: Self.checkpointKey) {
+        let legacy: [CodingUserInfoKey: Any] = [FineTuneState.relaxerKey: config.relaxer]
+        if let ck = try run.readCheckpoint(FineTuneState.self, key: Self.checkpointKey, userInfo: legacy) {
             state = ck.state
             try RunDirectory.install(ck.tensors, into: &potential, file: run.checkpointPath)
-        } else if let s = try run.readJSON(TrainerState.self, from: "state.json") {
+        } else if let s = try run.readJSON(FineTuneState.self, from: "state.json", userInfo: legacy) {
             // Run directories written before checkpoint.safetensors: the state and last.safetensors.
             state = s
             potential.parameters = try ModelFile.load(run.lastModelPath).potential.parameters
@@ -228,12 +291,13 @@ public final class FineTuner {
         if state.nextEpoch < 0 || state.nextEpoch != state.history.count { try fail("next epoch \(state.nextEpoch) with \(state.history.count) epochs recorded") }
         if let b = state.bestEpoch, b < 0 || b > state.nextEpoch { try fail("best epoch \(b) of \(state.nextEpoch)") }
         if state.skippedSteps < 0 || state.epochsWithoutImprovement < 0 { try fail("negative counters") }
-        if Set(state.hyper.keys) != Set(config.relaxer.hyperparameters.names) || !state.hyper.values.allSatisfy(\.isFinite) {
-            try fail("relaxer hyperparameters \(state.hyper.keys.sorted()) do not fit relaxer \(config.relaxer.name)")
+        let hyper = state.relaxer.hyperparameters
+        if state.relaxer.name != config.relaxer.name || !hyper.named.allSatisfy({ $0.value.isFinite }) {
+            try fail("relaxer \(state.relaxer.name) with \(hyper.dictionary) does not fit the run's relaxer \(config.relaxer.name)")
         }
         var sizes: [String: Int] = [:]
         for (k, v) in potential.parameters { sizes["p/" + k] = v.count }
-        for k in state.hyper.keys { sizes["r/" + k] = 1 }
+        for k in hyper.names { sizes["r/" + k] = 1 }
         try RunDirectory.validate(state.adam, sizes: sizes, file: where_)
         if let why = ParameterGuard.rejection(of: Dictionary(uniqueKeysWithValues: potential.parameters.map { ($0.key, $0.value) }), for: potential) {
             try fail(why)
@@ -254,19 +318,10 @@ public final class FineTuner {
         RelaxationProtocol(relaxer: relaxer, steps: config.steps, stopFmax: config.stopFmax)
     }
 
-    /// Relaxes `examples` in chunks of `config.threads`, reporting after each chunk.
+    /// Relaxes `examples` on `config.threads` threads, reporting after each round.
     func evaluate(_ examples: [RelaxationExample], protocol p: RelaxationProtocol? = nil, potential pot: (any Potential)? = nil,
                   progress: (Int) -> Void = { _ in }) -> [ExampleEvaluation] {
-        var out: [ExampleEvaluation] = []
-        let chunk = Swift.max(config.threads, 1)
-        var start = 0
-        while start < examples.count {
-            let part = Array(examples[start..<Swift.min(start + chunk, examples.count)])
-            out += evaluateRelaxations(part, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads)
-            start += chunk
-            progress(out.count)
-        }
-        return out
+        evaluateRelaxations(examples, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads, progress: progress)
     }
 
     func saveModel(to name: String, epoch: Int) throws {
@@ -278,8 +333,7 @@ public final class FineTuner {
 
     /// Weights and state in one atomic file, then the cost so far.
     func saveCheckpoint() throws {
-        try run.writeCheckpoint(potential.parameters, state: state, key: Self.checkpointKey)
-        if let s = session { try run.recordCost(s) }
+        try run.saveCheckpoint(potential.parameters, state: state, key: Self.checkpointKey, session: session)
     }
 
     /// Runs (or continues) the training; `report` gets progress events. `stopAfterEpoch` ends the run early at
@@ -345,7 +399,7 @@ public final class FineTuner {
     func applyStep(_ grads: [String: Tensor]) -> String? {
         var values: [String: Tensor] = [:]
         for name in trainable { values["p/" + name] = potential.parameters[name]! }
-        for name in config.trainRelaxer { values["r/" + name] = Tensor(scalar: state.hyper[name]!) }
+        for name in config.trainRelaxer { values["r/" + name] = Tensor(scalar: state.relaxer.hyperparameters[name]!) }
         // Scale the relaxer's gradients' step so that one Adam (whose steps are ~lr per coordinate) serves both.
         var adam = state.adam
         adam.learningRate = state.schedule.rate
@@ -368,7 +422,7 @@ public final class FineTuner {
         state.adam = adam
         for (k, v) in updated { potential.parameters[k] = v }
         // Step sizes and the like must stay positive.
-        for (k, v) in rValues { state.hyper[String(k.dropFirst(2))] = Swift.max(v.scalar, 1e-8) }
+        try? state.relaxer.set(Dictionary(uniqueKeysWithValues: rValues.map { (String($0.key.dropFirst(2)), Swift.max($0.value.scalar, 1e-8)) }))
         return nil
     }
 
@@ -383,7 +437,7 @@ public final class FineTuner {
     }
 
     /// One epoch: shuffled mini-batches, validation, best/last model files, checkpoint, metrics row.
-    func trainEpoch(report: (FineTuneEvent) -> Void) throws -> EpochMetrics {
+    func trainEpoch(report: (FineTuneEvent) -> Void) throws -> FineTuneEpochMetrics {
         let epoch = state.nextEpoch
         let t0 = Date()
         var order = Array(0..<train.count)
@@ -417,8 +471,8 @@ public final class FineTuner {
             state.rejections?.accept()
         }
         let tr = ErrorSummary(losses)
-        var metrics = EpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
-                                   gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.hyper,
+        var metrics = FineTuneEpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
+                                   gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.relaxer.hyperparameters.dictionary,
                                    skippedSteps: state.skippedSteps, seconds: 0)
         if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
         metrics.failedExamples = failed
@@ -468,7 +522,7 @@ public final class FineTuner {
 
     /// metrics.csv from the state's history (the state is the record: a resumed run rewrites it whole).
     func writeMetricsCSV() throws {
-        let hyperNames = state.hyper.keys.sorted()
+        let hyperNames = state.relaxer.hyperparameters.names.sorted()
         // The force term's column only when it is on, so that the file of a plain run keeps its layout.
         let withForces = (config.forceWeight ?? 0) > 0
         var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")

@@ -1,39 +1,83 @@
 import Atoms
 import Tape
 
+/// Verlet neighbour lists of R replicas of one system (same species, cell and periodicity; positions per
+/// replica) and the batched graph of the replicas evaluated together: the one neighbour-list bookkeeping of
+/// relaxations and implicit differentiation (`ForceEvaluator`, one replica) and of batched molecular dynamics.
+///
+/// A replica's list is built when it has none, or rebuilt when an atom has moved more than skin/2 (or the cell
+/// changed) since its last build. `prepare(r)` is called first and gives the positions to build at: molecular
+/// dynamics wraps the replica into the cell there, a relaxation keeps its positions. The batched graph is
+/// rebuilt when a list is, or when the set of replicas changes.
+public struct VerletGraphs: Sendable {
+    public let structure: Structure
+    public let cutoff: Double
+    public let skin: Double
+    public private(set) var lists: [VerletNeighborList?]
+    private var cached: (replicas: [Int], system: AtomicSystem)?
+    /// Neighbour-list builds so far, over all replicas.
+    public private(set) var builds = 0
+
+    public init(structure: Structure, replicas: Int, cutoff: Double, skin: Double) {
+        self.structure = structure
+        self.cutoff = cutoff
+        self.skin = skin
+        lists = Array(repeating: nil, count: replicas)
+    }
+
+    /// Whether replica r's list must be (re)built for `positions` and `cell`.
+    public func needsRebuild(_ r: Int, positions: Tensor, cell: Tensor) -> Bool {
+        lists[r].map { $0.needsRebuild(positions: positions, cell: cell) } ?? true
+    }
+
+    /// Forgets replica r's list (its positions were replaced, e.g. a restart from a stored state).
+    public mutating func reset(_ r: Int) {
+        lists[r] = nil
+        cached = nil
+    }
+
+    /// The batched graph of `replicas` at `positions(r)` with `cell`, lists refreshed where needed.
+    public mutating func system(_ replicas: [Int], cell: Tensor, positions: (Int) -> Tensor, prepare: (Int) -> Tensor) -> AtomicSystem {
+        var rebuilt = false
+        for r in replicas {
+            if let l = lists[r], !l.needsRebuild(positions: positions(r), cell: cell) { continue }
+            lists[r] = VerletNeighborList(positions: prepare(r), cell: cell, pbc: structure.pbc, cutoff: cutoff, skin: skin)
+            builds += 1
+            rebuilt = true
+        }
+        if !rebuilt, let c = cached, c.replicas == replicas { return c.system }
+        let system = AtomicSystem(structures: Array(repeating: structure, count: replicas.count), lists: replicas.map { lists[$0]!.list })
+        cached = (replicas, system)
+        return system
+    }
+}
+
 /// Evaluates a potential for one structure whose atoms move (a relaxation, implicit differentiation at its
-/// minimum): keeps a Verlet neighbour list (rebuilt when an atom has moved more than skin/2) and the batched
-/// graph built from it, and zeroes forces on fixed atoms, as ASE's FixAtoms does.
+/// minimum): keeps a Verlet neighbour list and the graph built from it (`VerletGraphs` with one replica), and
+/// zeroes forces on fixed atoms, as ASE's FixAtoms does.
 public struct ForceEvaluator: Sendable {
     public let potential: any Potential
     public let structure: Structure
     public var skin: Double
-    public private(set) var neighbors: VerletNeighborList
+    private var graphs: VerletGraphs
     public private(set) var evaluations = 0
-    private var graph: AtomicSystem
     private let freeMask: Tensor?
 
     public init(potential: any Potential, structure: Structure, skin: Double = 0.5) {
         self.potential = potential
         self.structure = structure
         self.skin = skin
-        // A structure the list cannot be built for is not evaluated: the first evaluation reports the problem.
-        let buildable = (try? NeighborList.validate(structure, cutoff: potential.cutoff + skin, name: "the structure",
-                                                    extraBytesPerPair: potential.bytesPerPair)) != nil
-        neighbors = buildable ? VerletNeighborList(structure, cutoff: potential.cutoff, skin: skin)
-            : VerletNeighborList(unbuiltFor: structure.positions, cell: structure.cell, pbc: structure.pbc, cutoff: potential.cutoff, skin: skin)
-        graph = AtomicSystem(structures: [structure], lists: [neighbors.list])
+        graphs = VerletGraphs(structure: structure, replicas: 1, cutoff: potential.cutoff, skin: skin)
         freeMask = (structure.fixed?.contains(true) ?? false) ? structure.freeMask : nil
+        // A structure the list cannot be built for is not evaluated: the first evaluation reports the problem.
+        _ = prepare(structure.positions, structure.cell)
     }
 
-    public var neighborListBuilds: Int { neighbors.builds }
+    public var neighborListBuilds: Int { graphs.builds }
 
     /// The graph for `positions` and `cell` (the neighbour list refreshed when needed).
     public mutating func system(positions: Tensor, cell: Tensor) -> AtomicSystem {
-        if neighbors.update(positions: positions, cell: cell) {
-            graph = AtomicSystem(structures: [structure], lists: [neighbors.list])
-        }
-        return graph
+        graphs.system([0], cell: cell, positions: { _ in positions }, prepare: { _ in positions })
     }
 
     /// Why the last evaluation was not done (positions or a cell that cannot be binned, a neighbour list beyond
@@ -44,15 +88,16 @@ public struct ForceEvaluator: Sendable {
     /// coordinate, or a list that would not fit in memory, is not evaluated (`problem` says why). Otherwise
     /// returns the graph, its neighbour list rebuilt when atoms moved enough.
     private mutating func prepare(_ positions: Tensor, _ cell: Tensor) -> AtomicSystem? {
-        problem = NeighborList.problem(positions: positions, cell: cell, pbc: structure.pbc, cutoff: neighbors.cutoff + neighbors.skin)
+        problem = NeighborList.problem(positions: positions, cell: cell, pbc: structure.pbc, cutoff: graphs.cutoff + graphs.skin)
         guard problem == nil else { return nil }
-        guard neighbors.needsRebuild(positions: positions, cell: cell) else { return graph }
-        do {
-            try NeighborList.validate(positions: positions, cell: cell, pbc: structure.pbc, cutoff: neighbors.cutoff + neighbors.skin,
-                                      name: "the structure", extraBytesPerPair: potential.bytesPerPair)
-        } catch {
-            problem = "\(error)"
-            return nil
+        if graphs.needsRebuild(0, positions: positions, cell: cell) {
+            do {
+                try NeighborList.validate(positions: positions, cell: cell, pbc: structure.pbc, cutoff: graphs.cutoff + graphs.skin,
+                                          name: "the structure", extraBytesPerPair: potential.bytesPerPair)
+            } catch {
+                problem = "\(error)"
+                return nil
+            }
         }
         return system(positions: positions, cell: cell)
     }

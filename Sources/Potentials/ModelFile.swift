@@ -90,25 +90,31 @@ public enum ModelFile {
         return meta
     }
 
-    /// Loads a model file; the metadata is returned too (provenance, relaxer settings, …).
+    /// A loader's potential with its parameters checked (`checkParameters`); errors name `path`.
+    static func make(_ loader: Loader, _ params: OrderedDictionary<Tensor>, _ meta: [String: String], path: String) throws -> any Potential {
+        do {
+            let potential = try loader(params, meta)
+            try potential.checkParameters()
+            return potential
+        } catch let e as PotentialSpecError {
+            throw PotentialSpecError(message: "\(path): \(e.message)")
+        }
+    }
+
+    /// Loads a model file (or a difference from a pulled model, see `ModelDelta`); the metadata is returned too
+    /// (provenance, relaxer settings, …).
     public static func load(_ path: String) throws -> (potential: any Potential, metadata: [String: String]) {
         let (tensors, meta) = try SafeTensors.read(path)
         guard let kind = meta["relaxft_kind"] else {
             throw PotentialSpecError(message: "\(path): not a relaxft model file (no relaxft_kind in __metadata__)")
         }
+        var params = OrderedDictionary<Tensor>()
+        for (name, t) in tensors { params[name] = t }
+        if kind == ModelDelta.kind { return try ModelDelta.load(params, meta, path: path) }
         guard let loader = loaders[kind] else {
             throw PotentialSpecError(message: "\(path): unknown model kind '\(kind)' (known: \(knownKinds.joined(separator: ", ")))")
         }
-        var params = OrderedDictionary<Tensor>()
-        for (name, t) in tensors { params[name] = t }
-        let potential: any Potential
-        do {
-            potential = try loader(params, meta)
-            try potential.checkParameters()
-        } catch let e as PotentialSpecError {
-            throw PotentialSpecError(message: "\(path): \(e.message)")
-        }
-        return (potential, meta)
+        return (try make(loader, params, meta, path: path), meta)
     }
 }
 
@@ -131,12 +137,11 @@ public enum PotentialSpec {
             return try ModelFile.load(spec).potential
         }
         if ModelStore.isModelName(spec) {
-            let path = ModelStore.path(of: spec)
-            guard FileManager.default.fileExists(atPath: path) else {
+            guard let path = ModelStore.locate(spec) else {
                 let hint = ModelStore.source(spec) != nil
                     ? "run 'relaxft models pull \(spec)' first"
-                    : "models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
-                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.modelsDirectory); \(hint)")
+                    : "relaxft models list shows the models at hand; models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
+                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.searchPath.joined(separator: ", ")); \(hint)")
             }
             return try ModelFile.load(path).potential
         }

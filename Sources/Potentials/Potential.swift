@@ -175,16 +175,21 @@ extension Potential {
         return Array(Set(numbers).subtracting(covered)).sorted()
     }
 
+    /// "NAME contains C, H, which POTENTIAL does not cover (its elements: …)", or nil when every element of
+    /// `numbers` is covered.
+    public func coverageProblem(_ numbers: [Int], name: String, potentialName: String? = nil) -> String? {
+        let missing = uncoveredElements(numbers)
+        guard !missing.isEmpty else { return nil }
+        let known = (coveredElements ?? []).sorted()
+        let knownText = known.count > 20 ? "Z = \(known.first!)…\(known.last!)" : known.map(Self.symbol).joined(separator: ", ")
+        return "\(name) contains \(missing.map(Self.symbol).joined(separator: ", ")), which \(potentialName ?? kind) does not cover (its elements: \(knownText))"
+    }
+
     /// Checks that this potential can evaluate `structure`: every element covered, a neighbour list (cutoff plus
     /// `skin`) that can be built and, with the evaluation's own per-pair memory, fits `MemoryBudget`. `name` names
     /// the structure and `potentialName` the potential in messages (default: its kind).
     public func checkInput(_ structure: Structure, name: String, potentialName: String? = nil, skin: Double = 0) throws {
-        let missing = uncoveredElements(structure.numbers)
-        if !missing.isEmpty {
-            let known = (coveredElements ?? []).sorted()
-            let knownText = known.count > 20 ? "Z = \(known.first!)…\(known.last!)" : known.map(Self.symbol).joined(separator: ", ")
-            throw PotentialInputError(message: "\(name) contains \(missing.map(Self.symbol).joined(separator: ", ")), which \(potentialName ?? kind) does not cover (its elements: \(knownText))")
-        }
+        if let m = coverageProblem(structure.numbers, name: name, potentialName: potentialName) { throw PotentialInputError(message: m) }
         do {
             try NeighborList.validate(structure, cutoff: cutoff + skin, name: name, extraBytesPerPair: bytesPerPair)
         } catch let e as NeighborListError {

@@ -55,24 +55,19 @@ extension RelaxationProtocol: Equatable {
 /// Stored as {"relaxer": name, "hyperparameters": {name: value}, "steps", "stopFmax", "convergedFmax"}, the
 /// format model files carry.
 extension RelaxationProtocol: Codable {
-    enum CodingKeys: String, CodingKey { case relaxer, hyperparameters, steps, stopFmax, convergedFmax }
+    enum CodingKeys: String, CodingKey { case steps, stopFmax, convergedFmax }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        let name = try c.decode(String.self, forKey: .relaxer)
-        let hyper = try c.decodeIfPresent([String: Double].self, forKey: .hyperparameters) ?? [:]
-        do { relaxer = try RelaxerFactory.make(name, overrides: hyper) } catch let e as RelaxerError {
-            throw DecodingError.dataCorruptedError(forKey: .relaxer, in: c, debugDescription: e.message)
-        }
+        relaxer = try StoredRelaxer(from: decoder).relaxer  // "relaxer" and "hyperparameters"
         steps = try c.decode(Int.self, forKey: .steps)
         stopFmax = try c.decodeIfPresent(Double.self, forKey: .stopFmax)
         convergedFmax = try c.decodeIfPresent(Double.self, forKey: .convergedFmax) ?? 0.05
     }
 
     public func encode(to encoder: Encoder) throws {
+        try StoredRelaxer(relaxer).encode(to: encoder)
         var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(relaxer.name, forKey: .relaxer)
-        try c.encode(relaxer.hyperparameters.dictionary, forKey: .hyperparameters)
         try c.encode(steps, forKey: .steps)
         try c.encodeIfPresent(stopFmax, forKey: .stopFmax)
         try c.encode(convergedFmax, forKey: .convergedFmax)

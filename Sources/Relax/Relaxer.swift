@@ -114,6 +114,30 @@ public func maxRowNorm(_ t: Tensor) -> Double {
     }
 }
 
+/// A relaxer as run directories and model files store it: {"relaxer": name, "hyperparameters": {name: value}}.
+public struct StoredRelaxer: Codable, Sendable {
+    public var relaxer: any Relaxer
+
+    public init(_ relaxer: any Relaxer) { self.relaxer = relaxer }
+
+    enum CodingKeys: String, CodingKey { case relaxer, hyperparameters }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try c.decode(String.self, forKey: .relaxer)
+        let hyper = try c.decodeIfPresent([String: Double].self, forKey: .hyperparameters) ?? [:]
+        do { relaxer = try RelaxerFactory.make(name, overrides: hyper) } catch let e as RelaxerError {
+            throw DecodingError.dataCorruptedError(forKey: .relaxer, in: c, debugDescription: e.message)
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(relaxer.name, forKey: .relaxer)
+        try c.encode(relaxer.hyperparameters.dictionary, forKey: .hyperparameters)
+    }
+}
+
 /// Relaxers by command-line name: the one place a name becomes a typed relaxer.
 public enum RelaxerFactory {
     public static let names = ["fire", "fire-jaxmd", "bfgs", "lbfgs", "frame"]

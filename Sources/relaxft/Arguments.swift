@@ -2,18 +2,73 @@ import Atoms
 import Foundation
 import FineTune
 
-/// A command-line option: `--name VALUE` (or `--name=VALUE`), or a flag when `value` is nil.
+/// A command-line option: `--name VALUE` (or `--name=VALUE`), or a flag when `value` is nil. `names` are the
+/// spellings shown first (`-o, --out`); `aliases` are older or other tools' spellings that parse to the same
+/// option (`--pretrained` for `--potential`), shown after the help text.
 struct OptionSpec: Sendable {
     let names: [String]
+    var aliases: [String] = []
     let value: String?
-    let help: String
+    var help: String
     var defaultValue: String? = nil
+    /// Why this command's default differs from the one the option has elsewhere (docs/options.md).
+    var defaultReason: String? = nil
+    /// The default is a description (`sw for structures of silicon only`), shown in the help but not filled in.
+    var defaultIsDescription = false
 
     init(_ names: String..., value: String? = nil, default defaultValue: String? = nil, help: String) {
         self.names = names
         self.value = value
         self.help = help
         self.defaultValue = defaultValue
+    }
+
+    /// The long name without dashes: the key the option's values are stored under.
+    var key: String {
+        names.first { $0.hasPrefix("--") }.map { String($0.dropFirst(2)) } ?? String(names[0].dropFirst())
+    }
+
+    /// This option with another default (and the reason it differs from the usual one, when it does).
+    func withDefault(_ value: String?, reason: String? = nil) -> OptionSpec {
+        var o = self
+        o.defaultValue = value
+        o.defaultReason = reason
+        return o
+    }
+
+    /// This option with a default that the command works out itself (described, not filled in as a value).
+    func describedDefault(_ text: String, reason: String? = nil) -> OptionSpec {
+        var o = withDefault(text, reason: reason)
+        o.defaultIsDescription = true
+        return o
+    }
+
+    /// This option with command-specific words after its meaning ("MEANING; DETAIL").
+    func detail(_ text: String) -> OptionSpec {
+        var o = self
+        o.help += "; " + text
+        return o
+    }
+
+    func alias(_ names: String...) -> OptionSpec {
+        var o = self
+        o.aliases += names
+        return o
+    }
+
+    var helpLine: String {
+        var d = help
+        if let v = defaultValue { d += " (default: \(v)" + (defaultReason.map { "; \($0)" } ?? "") + ")" }
+        if !aliases.isEmpty { d += " [also \(aliases.joined(separator: ", "))]" }
+        return d
+    }
+
+    var json: [String: Any] {
+        var o: [String: Any] = ["names": names, "aliases": aliases, "help": help, "takes_value": value != nil]
+        if let v = value { o["value"] = v }
+        if let d = defaultValue { o["default"] = d }
+        if let r = defaultReason { o["default_reason"] = r }
+        return o
     }
 }
 
@@ -25,15 +80,17 @@ struct CommandSpec: Sendable {
     var details: String = ""
 
     var help: String {
-        var s = wrapped("usage: relaxft \(name) \(usage)", width: 112).joined(separator: "\n    ") + "\n\n\(summary)\n"
+        // Each usage line wrapped on its own (a second form starts with "relaxft" on a line of its own).
+        let forms = usage.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        var s = forms.enumerated().map { k, form in
+            wrapped((k == 0 ? "usage: relaxft \(name) " : "       ") + form, width: 112).joined(separator: "\n    ")
+        }.joined(separator: "\n") + "\n\n\(summary)\n"
         if !details.isEmpty { s += "\n\(details)\n" }
         if !options.isEmpty {
             s += "\noptions:\n"
             let rows = options.map { o -> (String, String) in
-                let n = o.names.joined(separator: ", ") + (o.value.map { " \($0)" } ?? "")
-                let d = o.defaultValue.map { " (default: \($0))" } ?? ""
-                return (n, o.help + d)
-            } + [("-h, --help", "show this help")]
+                (o.names.joined(separator: ", ") + (o.value.map { " \($0)" } ?? ""), o.helpLine)
+            } + [("-h, --help", "show this help (with --json: the options as JSON)")]
             let w = min(rows.map(\.0.count).max() ?? 0, 34)
             let indent = "\n  " + String(repeating: " ", count: w) + "  "
             for (n, h) in rows {
@@ -42,6 +99,13 @@ struct CommandSpec: Sendable {
             }
         }
         return s
+    }
+
+    /// `relaxft CMD --help --json`: the command's options, for scripts and the vocabulary test.
+    var helpJSON: String {
+        let obj: [String: Any] = ["command": name, "summary": summary, "options": options.map(\.json)]
+        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])) ?? Data()
+        return String(decoding: data, as: UTF8.self) + "\n"
     }
 }
 
@@ -128,7 +192,7 @@ enum ArgumentParser {
     static func parse(_ args: [String], _ spec: CommandSpec) throws -> ParsedArguments? {
         var out = ParsedArguments(command: spec.name)
         var byName: [String: OptionSpec] = [:]
-        for o in spec.options { for n in o.names { byName[n] = o } }
+        for o in spec.options { for n in o.names + o.aliases { byName[n] = o } }
         var i = 0
         var onlyPositionals = false
         while i < args.count {
@@ -139,7 +203,10 @@ enum ArgumentParser {
                 continue
             }
             if a == "--" { onlyPositionals = true; continue }
-            if a == "-h" || a == "--help" { print(spec.help, terminator: ""); return nil }
+            if a == "-h" || a == "--help" {
+                print(args.contains("--json") ? spec.helpJSON : spec.help, terminator: "")
+                return nil
+            }
             var name = a, inline: String? = nil
             if let eq = a.firstIndex(of: "="), a.hasPrefix("--") {
                 name = String(a[..<eq])
@@ -148,7 +215,7 @@ enum ArgumentParser {
             guard let o = byName[name] else {
                 throw UsageError(command: spec.name, message: "unknown option '\(name)'")
             }
-            let key = o.names.first { $0.hasPrefix("--") }.map { String($0.dropFirst(2)) } ?? String(o.names[0].dropFirst())
+            let key = o.key
             out.given.insert(key)
             if o.value == nil {
                 if inline != nil { throw UsageError(command: spec.name, message: "option '\(name)' takes no value") }
@@ -163,11 +230,8 @@ enum ArgumentParser {
                 out.values[key, default: []].append(v)
             }
         }
-        for o in spec.options {
-            if let d = o.defaultValue, let n = o.names.first(where: { $0.hasPrefix("--") }) {
-                let key = String(n.dropFirst(2))
-                if out.values[key] == nil { out.values[key] = [d] }
-            }
+        for o in spec.options where o.value != nil && !o.defaultIsDescription {
+            if let d = o.defaultValue, out.values[o.key] == nil { out.values[o.key] = [d] }
         }
         return out
     }

@@ -1,5 +1,6 @@
 import Foundation
 import FineTune
+import Potentials
 import Tape
 
 let relaxftVersion = "0.1.0-dev"
@@ -29,6 +30,7 @@ struct RelaxFT {
     static func main() {
         BLAS.setThreads(ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"].flatMap(Int.init) ?? 1)
         Allocator.keepLargeBuffersInHeap()
+        ModelStore.bundledDirectories = bundledModelDirectories()
         let args = Array(CommandLine.arguments.dropFirst())
         guard let first = args.first, first != "--help", first != "-h", first != "help" else {
             print(topLevelHelp)

@@ -64,10 +64,40 @@ enum HostileFixtures {
         }
         out["schnet"] = file(try! SchNet(SchNet.Config(features: 4, layers: 1, cutoff: 4, radialBasis: 4, elements: [14])))
         out["so3krates"] = file(try! SO3krates(SO3krates.Config(features: 6, layers: 1, heads: 2, maxDegree: 2, cutoff: 4, radialBasis: 4, elements: [14])))
+        out["sevennet"] = file(tinySevenNet)
         out["lj"] = file(LennardJones(sigma: 2.1, epsilon: 0.1, rc: 5))
         out["sw"] = file(StillingerWeber())
         return out
     }()
+
+    /// The metadata of a tiny SevenNet (two blocks, degrees ≤ 1, silicon only).
+    static let sevenNetMetadata = ["relaxft_kind": "sevennet", "cutoff": "4.0", "cutoff_on": "3.5", "radial_basis": "bessel",
+                                   "radial_basis_size": "4", "cutoff_function": "XPLOR", "lmax": "1", "channel": "4", "readout_hidden": "3",
+                                   "irreps": "[\"4x0e\", \"4x0e+2x1e\", \"4x0e\"]", "weight_nn_hidden": "[4]", "conv_denominator": "[3.0, 3.0]",
+                                   "elements": "Si"]
+
+    /// A tiny SevenNet with fixed small weights.
+    static let tinySevenNet: SevenNet = {
+        var p = OrderedDictionary<Tensor>()
+        var k = 0.0
+        for (name, shape) in try! SevenNet.parameterShapes(metadata: sevenNetMetadata) {
+            let n = shape.reduce(1, *)
+            p[name] = Tensor(shape: shape, (0..<n).map { i in k += 1; return 0.3 * sin(k + Double(i)) })
+        }
+        return try! SevenNet(parameters: p, metadata: sevenNetMetadata)
+    }()
+
+    static func sevenNetWithoutLastTensor() -> Data {
+        var (header, data) = split(models["sevennet"]!)
+        header.removeValue(forKey: header.keys.filter { $0 != "__metadata__" }.sorted().last!)
+        return join(header, data)
+    }
+
+    static func sevenNetWithNaN() -> Data {
+        var (header, data) = split(models["sevennet"]!)
+        data.replaceSubrange(0..<8, with: withUnsafeBytes(of: Double.nan.bitPattern.littleEndian) { Data($0) })
+        return join(header, data)
+    }
 
     /// Header (JSON object) and data bytes of a safetensors file.
     static func split(_ d: Data) -> (header: [String: Any], data: Data) {
@@ -265,7 +295,7 @@ enum HostileCorpus {
             ("md", ["md", file, "--steps", "2", "--quiet"], [:]),
             ("evaluate", ["evaluate", "--model", "sw", "--data", file, "--steps", "3"], [:]),
             ("finetune", ["finetune", "--pretrained", "sw", "--data", file, "--out", "run", "--epochs", "1", "--steps", "2", "--quiet"], [:]),
-            ("pretrain", ["pretrain", "--data", file, "--out", "run", "--epochs", "1", "--model", "schnet", "--features", "4", "--layers", "1",
+            ("pretrain", ["pretrain", "--data", file, "--out", "run", "--epochs", "1", "--architecture", "schnet", "--features", "4", "--layers", "1",
                           "--radial-basis", "4"], [:]),
             ("stable", ["stable", "--pretrained", "sw", "--reference-observable", "ref.csv", "--structure", file, "--temperature", "300",
                         "--out", "run", "--epochs", "1", "--steps", "2", "--replicas", "1", "--lambda", "0", "--sample-interval", "1"], ok),
@@ -315,7 +345,7 @@ enum HostileCorpus {
         var out: [HostileCase] = []
         let species = ["Si", "Si", "C", "Si", "Si", "Ge", "Si", "H"]
         let lines = F.frame(0, species: species) + F.frame(1, species: species) + F.frame(2, species: species)
-        for kind in ["schnet", "so3krates"] {
+        for kind in ["schnet", "so3krates", "sevennet"] {
             let files: [String: Data] = ["mixed.xyz": text(lines), "m.safetensors": F.models[kind]!, "ref.csv": Data(F.rdfCSV.utf8)]
             let runs: [(String, [String])] = [
                 ("relax", ["relax", "mixed.xyz", "--potential", "m.safetensors", "--steps", "2", "--quiet"]),
@@ -398,6 +428,23 @@ enum HostileCorpus {
         out.append(("so3krates-heads-indivisible", F.withMetadata("so3krates") { $0["heads"] = "4" }, ["heads"]))
         out.append(("so3krates-degrees-four", F.withMetadata("so3krates") { $0["degrees"] = "1,2,3,4" }, ["degree"]))
         out.append(("so3krates-features-huge", F.withMetadata("so3krates") { $0["features"] = "1000000000" }, ["1000000000"]))
+        func sevenNet(_ id: String, _ names: [String], _ edit: (inout [String: String]) -> Void) {
+            out.append(("sevennet-" + id, F.withMetadata("sevennet", edit), names))
+        }
+        sevenNet("cutoff-huge", ["cutoff"]) { $0["cutoff"] = "1e6" }
+        sevenNet("cutoff-on-beyond", ["cutoff_on"]) { $0["cutoff_on"] = "5" }
+        sevenNet("radial-basis-huge", ["radial_basis_size"]) { $0["radial_basis_size"] = "1e12" }
+        sevenNet("radial-basis-fraction", ["radial_basis_size"]) { $0["radial_basis_size"] = "4.5" }
+        sevenNet("lmax-seven", ["lmax"]) { $0["lmax"] = "7" }
+        sevenNet("channels-huge", ["irreps"]) { $0["irreps"] = "[\"100000000000x0e\", \"4x0e+2x1e\", \"4x0e\"]" }
+        sevenNet("irreps-word", ["irreps"]) { $0["irreps"] = "many" }
+        sevenNet("hidden-huge", ["sizes beyond"]) { $0["weight_nn_hidden"] = "[1000000000]" }
+        sevenNet("denominators-short", ["denominators"]) { $0["conv_denominator"] = "[3.0]" }
+        sevenNet("elements-unknown", ["Xx"]) { $0["elements"] = "Xx" }
+        sevenNet("elements-repeated", ["elements"]) { $0["elements"] = "Si,Si" }
+        out.append(("sevennet-tensor-wrong-shape", F.withEntry("sevennet") { $0["shape"] = [2, 2] }, ["shape"]))
+        out.append(("sevennet-tensor-missing", F.sevenNetWithoutLastTensor(), ["missing tensor"]))
+        out.append(("sevennet-weight-nan", F.sevenNetWithNaN(), ["non-finite"]))
         out.append(("lj-sigma-shape", F.withEntry("lj", "sigma") { $0["shape"] = [1, 1] }, ["sigma"]))
         out.append(("lj-sigma-vector", { var (hh, dd) = F.split(F.models["lj"]!); var e = hh["sigma"] as! [String: Any]
             let o = (e["data_offsets"] as! [Int])[0]; e["shape"] = [3]; e["data_offsets"] = [o, o + 24]; hh["sigma"] = e
@@ -501,7 +548,7 @@ enum HostileCorpus {
         add("md", "one-atom", ["md", "one.xyz", "--steps", "2"], ["two atoms"], files: ["one.xyz": Data("1\nLattice=\"5 0 0 0 5 0 0 0 5\" pbc=\"T T T\"\nSi 0 0 0\n".utf8)])
 
         let ev = ["evaluate", "--model", "sw", "--data", "ok.xyz", "--steps", "2"]
-        add("evaluate", "no-model", ["evaluate", "--data", "ok.xyz"], ["--model"])
+        add("evaluate", "no-model", ["evaluate", "--data", "ok.xyz"], ["--potential"])
         add("evaluate", "no-data", ["evaluate", "--model", "sw"], ["--data"])
         add("evaluate", "data-missing", ["evaluate", "--model", "sw", "--data", "missing.xyz"], ["missing.xyz"])
         for (opt, v) in [("--threshold", "0,-1"), ("--threshold", "abc"), ("--basin-dq", "0"), ("--bond-scale", "-1"), ("--steps", "0"),
@@ -535,10 +582,10 @@ enum HostileCorpus {
         }
         add("finetune", "out-not-empty", ft, ["run"], files: ["run/keep.txt": Data("x".utf8)])
 
-        let pt = ["pretrain", "--data", "ok.xyz", "--out", "run", "--epochs", "1", "--model", "schnet", "--features", "4", "--layers", "1", "--radial-basis", "4"]
+        let pt = ["pretrain", "--data", "ok.xyz", "--out", "run", "--epochs", "1", "--architecture", "schnet", "--features", "4", "--layers", "1", "--radial-basis", "4"]
         func ptWith(_ opt: String, _ v: String, model: String? = nil) -> [String] {
             var a = pt
-            if let m = model { a[a.firstIndex(of: "--model")! + 1] = m }
+            if let m = model { a[a.firstIndex(of: "--architecture")! + 1] = m }
             if let i = a.firstIndex(of: opt) { a[i + 1] = v } else { a += [opt, v] }
             return a
         }
@@ -546,7 +593,7 @@ enum HostileCorpus {
                             ("--layers", "-1", "layers"), ("--layers", "1000000000", "layers"), ("--radial-basis", "1", "radial basis"),
                             ("--radial-basis", "100000000000", "radial basis"), ("--cutoff", "0", "--cutoff"), ("--cutoff", "1e6", "cutoff"),
                             ("--cutoff", "nan", "--cutoff"), ("--energy-weight", "-1", "weights"), ("--epochs", "0", "--epochs"), ("--batch", "0", "--batch"),
-                            ("--val-fraction", "1", "validation fraction"), ("--schedule", "bogus", "bogus"), ("--model", "bogus", "bogus"),
+                            ("--val-fraction", "1", "validation fraction"), ("--schedule", "bogus", "bogus"), ("--architecture", "bogus", "bogus"),
                             ("--init", "missing.safetensors", "missing.safetensors"), ("--seed", "-1", "--seed"), ("--patience", "0", "--patience"),
                             ("--lr", "0", "--lr"), ("--lr", "nan", "--lr"), ("--data", "missing.xyz", "missing.xyz")] as [(String, String, String)] {
             add("pretrain", "\(opt.dropFirst(2))-\(v)", opt == "--init" ? ["pretrain", "--init", v, "--data", "ok.xyz", "--out", "run"] : ptWith(opt, v), [n])

@@ -3,6 +3,7 @@ import Testing
 import Atoms
 import Potentials
 import Tape
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,16 +48,16 @@ enum KillResumeCases {
 
     static let all: [KillResumeCase] = [
         KillResumeCase(name: "finetune", files: recoveryData,
-                       start: ["finetune", "--pretrained", "sw:sigma=2.16,lambda=19", "--data", "train.extxyz", "--relaxer", "fire", "--steps", "6",
+                       start: ["finetune", "--potential", "sw:sigma=2.16,lambda=19", "--data", "train.extxyz", "--relaxer", "fire", "--steps", "6",
                                "--epochs", "8", "--batch", "1", "--val-fraction", "0", "--lr", "0.01", "--relative-lr", "--threads", "1",
                                "--seed", "3", "--out", "run", "--quiet"],
                        outputs: ["best.safetensors", "last.safetensors"]),
         KillResumeCase(name: "pretrain", files: labelledFrames,
-                       start: ["pretrain", "--data", "frames.extxyz", "--model", "schnet", "--features", "4", "--layers", "1", "--radial-basis", "4",
+                       start: ["pretrain", "--data", "frames.extxyz", "--architecture", "schnet", "--features", "4", "--layers", "1", "--radial-basis", "4",
                                "--cutoff", "4", "--epochs", "8", "--batch", "2", "--val-fraction", "0.34", "--lr", "0.01", "--seed", "5", "--out", "run"],
                        outputs: ["best.safetensors", "last.safetensors"]),
         KillResumeCase(name: "stable", files: labelledFrames,
-                       start: ["stable", "--pretrained", "sw:sigma=2.16,lambda=19", "--reference-observable", "rdf.csv", "--data", "frames.extxyz",
+                       start: ["stable", "--potential", "sw:sigma=2.16,lambda=19", "--reference-observable", "rdf.csv", "--data", "frames.extxyz",
                                "--structure", "frames.extxyz", "--temperature", "600", "--replicas", "2", "--steps", "20", "--sample-interval", "5",
                                "--epochs", "8", "--unstable-fraction", "0", "--lambda", "0.1", "--seed", "7", "--out", "run"],
                        outputs: ["best.safetensors", "last.safetensors", "rdf.csv"]),

@@ -274,7 +274,7 @@ struct TrainerNonFiniteTests {
         let poisoned = PoisonedPotential(inner: StillingerWeber(), healthy: 14 + 4, poison: .nan)
         let dir = try scratch("finetune")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let t = try FineTuner(config: c, potential: poisoned, examples: examples, runDirectory: dir)
+        let t = try FineTuneTrainer(config: c, potential: poisoned, examples: examples, runDirectory: dir)
         var failures: [RelaxationFailure] = [], rejected: [String] = []
         do {
             _ = try t.run { event in
@@ -300,7 +300,7 @@ struct TrainerNonFiniteTests {
     @Test func pretrainRejectsNonFiniteLossesAndStops() throws {
         let dir = try scratch("pretrain")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var o = PretrainOptions()
+        var o = PretrainConfig()
         o.model = "schnet"
         o.features = 4
         o.layers = 1
@@ -311,7 +311,7 @@ struct TrainerNonFiniteTests {
         o.valFraction = 0.34
         o.maxRejectedSteps = 3
         o.dataFiles = [try labelledFrames(dir)]
-        let t = try Pretrainer(options: o, runDirectory: dir + "/run")
+        let t = try PretrainTrainer(config: o, runDirectory: dir + "/run")
         // Per epoch: two training batches, then one validation batch; NaN from evaluation 4 (epoch 2's second batch).
         t.model = PoisonedPotential(inner: t.model, healthy: 4, poison: .nan)
         var rejected: [String] = []
@@ -336,7 +336,7 @@ struct TrainerNonFiniteTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Data(("r,g\n" + (0..<50).map { "\(0.05 + 0.1 * Double($0)),\($0 < 20 ? 0.0 : 1.0)" }.joined(separator: "\n") + "\n").utf8)
             .write(to: URL(fileURLWithPath: dir + "/rdf.csv"))
-        var o = StableOptions()
+        var o = StableConfig()
         o.pretrained = "sw:sigma=2.16"
         o.reference = dir + "/rdf.csv"
         o.dataFiles = [try labelledFrames(dir)]
@@ -349,7 +349,7 @@ struct TrainerNonFiniteTests {
         o.unstableFraction = 0
         o.lambda = 1
         o.maxRejectedSteps = 3
-        let t = try StableTrainer(options: o, runDirectory: dir + "/run")
+        let t = try StableTrainer(config: o, runDirectory: dir + "/run")
         let start = t.model.parameters
         t.model = PoisonedPotential(inner: t.model, healthy: 10, poison: .nan)
         var rejected: [String] = []

@@ -10,7 +10,7 @@ import Relax
 /// carries the relaxation it was trained with and its training lineage, and relaxes a held-out test structure
 /// closer to DFT than the pretrained model does under that relaxation.
 @Suite struct CommittedModelTests {
-    static let models = fineTuneRepoRoot.appendingPathComponent("Fixtures/models").path
+    static let models = repoRoot.appendingPathComponent("Fixtures/models").path
 
     @Test func bpttModelCarriesItsProtocolAndLineageAndBeatsThePretrainedModel() throws {
         let (pre, preMeta) = try ModelFile.load(Self.models + "/si-so3krates-pretrained.safetensors")
@@ -25,7 +25,7 @@ import Relax
         #expect(lineage[1]["training_command"]?.hasPrefix("relaxft pretrain --init") == true)
         #expect(meta["test_mlearn_test"] == nil && !meta.values.contains { $0.contains(" /") || $0.contains("\"/") || $0.hasPrefix("/") }, "absolute paths are machine-specific")
 
-        let path = fineTuneRepoRoot.appendingPathComponent("Fixtures/data/si-defects/test.extxyz").path
+        let path = repoRoot.appendingPathComponent("Fixtures/data/si-defects/test.extxyz").path
         let frames = try StructureIO.read(path).filter { $0.info["structure_id"]?.stringValue == "vacancy-3100" }
         let examples = try RelaxationDataset.examples(from: frames, source: path)
         #expect(examples.count == 1)

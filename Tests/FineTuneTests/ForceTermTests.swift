@@ -86,7 +86,7 @@ struct ForceTermTests {
             let dir = try temporaryDirectory("force-term")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let c = config(forceWeight: w)
-            let t = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples,
+            let t = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples,
                                   forceFrames: w == nil ? [] : frames, runDirectory: dir)
             _ = try t.run()
             sigma.append(t.potential.parameters["sigma"]!.scalar)
@@ -106,11 +106,11 @@ struct ForceTermTests {
         let c = config(forceWeight: 10)
         let a = try temporaryDirectory("force-a"), b = try temporaryDirectory("force-b")
         defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
-        let straight = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: a)
+        let straight = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: a)
         _ = try straight.run()
-        let first = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
+        let first = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
         _ = try first.run(stopAfterEpoch: 1)
-        let resumed = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
+        let resumed = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
         try resumed.resume()
         _ = try resumed.run()
         #expect(resumed.potential.parameters == straight.potential.parameters)
@@ -122,7 +122,7 @@ struct ForceTermTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let c = config(forceWeight: 1)
         #expect(throws: DatasetError.self) {
-            _ = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: try recoveryExamples("train"), runDirectory: dir)
+            _ = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: try recoveryExamples("train"), runDirectory: dir)
         }
     }
 }

@@ -9,7 +9,7 @@ import Relax
 /// The peers' BPTT problem: reproduce JAX-MD's loss and gradient (Fixtures/peers/README.md).
 @Suite struct JaxMDAnchorTests {
     @Test func bpttMatchesJaxMDReference() throws {
-        let dir = fineTuneRepoRoot.appendingPathComponent("Fixtures/peers").path
+        let dir = repoRoot.appendingPathComponent("Fixtures/peers").path
         var start = try StructureIO.read(dir + "/si_diamond_2x2x2_vac.extxyz")[0]
         let target = try StructureIO.read(dir + "/sw_target_relaxed_2x2x2.extxyz")[0]
         start.customMasses = Array(repeating: 28.0855, count: start.count)

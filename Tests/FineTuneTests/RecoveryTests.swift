@@ -7,10 +7,8 @@ import Relax
 import Loss
 @testable import FineTune
 
-let fineTuneRepoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
 func recoveryExamples(_ split: String) throws -> [RelaxationExample] {
-    let path = fineTuneRepoRoot.appendingPathComponent("Fixtures/data/sw-recovery/\(split).extxyz").path
+    let path = repoRoot.appendingPathComponent("Fixtures/data/sw-recovery/\(split).extxyz").path
     return try RelaxationDataset.examples(from: try StructureIO.read(path), source: path)
 }
 
@@ -34,7 +32,7 @@ struct RecoveryTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-recovery-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let trainer = try FineTuner(config: config, potential: pretrained, examples: train, runDirectory: dir)
+        let trainer = try FineTuneTrainer(config: config, potential: pretrained, examples: train, runDirectory: dir)
         let summary = try trainer.run { event in
             if case .epoch(let m, _) = event { print("EPOCH", m.epoch, m.trainDQMean, m.valDQMean ?? -1, m.seconds) }
         }

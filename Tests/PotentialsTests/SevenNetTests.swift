@@ -6,14 +6,14 @@ import Tape
 
 /// The pulled SevenNet-0 model (nil when `relaxft models pull sevennet-0` has not been run for this RELAXFT_HOME)
 /// and the golden outputs of the real sevenn package: `$RELAXFT_SEVENNET_GOLDEN`, else
-/// `../shared/peers/golden-sevennet` next to the repository (made by that folder's `make_golden.py` with sevenn
-/// 0.13.0 and e3nn 0.6.0). Tests that need either skip when it is absent.
+/// `Fixtures/sevennet` (copied from the peers' SevenNet golden set, made with sevenn 0.13.0 and e3nn 0.6.0;
+/// see its README). Tests that need either skip when it is absent.
 enum SevenNetFixture {
     static let modelPath = ModelStore.path(of: SevenNetWeights.modelName)
     static let model: SevenNet? = try? ModelFile.load(modelPath).potential as? SevenNet
     static let goldenDirectory: URL = {
         if let d = ProcessInfo.processInfo.environment["RELAXFT_SEVENNET_GOLDEN"], !d.isEmpty { return URL(fileURLWithPath: d) }
-        return repoRoot.deletingLastPathComponent().appendingPathComponent("shared/peers/golden-sevennet")
+        return repoRoot.appendingPathComponent("Fixtures/sevennet")
     }()
     static var goldenAvailable: Bool {
         FileManager.default.fileExists(atPath: goldenDirectory.appendingPathComponent("sevennet-0-float64.json").path)

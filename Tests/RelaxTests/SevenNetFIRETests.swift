@@ -6,7 +6,7 @@ import Potentials
 @testable import Relax
 
 /// The pulled SevenNet-0 model and the golden FIRE trajectory of the real sevenn package
-/// (`$RELAXFT_SEVENNET_GOLDEN`, else `../shared/peers/golden-sevennet` next to the repository); the test is
+/// (`$RELAXFT_SEVENNET_GOLDEN`, else `Fixtures/sevennet`); the test is
 /// skipped when either is absent.
 enum PulledSevenNet {
     static let path = ModelStore.path(of: "sevennet-0")
@@ -14,7 +14,7 @@ enum PulledSevenNet {
     static let trajectory: URL = {
         let env = ProcessInfo.processInfo.environment["RELAXFT_SEVENNET_GOLDEN"]
         let dir = env.flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
-            ?? repoRoot.deletingLastPathComponent().appendingPathComponent("shared/peers/golden-sevennet")
+            ?? repoRoot.appendingPathComponent("Fixtures/sevennet")
         return dir.appendingPathComponent("sevennet-0-fire20.extxyz")
     }()
     static var available: Bool { model != nil && FileManager.default.fileExists(atPath: trajectory.path) }
