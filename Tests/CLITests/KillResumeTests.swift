@@ -49,17 +49,17 @@ enum KillResumeCases {
     static let all: [KillResumeCase] = [
         KillResumeCase(name: "finetune", files: recoveryData,
                        start: ["finetune", "--potential", "sw:sigma=2.16,lambda=19", "--data", "train.extxyz", "--relaxer", "fire", "--steps", "6",
-                               "--epochs", "8", "--batch", "1", "--val-fraction", "0", "--lr", "0.01", "--relative-lr", "--threads", "1",
+                               "--epochs", "16", "--batch", "1", "--val-fraction", "0", "--lr", "0.01", "--relative-lr", "--threads", "1",
                                "--seed", "3", "--out", "run", "--quiet"],
                        outputs: ["best.safetensors", "last.safetensors"]),
         KillResumeCase(name: "pretrain", files: labelledFrames,
                        start: ["pretrain", "--data", "frames.extxyz", "--architecture", "schnet", "--features", "4", "--layers", "1", "--radial-basis", "4",
-                               "--cutoff", "4", "--epochs", "8", "--batch", "2", "--val-fraction", "0.34", "--lr", "0.01", "--seed", "5", "--out", "run"],
+                               "--cutoff", "4", "--epochs", "16", "--batch", "2", "--val-fraction", "0.34", "--lr", "0.01", "--seed", "5", "--out", "run"],
                        outputs: ["best.safetensors", "last.safetensors"]),
         KillResumeCase(name: "stable", files: labelledFrames,
                        start: ["stable", "--potential", "sw:sigma=2.16,lambda=19", "--reference-observable", "rdf.csv", "--data", "frames.extxyz",
                                "--structure", "frames.extxyz", "--temperature", "600", "--replicas", "2", "--steps", "20", "--sample-interval", "5",
-                               "--epochs", "8", "--unstable-fraction", "0", "--lambda", "0.1", "--seed", "7", "--out", "run"],
+                               "--epochs", "16", "--unstable-fraction", "0", "--lambda", "0.1", "--seed", "7", "--out", "run"],
                        outputs: ["best.safetensors", "last.safetensors", "rdf.csv"]),
     ]
 }
@@ -87,22 +87,27 @@ struct KillResumeTests {
 
         let resume = [c.start[0], "--resume", "run"]
         var rng = SeededGenerator(seed: 0x25_25 &+ UInt64(c.name.utf8.count))
-        var kills: [String] = []
-        var processes = 0
+        /// Epochs the killed run's directory records as done (rows of metrics.csv).
+        func epochsDone() -> Int {
+            let text = (try? String(contentsOfFile: killed.path("run/metrics.csv"), encoding: .utf8)) ?? ""
+            return Swift.max(text.split(separator: "\n").count - 1, 0)
+        }
+        var kills: [(what: String, epochsDone: Int)] = []
         while true {
-            // Before the first epoch (a timer within the first 5 % of the run) first; then mostly the K-th file
-            // replacement of a process (K ≤ 3, before or after its rename), sometimes a timer.
+            // The first kill is a timer early in the first process (before its first epoch); then mostly the K-th
+            // atomic file replacement of a process (1 ≤ K ≤ 12: every file of an epoch, before or after its
+            // rename), sometimes a timer. Each resumed process gets further before it is killed, so the kills
+            // spread over the whole run; the first process that is not killed finishes it.
             var environment: [String: String] = [:]
             var timer: Double? = nil
             var what = "none"
             if kills.count < 12 {
-                let u = rng.uniform()
-                if kills.isEmpty || u < 0.25 {
-                    timer = (kills.isEmpty ? 0.05 : 0.1) * duration * rng.uniform()
+                if kills.isEmpty || rng.uniform() < 0.25 {
+                    timer = (kills.isEmpty ? 0.05 : 0.15) * duration * rng.uniform()
                     what = String(format: "timer %.0f ms", 1000 * timer!)
                 } else {
                     let moment = rng.uniform() < 0.5 ? "before-rename" : "after-rename"
-                    let k = 1 + rng.int(below: 3)
+                    let k = 1 + rng.int(below: 12)
                     environment["RELAXFT_FAULT_KILL"] = "\(moment):\(k)"
                     what = "\(moment) of write \(k)"
                 }
@@ -110,16 +115,17 @@ struct KillResumeTests {
             // A run killed before its config.json existed has not started: its command is run again.
             let started = FileManager.default.fileExists(atPath: killed.path("run/config.json"))
             let r = try runTool(relaxftBinary, started ? resume : c.start, in: killed.url, environment: environment, timeout: timer, timeoutSignal: SIGKILL)
-            processes += 1
             if r.signaled || r.timedOut {
-                kills.append(what + (started ? " (resumed)" : " (new run)"))
+                kills.append((what + (started ? " (resumed)" : " (new run)"), epochsDone()))
                 continue
             }
             try #require(r.status == 0, "\(c.name) after kills \(kills): exit \(r.status)\n\(r.stderr)")
-            if kills.count >= 12 || processes > 40 { break }
+            break
         }
-        #expect(kills.count >= 10, "\(c.name): only \(kills.count) kills happened: \(kills)")
-        #expect(kills.first?.hasPrefix("timer") == true)
+        #expect(kills.count >= 10, "\(c.name): only \(kills.count) kills happened before the run finished: \(kills)")
+        #expect(kills.first?.what.hasPrefix("timer") == true && kills.first?.epochsDone == 0, "\(kills)")
+        // Kills before the first epoch and after several: the moments span the run.
+        #expect(kills.contains { $0.epochsDone == 0 } && kills.contains { $0.epochsDone >= 3 }, "\(c.name): kills at \(kills)")
         for name in c.outputs {
             let a = try Data(contentsOf: URL(fileURLWithPath: reference.path("run/" + name)))
             let b = try Data(contentsOf: URL(fileURLWithPath: killed.path("run/" + name)))
