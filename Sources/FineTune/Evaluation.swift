@@ -81,9 +81,11 @@ public func evaluateRelaxation(_ ex: RelaxationExample, potential: any Potential
     let dq = StructureLoss.deltaQ(Variable(constant: x), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
     let dq0 = StructureLoss.deltaQ(Variable(constant: s.positions), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
     let rmsd = StructureLoss.rmsd(Variable(constant: x), target: ex.target, cell: s.cell, pbc: s.pbc).scalar
-    let eErr = ex.targetEnergy.map { (r.finalEnergy - $0) / Double(s.count) }
+    // A failed relaxation has no final energy to score (it may have failed at its first step): no energy errors.
+    let scored = r.failure == nil && r.finalEnergy.isFinite && r.initialEnergy.isFinite
+    let eErr = scored ? ex.targetEnergy.map { (r.finalEnergy - $0) / Double(s.count) } : nil
     var relaxErr: Double? = nil
-    if let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
+    if scored, let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
     // A diverged relaxation (non-finite positions) has no bond graph: -1, never the same basin.
     let bonds = x.array.allSatisfy(\.isFinite) ? BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale) : -1
     // A failed relaxation (see `RelaxationFailure`) is never converged nor in the reference's basin.

@@ -151,7 +151,7 @@ public final class PretrainTrainer {
         }
         state = PretrainState(adam: Adam(learningRate: config.learningRate), schedule: ScheduleState(sched, baseRate: config.learningRate),
                               rng: SeededGenerator(seed: config.seed), trainIndices: trainIdx, valIndices: valIdx)
-        model = m
+        model = PotentialFaults.wrap(m)
         if resuming { try restoreCheckpoint() }
     }
 
@@ -432,6 +432,8 @@ public final class PretrainTrainer {
     public var trainFrameCount: Int { state.trainIndices.count }
     public var validationFrameCount: Int { state.valIndices.count }
     public var completedEpochs: Int { state.epoch }
+    /// Optimizer updates rejected over the whole run (skipped, weights kept).
+    public var rejectedSteps: Int { state.rejections?.total ?? 0 }
     public var stoppedEarly: Bool { state.stopped }
     public var bestEpoch: Int { state.bestEpoch }
 

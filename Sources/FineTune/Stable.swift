@@ -234,6 +234,8 @@ public final class StableTrainer {
     }
 
     public var completedEpochs: Int { state.epoch }
+    /// Optimizer updates rejected over the whole run (skipped, weights kept).
+    public var rejectedSteps: Int { state.rejections?.total ?? 0 }
     public var trainableNames: [String] { names }
     public var trainableCount: Int { names.reduce(0) { $0 + model.parameters[$1]!.count } }
     public var reference: (radii: [Double], values: [Double]) { (rdf.radii, referenceRDF) }

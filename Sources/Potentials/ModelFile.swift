@@ -125,7 +125,7 @@ public enum PotentialSpec {
     public static func parse(_ spec: String) throws -> any Potential {
         let p = try parseUnchecked(spec)
         try p.checkParameters()
-        return p
+        return PotentialFaults.wrap(p)
     }
 
     static func parseUnchecked(_ spec: String) throws -> any Potential {

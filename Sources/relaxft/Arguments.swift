@@ -104,8 +104,7 @@ struct CommandSpec: Sendable {
     /// `relaxft CMD --help --json`: the command's options, for scripts and the vocabulary test.
     var helpJSON: String {
         let obj: [String: Any] = ["command": name, "summary": summary, "options": options.map(\.json)]
-        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])) ?? Data()
-        return String(decoding: data, as: UTF8.self) + "\n"
+        return ((try? jsonText(obj)) ?? "") + "\n"
     }
 }
 
@@ -243,10 +242,28 @@ func printError(_ s: String) {
     FileHandle.standardError.write(Data((s.escapingControlCharacters(keepNewlines: true) + "\n").utf8))
 }
 
+/// Pretty, sorted JSON text of `obj`; JSON has no NaN or infinity, so non-finite numbers become null (as in
+/// md's output) instead of failing the whole output.
+func jsonText(_ obj: Any) throws -> String {
+    func finite(_ v: Any) -> Any {
+        switch v {
+        case let d as [String: Any]: return d.mapValues(finite)
+        case let a as [Any]: return a.map(finite)
+        case let x as Double where !x.isFinite: return NSNull()
+        default: return v
+        }
+    }
+    let data = try JSONSerialization.data(withJSONObject: finite(obj), options: [.sortedKeys, .prettyPrinted])
+    return String(decoding: data, as: UTF8.self)
+}
+
 /// An error for users: errors of our own say what they mean; a Foundation file error becomes "PATH: reason"
 /// and a decoding error names the key, without the libraries' own wording.
 func userMessage(_ error: Error) -> String {
     if error is DecodingError { return RunDirectory.describe(error) }
+    if case EncodingError.invalidValue(let v, let c) = error {
+        return "cannot write \(v) as JSON at \(c.codingPath.map(\.stringValue).joined(separator: "."))"
+    }
     let ns = error as NSError
     guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return "\(error)" }
     let path = (ns.userInfo[NSFilePathErrorKey] as? String) ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path

@@ -152,6 +152,5 @@ func evaluationJSON(_ job: EvaluateJob, reports: [ModelReport], labelled: [Label
                                return e
                            }]
     }
-    let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-    return String(decoding: data, as: UTF8.self)
+    return try jsonText(obj)
 }

@@ -222,6 +222,8 @@ extension JSONEncoder {
     static var pretty: JSONEncoder {
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        // A NaN in a summary is a result to show, not a reason to lose the output.
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         return e
     }
 }

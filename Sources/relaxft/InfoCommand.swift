@@ -21,8 +21,7 @@ func runInfo(_ args: ParsedArguments) throws -> Int32 {
     if args.has("json") {
         var obj: [String: Any] = ["model": path, "kind": model.kind, "parameters": model.parameterCount, "tensors": tensors.count, "cutoff": model.cutoff, "metadata": meta]
         if let ref = model.parameters["atomic_energies"] { obj["reference_energies"] = ref.array }
-        let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-        print(String(decoding: data, as: UTF8.self))
+        print(try jsonText(obj))
         return 0
     }
     print("model:       \(path)")

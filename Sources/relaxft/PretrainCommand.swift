@@ -35,7 +35,6 @@ let pretrainCommand = Command(
             Vocabulary.patience.withDefault("25", reason: "long runs; finetune runs few epochs and never stops early by default"),
             Vocabulary.clip,
             Vocabulary.maxRejectedSteps,
-            Vocabulary.maxRejectedSteps,
             Vocabulary.batch,
             Vocabulary.seed.detail("of the initialisation, split and shuffling"),
             Vocabulary.out.detail("the run directory (checkpoints, metrics.csv)"),
@@ -174,7 +173,7 @@ func writePretrainSummary(_ trainer: PretrainTrainer, initial: (loss: Double, me
     let cost = try trainer.cost()
     var obj: [String: Any] = [
         "epochs": trainer.completedEpochs, "best_epoch": trainer.bestEpoch, "stopped_early": trainer.stoppedEarly,
-        "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount,
+        "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount, "rejected_steps": trainer.rejectedSteps,
         "wall_seconds": cost.wallSeconds, "cpu_seconds": cost.cpuSeconds, "peak_rss_mb": cost.peakRSSMB, "sessions": cost.sessions,
         "model": trainer.config.model,
     ]
@@ -192,7 +191,7 @@ func writePretrainSummary(_ trainer: PretrainTrainer, initial: (loss: Double, me
         for (k, v) in zip(header, row) { if let x = Double(v) { best[k] = x } }
         obj["best"] = best
     }
-    let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-    try AtomicFile.write(data, to: trainer.run.summaryPath)
-    return String(decoding: data, as: UTF8.self)
+    let summary = try jsonText(obj)
+    try AtomicFile.write(Data(summary.utf8), to: trainer.run.summaryPath)
+    return summary
 }

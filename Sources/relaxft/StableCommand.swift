@@ -169,7 +169,7 @@ func stableSummary(_ trainer: StableTrainer, rows: [StableEpochMetrics],
     let o = trainer.config
     let best = try ModelFile.load(trainer.runDirectory + "/best.safetensors").potential
     var fields: [(String, String)] = [
-        ("epochs", "\(trainer.completedEpochs)"), ("best_epoch", "\(trainer.bestEpoch)"), ("replicas", "\(o.replicas)"),
+        ("epochs", "\(trainer.completedEpochs)"), ("best_epoch", "\(trainer.bestEpoch)"), ("rejected_steps", "\(trainer.rejectedSteps)"), ("replicas", "\(o.replicas)"),
         ("temperature", jsonNumber(o.temperature)), ("rdf_points", "\(trainer.reference.radii.count)"),
     ]
     // First epoch of the whole run (kept in the checkpoint), last epoch of this call.
