@@ -67,6 +67,8 @@ public struct NeighborList: Sendable {
     /// (molecules) a Cartesian frame is used. Positions need not be wrapped. Inputs from outside (files, options,
     /// a relaxation's or a simulation's state) are checked first with `check`/`validate`: a list that
     /// `estimatedPairs` puts beyond memory would take that long to build.
+    /// Long on purpose: binning, image ranges and the pair sweep share their index arithmetic in one hot loop;
+    /// split into functions they would pass it back and forth (the bench's neighbour-list workload times it).
     public static func build(positions: Tensor, cell: Tensor, pbc: [Bool], cutoff: Double) -> NeighborList {
         let n = positions.shape[0]
         precondition(cutoff > 0 && cutoff.isFinite, "cutoff must be positive")

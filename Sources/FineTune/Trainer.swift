@@ -23,6 +23,8 @@ public struct FineTuneEpochMetrics: Codable, Sendable {
     /// step and of the train ΔQ), and validation relaxations that failed.
     public var failedExamples: Int? = nil
     public var failedValidation: Int? = nil
+    /// Implicit and guided modes: structures of the epoch whose implicit term was left out (no minimum reached).
+    public var fixedPointFailures: Int? = nil
 }
 
 /// Resumable state of a run (RUN_DIR/checkpoint.safetensors, with the weights).
@@ -165,6 +167,8 @@ public struct BatchGradient: Sendable {
     public var gradients: [String: Tensor]
     /// The examples (index in the batch) that failed, and why.
     public var failures: [(index: Int, failure: RelaxationFailure)] = []
+    /// Structures whose implicit-gradient term was left out (`BPTTResult.fixedPointFailure`).
+    public var fixedPointFailures = 0
 
     /// Whether there is a finite gradient to step with (at least one example passed).
     public var isFinite: Bool { failures.count < losses.count && gradients.values.allSatisfy(\.isFinite) }
@@ -183,7 +187,8 @@ public func batchGradient(_ examples: [RelaxationExample], potential: any Potent
         for name in settings.trainableHyper { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
     }
     let failures = results.enumerated().compactMap { k, r in r.failure.map { (index: k, failure: $0) } }
-    return BatchGradient(losses: results.map(\.loss), gradients: grads, failures: failures)
+    return BatchGradient(losses: results.map(\.loss), gradients: grads, failures: failures,
+                         fixedPointFailures: results.filter { $0.fixedPointFailure != nil }.count)
 }
 
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
@@ -446,6 +451,7 @@ public final class FineTuneTrainer {
         var forceSquares = 0.0, forceComponents = 0
         var lastNorm = 0.0
         var failed = 0
+        var fixedPointFailures = 0
         var b = 0
         while b < order.count {
             let batch = order[b..<Swift.min(b + config.batchSize, order.count)].map { train[$0] }
@@ -456,6 +462,7 @@ public final class FineTuneTrainer {
             losses += g.losses.filter(\.isFinite)
             failed += g.failures.count
             for (k, f) in g.failures { report(.failedExample(epoch: epoch + 1, name: batch[k].displayName, failure: f)) }
+            fixedPointFailures += g.fixedPointFailures
             let done = Swift.min(b, order.count)
             report(.batch(epoch: epoch + 1, done: done, total: order.count, eta: Date().timeIntervalSince(t0) / Double(done) * Double(order.count - done)))
             guard g.isFinite else {
@@ -477,6 +484,7 @@ public final class FineTuneTrainer {
         if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
         metrics.failedExamples = failed
         state.failedExamples = (state.failedExamples ?? 0) + failed
+        if config.gradient.differentiatesMinimum { metrics.fixedPointFailures = fixedPointFailures }
         var monitored = tr.mean
         if !validation.isEmpty {
             let evals = evaluate(validation)
@@ -525,14 +533,15 @@ public final class FineTuneTrainer {
         let hyperNames = state.relaxer.hyperparameters.names.sorted()
         // The force term's column only when it is on, so that the file of a plain run keeps its layout.
         let withForces = (config.forceWeight ?? 0) > 0
+        let withFixedPoint = config.gradient.differentiatesMinimum
         var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")
-            + ",skipped_steps,failed_examples,failed_validation,seconds" + (withForces ? ",train_force_rmse" : "")]
+            + ",skipped_steps,failed_examples,failed_validation,seconds" + (withForces ? ",train_force_rmse" : "") + (withFixedPoint ? ",fixed_point_failures" : "")]
         func f(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
         for m in state.history {
             lines.append(["\(m.epoch)", f(m.trainDQMean), f(m.trainDQMedian), f(m.valDQMean), f(m.valDQMedian), f(m.gradientNorm), f(m.learningRate)]
                 .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),"
                 + "\(m.failedExamples.map(String.init) ?? ""),\(m.failedValidation.map(String.init) ?? ""),\(f(m.seconds))"
-                + (withForces ? "," + f(m.trainForceRMSE) : ""))
+                + (withForces ? "," + f(m.trainForceRMSE) : "") + (withFixedPoint ? "," + (m.fixedPointFailures.map { "\($0)" } ?? "") : ""))
         }
         try run.writeMetrics(lines)
     }

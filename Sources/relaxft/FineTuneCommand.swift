@@ -213,6 +213,7 @@ func fineTuneEventLine(_ event: FineTuneEvent, config: FineTuneConfig) -> EventL
         if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
         if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) steps" }
         if let f = m.failedExamples, f > 0 { line += "  \(f) failed" }
+        if let n = m.fixedPointFailures, n > 0 { line += "  no minimum for \(n) (implicit term left out)" }
         line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
         return .log(line)
     }
