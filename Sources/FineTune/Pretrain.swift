@@ -183,7 +183,8 @@ public final class PretrainTrainer {
             if kept.count < fs.count {
                 let missing = Set(fs.flatMap { unknownElements($0.frame.numbers, known: known) }).sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
                 guard o.skipUnknownElements == true else {
-                    throw PretrainError(message: "the data contains \(missing), which \(modelName) does not know (its elements: "
+                    let first = fs.first { !unknownElements($0.frame.numbers, known: known).isEmpty }!
+                    throw PretrainError(message: "\(first.name) contains \(missing), which \(modelName) does not know (its elements: "
                                         + "\(known!.sorted().map { Elements.symbols[$0] }.joined(separator: ", "))); leave such frames out, or skip them with --skip-unknown-elements")
                 }
                 notes.append("left out \(fs.count - kept.count) of \(fs.count) frames of \(file) (they contain \(missing), which \(modelName) does not know)")

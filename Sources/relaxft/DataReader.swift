@@ -81,11 +81,11 @@ final class DataReader {
             guard let t = target else { throw UsageError(command: command, message: "--initial needs --target") }
             let all = try RelaxationDataset.examples(initial: try frames(i, option: "--initial", select: select), target: try frames(t, option: "--target", select: select),
                                                      initialSource: i, targetSource: t)
-            return try keepKnown(all, structure: \.initial, name: \.name, file: i)
+            return try keepKnown(all, structure: \.initial, name: \.displayName, file: i)
         }
         guard !data.isEmpty else { throw UsageError(command: command, message: "give \(option) FILE (or --initial and --target)") }
         return try data.flatMap { path in
-            try keepKnown(try RelaxationDataset.examples(from: try frames(path, option: option, select: select), source: path), structure: \.initial, name: \.name, file: path)
+            try keepKnown(try RelaxationDataset.examples(from: try frames(path, option: option, select: select), source: path), structure: \.initial, name: \.displayName, file: path)
         }
     }
 
@@ -96,7 +96,7 @@ final class DataReader {
             if requireForces, let k = fs.firstIndex(where: { $0.forces == nil }) {
                 throw UsageError(command: command, message: "\(path): frame \(k + 1) has no forces (\(option) needs per-atom forces)")
             }
-            return try keepKnown(Array(fs.enumerated()), structure: \.element, name: { "\(path) frame \($0.offset)" }, file: path).map(\.element)
+            return try keepKnown(Array(fs.enumerated()), structure: \.element, name: { "\(path): frame \($0.offset + 1)" }, file: path).map(\.element)
         }
     }
 

@@ -141,10 +141,10 @@ struct EvaluateJob {
         for path in a.strings("data") {
             let frames = try reader.frames(path, option: "--data")
             if frames.allSatisfy({ $0.arrays["pos_relaxed"] != nil }) {
-                examples += try reader.keepKnown(try RelaxationDataset.examples(from: frames, source: path), structure: \.initial, name: \.name, file: path)
+                examples += try reader.keepKnown(try RelaxationDataset.examples(from: frames, source: path), structure: \.initial, name: \.displayName, file: path)
                 relaxationFiles.append(path)
             } else if frames.allSatisfy({ $0.energy != nil || $0.forces != nil || $0.stress != nil }) {
-                labelled += try reader.keepKnown(Array(frames.enumerated()), structure: \.element, name: { "\(path) frame \($0.offset)" }, file: path).map(\.element)
+                labelled += try reader.keepKnown(Array(frames.enumerated()), structure: \.element, name: { "\(path): frame \($0.offset + 1)" }, file: path).map(\.element)
                 labelledFiles.append(path)
             } else {
                 throw UsageError(command: "evaluate", message: "\(path): neither relaxation data (pos_relaxed in every frame) nor labelled frames (energy, forces or stress in every frame)")
