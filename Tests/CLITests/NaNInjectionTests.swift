@@ -54,7 +54,8 @@ struct NaNInjectionTests {
     /// evaluate: failed relaxations are counted as failed and never converged, without energy errors; the
     /// evaluation itself succeeds (exit 0), in the JSON and in the table.
     @Test func evaluate() throws {
-        let args = ["evaluate", "--potential", "sw", "--data", "train.extxyz", "--steps", "20"]
+        // One thread: the fault counts evaluations in order, and parallel relaxations would interleave them.
+        let args = ["evaluate", "--potential", "sw", "--data", "train.extxyz", "--steps", "20", "--threads", "1"]
         let (r, dir) = try Self.run(args + ["--json"], nanFrom: 5, files: KillResumeCases.recoveryData)
         defer { dir.remove() }
         #expect(r.status == 0, "\(r.stderr)")

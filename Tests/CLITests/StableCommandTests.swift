@@ -114,7 +114,7 @@ struct StableCommandTests {
             (base + ["--temperature", "300", "--lambda", "0", "--data", "missing.extxyz"], "file 'missing.extxyz' not found"),
             (["stable", "--pretrained", "sw", "--reference-observable", "liquid64.extxyz", "--temperature", "300", "--lambda", "0", "--out", "run",
               "--reference-skip", "5"], "none left after skipping 5"),
-            (["stable", "--resume", "nowhere"], "no config.json"),
+            (["stable", "--resume", "nowhere"], "run directory 'nowhere' does not exist"),
         ]
         for (args, message) in cases {
             let run = try dir.run(args)
