@@ -1,4 +1,5 @@
 import Atoms
+import CLinalg
 import Foundation
 import Potentials
 import Relax
@@ -32,8 +33,44 @@ enum Profile {
             let sys = AtomicSystem(s, cutoff: model.cutoff)
             _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3]))
             NeuralBench.bpttStep(model, sys, s)
+        case "chgnet-step":
+            // One BPTT step of CHGNet on the 63-atom vacancy cell of chgnet-bptt (E, F with createGraph, x + 0.01·F,
+            // gradient of a scalar of it with respect to all parameters), N times; prints the tape by operation.
+            chgnetStep(calls: args.count > 1 ? Int(args[1])! : 1)
         default:
-            print("profile workloads: chain, fire, bptt, so3krates, schnet")
+            print("profile workloads: chain, fire, bptt, so3krates, schnet, chgnet-step [N]")
+        }
+    }
+}
+
+extension Profile {
+    static func chgnetStep(calls: Int) {
+        guard let model = CHGNetBPTTBench.loadModel(), let ex = try? CHGNetBPTTBench.examples()[0] else { print("chgnet-step: no model"); return }
+        let s = ex.initial
+        let sys = AtomicSystem(s, cutoff: model.cutoff)
+        for call in 0..<calls {
+            let tape = Tape()
+            let x = tape.variable(s.positions)
+            let params = model.parameterLeaves(on: tape)
+            let heap0 = Double(mallinfo2().uordblks)
+            let (c0, t0) = (cpuTime(), now())
+            let (_, f) = model.energyAndForces(sys, positions: x, cells: Variable(constant: s.cell.reshaped([1, 3, 3])), parameters: params)
+            let xNew = x + f * 0.01
+            let loss = (xNew * Tensor(shape: xNew.shape, repeating: 0.1)).sum()
+            let (c1, t1) = (cpuTime(), now())
+            let heap1 = Double(mallinfo2().uordblks)
+            if call == calls - 1 {
+                let prof = tape.memoryProfile()
+                let total = prof.reduce(0) { $0 + $1.bytes }
+                print(String(format: "forward + recorded forces: %d nodes, %.1f MiB held by nodes, heap in use +%.1f MiB, CPU %.3f s, wall %.3f s",
+                             tape.nodeCount, Double(total) / 1048576, (heap1 - heap0) / 1048576, c1 - c0, t1 - t0))
+                print("operation              nodes     MiB held")
+                for p in prof { print(pad(p.name, 22) + " " + pad("\(p.count)", 9) + " " + String(format: "%.2f", Double(p.bytes) / 1048576)) }
+            }
+            _ = tape.gradient(of: loss, wrt: Array(params.values))
+            if call == calls - 1 {
+                print(String(format: "backward: CPU %.3f s, wall %.3f s", cpuTime() - c1, now() - t1))
+            }
         }
     }
 }
