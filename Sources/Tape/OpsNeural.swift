@@ -469,6 +469,170 @@ private func gatheredSumSiluDoubleBackward(_ spec: GatheredSumSpec, _ c: Backwar
     return [gg.map { Variable(constant: $0) }] + inputGrads.map { $0.map { Variable(constant: $0) } }
 }
 
+// MARK: - Two-layer MLP on gathered blocks
+
+/// SiLU(Σ_k blocks[k].x[index_k] + b₁)·W₂ᵀ + b₂: the first two layers of an MLP on message-passing pairs (the first
+/// applied to each block before the gather, as in `gatheredSum`) in one operation. It keeps only the (small) blocks, the
+/// weights and the sigmoids of the first layer: the hidden activations, the widest arrays of the MLP, are recomputed
+/// from them where the backward needs them, and so is the hidden gradient in the second derivative (one more matrix
+/// product instead of two more stored [pairs, hidden] arrays per layer). The same values, bit for bit, as
+/// `gatheredSum(blocks, bias: b₁, silu: true).linear(w₂, b₂)`.
+public func gatheredMLP(_ blocks: [GatheredBlock], bias b1: Variable?, weight w2: Variable, bias2 b2: Variable?) -> Variable {
+    let spec = GatheredSumSpec(blocks, bias: b1)
+    precondition(w2.rank == 2 && w2.shape[1] == spec.width, "gatheredMLP: weight \(w2.shape) does not take \(spec.width) inputs")
+    precondition(b2 == nil || b2!.shape == [w2.shape[0]], "gatheredMLP: second bias must have shape [\(w2.shape[0])]")
+    let first = blocks.map(\.x) + (b1.map { [$0] } ?? [])
+    let h = spec.sum(first.map(\.value))
+    let sig = Tensor(uninitializedShape: h.shape)
+    let hp = ptr(h), sp = ptr(sig), n = h.count
+    for q in 0..<n { sp[q] = fastSigmoid(hp[q]) }
+    for q in 0..<n { hp[q] = hp[q] * sp[q] }
+    let y = Tensor.matmul(h, w2.value, transposeB: true)
+    if let b2 { addRows(y, b2.value) }
+    let layout = GatheredMLPLayout(spec: spec, hasBias2: b2 != nil)
+    let inputs = first + [w2] + (b2.map { [$0] } ?? [])
+    return makeFusedOp("gatheredMLP", inputs, [y], saving: .allInputs, extras: [sig]) { c in
+        gatheredMLPBackward(layout, c.grad, (0..<c.inputCount).map { c.input($0) }, sigmoids: c.extra(0), needs: c.needs)
+    }[0]
+}
+
+/// Adds `bias` to every row of `y` (in place; `y` is a fresh tensor).
+@inline(__always)
+func addRows(_ y: Tensor, _ bias: Tensor) {
+    let n = bias.count, rows = y.count / Swift.max(n, 1), yp = ptr(y), bp = ptr(bias)
+    for r in 0..<rows { let yr = yp + r * n; for k in 0..<n { yr[k] += bp[k] } }
+}
+
+/// Input positions of a gathered MLP: blocks, first bias (optional), second weight, second bias (optional).
+struct GatheredMLPLayout {
+    let spec: GatheredSumSpec
+    let hasBias2: Bool
+    /// Inputs of the first layer (blocks and bias).
+    var firstCount: Int { spec.blockCount + (spec.hasBias ? 1 : 0) }
+    var weight: Int { firstCount }
+    var bias2: Int? { hasBias2 ? firstCount + 1 : nil }
+    var inputCount: Int { firstCount + 1 + (hasBias2 ? 1 : 0) }
+
+    /// Hidden activations SiLU(h) = h·σ(h), recomputed from the first layer's inputs and the saved sigmoids (the
+    /// forward pass's values, bit for bit).
+    func hidden(_ first: [Tensor], _ sig: Tensor) -> Tensor {
+        let y1 = spec.sum(first)
+        let p = ptr(y1), s = ptr(sig)
+        for q in 0..<y1.count { p[q] = p[q] * s[q] }
+        return y1
+    }
+}
+
+/// Backward of `gatheredMLP` from the upstream gradient g of its output: ḡ₁ = g·W₂ into SiLU'(h) and the blocks,
+/// gᵀ·SiLU(h) into W₂, Σ g into b₂. One node whose own backward is `gatheredMLPDoubleBackward`.
+func gatheredMLPBackward(_ layout: GatheredMLPLayout, _ g: Variable, _ inputs: [Variable], sigmoids: Tensor, needs: [Bool]) -> [Variable?] {
+    let spec = layout.spec, w = spec.width
+    let firstNeeds = Array(needs[0..<layout.firstCount])
+    let w2 = inputs[layout.weight].value
+    let first = inputs[0..<layout.firstCount].map(\.value)
+    let firstGrads = spec.zeroGradients(firstNeeds)
+    if firstNeeds.contains(true) {
+        let gh = Tensor.matmul(g.value, w2)
+        let ghp = ptr(gh), sp = ptr(sigmoids), src = first.map(ptr), gptrs = firstGrads.map { $0.map(ptr) }
+        let scratch = Scratch(2 * w)
+        let h = scratch[0, width: w], u = scratch[1, width: w]
+        for r in 0..<spec.rows {
+            spec.sumRow(r, src, h)
+            let gr = ghp + r * w, sr = sp + r * w
+            for j in 0..<w { u[j] = gr[j] * siluSlope(h[j], sr[j]) }
+            spec.scatterRow(r, u, gptrs)
+        }
+    }
+    let wGrad = needs[layout.weight] ? Tensor.matmul(g.value, layout.hidden(first, sigmoids), transposeA: true) : nil
+    let b2Grad = layout.bias2.flatMap { needs[$0] ? g.value.sum(toShape: [w2.shape[0]]) : nil }
+    let values = firstGrads.compactMap { $0 } + [wGrad, b2Grad].compactMap { $0 }
+    let outs = makeFusedOp("gatheredMLPBackward", [g] + inputs, values, saving: .allInputs, extras: [sigmoids]) { c in
+        gatheredMLPDoubleBackward(layout, c, produced: needs)
+    }
+    return spread(outs, needs)
+}
+
+/// Backward of the `gatheredMLPBackward` node (inputs g, blocks, b₁, W₂[, b₂]; outputs the gradients flagged in
+/// `produced`). With v the upstream gradients of the block and b₁ gradients gathered back onto rows and ḡ₁ = g·W₂
+/// (recomputed): ∂/∂ḡ₁ = v ⊙ SiLU'(h) (into g and W₂ through ḡ₁ = g·W₂), ∂/∂h = v ⊙ ḡ₁ ⊙ SiLU''(h); an upstream
+/// gradient U of W₂'s gradient gᵀ·SiLU(h) adds SiLU(h)·Uᵀ to g and (g·U) ⊙ SiLU'(h) to h; one of b₂'s adds to g's rows.
+private func gatheredMLPDoubleBackward(_ layout: GatheredMLPLayout, _ c: BackwardContext, produced: [Bool]) -> [Variable?] {
+    let spec = layout.spec, nFirst = layout.firstCount
+    if c.tape.isRecording {
+        return c.tape.compositionVJP((0..<c.inputCount).map { c.input($0) }, seeds: c.gradOutputs, needs: c.needs) { v in
+            let blocks = (0..<spec.blockCount).map { k in (x: v[1 + k], index: spec.indices[k]) }
+            let h = gatheredSum(blocks, bias: spec.hasBias ? v[spec.blockCount + 1] : nil)
+            let w2 = v[1 + layout.weight]
+            let u = matmul(v[0], w2) * h.siluSlopeExpression()
+            var outs: [Variable] = []
+            for k in 0..<spec.blockCount where produced[k] { outs.append(spec.indices[k].map { u.scatterAddRows($0, count: spec.counts[k]) } ?? u) }
+            if spec.hasBias && produced[spec.blockCount] { outs.append(u.sum(toShape: [spec.width])) }
+            if produced[layout.weight] { outs.append(matmul(v[0], h.silu(), transposeA: true)) }
+            if let ib = layout.bias2, produced[ib] { outs.append(v[0].sum(toShape: [w2.shape[0]])) }
+            return outs
+        }
+    }
+    let up = upstream(c, produced)
+    let g = c.input(0).value, w2 = c.input(1 + layout.weight).value, sig = c.extra(0)
+    let first = (0..<nFirst).map { c.input(1 + $0).value }
+    let rows = spec.rows, w = spec.width, nOut = w2.shape[0]
+    let needG = c.needs[0], needW = c.needs[1 + layout.weight]
+    let firstNeeds = (0..<nFirst).map { c.needs[1 + $0] }
+    var gG: Tensor? = nil, gW: Tensor? = nil, hbar: Tensor? = nil
+    func add(_ t: inout Tensor?, _ x: Tensor) { if t == nil { t = x } else { t!.addInPlace(x) } }
+    let src = first.map(ptr), sp = ptr(sig)
+    let scratch = Scratch(2 * w)
+    let h = scratch[0, width: w], v = scratch[1, width: w]
+    if (0..<nFirst).contains(where: { up[$0] != nil }) {
+        let gh = Tensor.matmul(g, w2)
+        let reach = Tensor(uninitializedShape: [rows, w]), hb = Tensor(uninitializedShape: [rows, w])
+        let ghp = ptr(gh), rp = ptr(reach), hbp = ptr(hb), ups = up[0..<nFirst].map { $0.map(ptr) }
+        for r in 0..<rows {
+            spec.sumRow(r, src, h)
+            // v: the upstream gradients gathered back onto the row (bias first, then the blocks).
+            if spec.hasBias, let ub = ups[spec.blockCount] { v.update(from: ub, count: w) } else { v.update(repeating: 0, count: w) }
+            for k in 0..<spec.blockCount {
+                guard let uk = ups[k] else { continue }
+                let s = uk + (spec.indices[k].map { $0[r] } ?? r) * w
+                for j in 0..<w { v[j] += s[j] }
+            }
+            let gr = ghp + r * w, sr = sp + r * w, rr = rp + r * w, hr = hbp + r * w
+            for j in 0..<w { rr[j] = v[j] * siluSlope(h[j], sr[j]) }
+            for j in 0..<w { hr[j] = v[j] * gr[j] * siluCurvature(h[j], sr[j]) }
+        }
+        if needG { add(&gG, Tensor.matmul(reach, w2, transposeB: true)) }
+        if needW { add(&gW, Tensor.matmul(g, reach, transposeA: true)) }
+        hbar = hb
+    }
+    if let uw = up[layout.weight] {
+        if needG { add(&gG, Tensor.matmul(layout.hidden(first, sig), uw, transposeB: true)) }
+        if firstNeeds.contains(true) {
+            // ∂/∂SiLU(h) = g·U, into h through SiLU'(h).
+            let gy = Tensor.matmul(g, uw), gyp = ptr(gy)
+            for r in 0..<rows {
+                spec.sumRow(r, src, h)
+                let gr = gyp + r * w, sr = sp + r * w
+                for j in 0..<w { gr[j] = gr[j] * siluSlope(h[j], sr[j]) }
+            }
+            add(&hbar, gy)
+        }
+    }
+    if needG, let ib = layout.bias2, let ub = up[ib] {
+        let b = Tensor.zeros([rows, nOut])
+        addRows(b, ub)
+        add(&gG, b)
+    }
+    var firstGrads = [Tensor?](repeating: nil, count: nFirst)
+    if let hbar, firstNeeds.contains(true) {
+        firstGrads = spec.zeroGradients(firstNeeds)
+        let hp = ptr(hbar), gptrs = firstGrads.map { $0.map(ptr) }
+        for r in 0..<rows { spec.scatterRow(r, hp + r * w, gptrs) }
+    }
+    // The first backward does not depend on b₂.
+    let values: [Tensor?] = [gG] + firstGrads + [gW] + (layout.hasBias2 ? [nil] : [])
+    return values.map { $0.map { Variable(constant: $0) } }
+}
+
 // MARK: - Gated layer-norm product (CHGNet's gated MLP)
 
 /// The output of CHGNet's gated MLP from its two pre-normalisation branches, times an optional message weight m:

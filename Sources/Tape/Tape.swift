@@ -95,16 +95,16 @@ final class Node {
     }
 
     let name: StaticString
-    let inputs: [Input]
+    private(set) var inputs: [Input]
     let firstOutput: Int
     // The first output is stored inline: most nodes have exactly one, and this saves an allocation per node.
-    let output0: Tensor?
+    private(set) var output0: Tensor?
     let shape0: [Int]
-    let moreOutputs: [Tensor?]
+    private(set) var moreOutputs: [Tensor?]
     let moreShapes: [[Int]]
     /// Values the backward reads besides inputs and outputs (fused operations' saved intermediates).
-    let extras: [Tensor]
-    let kind: Kind
+    private(set) var extras: [Tensor]
+    private(set) var kind: Kind
 
     init(name: StaticString, inputs: [Input], firstOutput: Int, outputs: [Tensor], saveOutputs: Bool, extras: [Tensor] = [], kind: Kind) {
         self.name = name
@@ -124,6 +124,15 @@ final class Node {
         guard let v = k == 0 ? output0 : moreOutputs[k - 1] else { preconditionFailure("\(name): output \(k) was not saved for the backward pass") }
         return v
     }
+    /// Drops every value and the backward rule (a node of a part of the tape that will not be swept again).
+    func release() {
+        inputs = inputs.map { Input(id: $0.id, value: nil, shape: $0.shape) }
+        output0 = nil
+        moreOutputs = moreOutputs.map { _ in nil }
+        extras = []
+        kind = .leaf
+    }
+
     /// Every tensor this node keeps alive.
     var heldTensors: [Tensor] { inputs.compactMap(\.value) + ([output0] + moreOutputs).compactMap { $0 } + extras }
 }
@@ -260,14 +269,16 @@ public final class Tape {
 
     /// Node counts and bytes of tensor storage the nodes keep alive, by operation name (for profiling). Each
     /// buffer is counted once, for the first node (in recording order) that holds it.
-    public func memoryProfile() -> [(name: String, count: Int, bytes: Int)] {
+    /// With `byShape`, operations are told apart by their input shapes too.
+    public func memoryProfile(byShape: Bool = false) -> [(name: String, count: Int, bytes: Int)] {
         var seen = Set<ObjectIdentifier>()
         var c: [String: (Int, Int)] = [:]
         for n in nodes {
             var bytes = 0
             for t in n.heldTensors where seen.insert(ObjectIdentifier(t.storage)).inserted { bytes += 8 * t.count }
-            let old = c["\(n.name)"] ?? (0, 0)
-            c["\(n.name)"] = (old.0 + 1, old.1 + bytes)
+            let key = byShape ? "\(n.name) \(n.inputs.map(\.shape))" : "\(n.name)"
+            let old = c[key] ?? (0, 0)
+            c[key] = (old.0 + 1, old.1 + bytes)
         }
         return c.sorted { $0.value.1 > $1.value.1 }.map { ($0.key, $0.value.0, $0.value.1) }
     }
@@ -463,17 +474,24 @@ struct Sweep {
 
     mutating func accumulate(_ slot: Int, _ g: Variable) {
         let k = slot - slotBase
-        if let old = grads[k] {
-            precondition(old.shape == g.shape, "gradient shape \(g.shape) does not match \(old.shape)")
-            grads[k] = old + g
-        } else {
-            grads[k] = g
-        }
+        guard let oldShape = grads[k]?.shape else { grads[k] = g; return }
+        precondition(oldShape == g.shape, "gradient shape \(g.shape) does not match \(oldShape)")
+        guard !createGraph && grads[k]!.id < 0 && g.id < 0 else { grads[k] = grads[k]! + g; return }
+        // Constants: add into the accumulated buffer in place when nothing else holds it (the same sums as `old + g`).
+        var taken: Variable? = nil
+        swap(&taken, &grads[k])
+        var sum = taken!.value
+        taken = nil
+        sum.addInPlace(g.value)
+        grads[k] = Variable(constant: sum)
     }
 
-    mutating func run(nodes range: Range<Int>) {
+    /// Sweeps the nodes of `range` backwards. With `releasing`, each node's values are dropped once it has been
+    /// swept (for parts of the tape that are discarded afterwards), so that memory is reused within the sweep.
+    mutating func run(nodes range: Range<Int>, releasing: Bool = false) {
         for n in range.reversed() {
             let node = tape.nodes[n]
+            defer { if releasing { node.release() } }
             let nOut = node.outputCount
             guard isRelevant(node.firstOutput) else { continue }
             gradScratch.removeAll(keepingCapacity: true)
@@ -540,7 +558,8 @@ struct Sweep {
             guard let g = gradOutputs[slot], o.id >= 0, isRelevant(o.id) else { continue }
             accumulate(o.id, g)
         }
-        run(nodes: start..<end)
+        // Without a recorded graph the segment is discarded after this sweep: release its nodes as they are swept.
+        run(nodes: start..<end, releasing: !createGraph)
         if !createGraph {
             tape.truncate(toNodeCount: start)
             for k in (firstNewSlot - slotBase)..<grads.count where !target[k] { grads[k] = nil }

@@ -25,6 +25,12 @@ let neuralOpCases: [OpCase] = {
             gatheredSum([($0[0], nil)], bias: $0[1], silu: silu)
         })
     }
+    c.append(OpCase(name: "gatheredMLP", shapes: [[5, 3], [6, 3], [4, 3], [3], [4, 3], [4]]) {
+        gatheredMLP([($0[0], gi), ($0[1], nil), ($0[2], gj)], bias: $0[3], weight: $0[4], bias2: $0[5])
+    })
+    c.append(OpCase(name: "gatheredMLPNoBiases", shapes: [[5, 3], [4, 3], [2, 3]]) {
+        gatheredMLP([($0[0], gi), ($0[1], gj)], bias: nil, weight: $0[2], bias2: nil)
+    })
     c.append(OpCase(name: "gatedNorm", shapes: [[6, 4], [4], [4], [6, 4], [4], [4], [6, 4]]) {
         gatedNorm(core: $0[0], $0[1], $0[2], gate: $0[3], $0[4], $0[5], weight: $0[6])
     })
@@ -54,6 +60,10 @@ struct NeuralOpTests {
         let gs = gatheredSum([(v[0], [5, 0, 2]), (v[3], [1, 1, 4])], bias: v[1], silu: true).value
         let h = v[0].gatherRows([5, 0, 2]) + v[3].gatherRows([1, 1, 4]) + v[1]
         #expect(gs.maxAbsDifference((h * h.sigmoid()).value) < 1e-14)
+        // The two-layer gathered MLP gives the bits of the gathered sum with SiLU followed by the linear layer.
+        let w = Variable(constant: rng.normalTensor([3, 4])), b = Variable(constant: rng.normalTensor([3]))
+        let mlp = gatheredMLP([(v[0], [5, 0, 2]), (v[3], [1, 1, 4])], bias: v[1], weight: w, bias2: b).value
+        #expect(mlp.bitwiseEqual(gatheredSum([(v[0], [5, 0, 2]), (v[3], [1, 1, 4])], bias: v[1], silu: true).linear(w, b).value))
     }
 
     /// Each fused backward's own backward (the second derivative, a fused kernel) against differentiating the backward's
