@@ -378,6 +378,31 @@ struct GatheredSumSpec {
         if hasBias, let g = grads[blockCount] { for j in 0..<width { g[j] += u[j] } }
     }
 
+    /// Row r of the gradients `ups` of the blocks and the bias gathered back onto the row, into `v` (nil: none arrived).
+    @inline(__always)
+    func gatherRow(_ r: Int, _ ups: [UnsafeMutablePointer<Double>?], _ v: UnsafeMutablePointer<Double>) {
+        if hasBias, let ub = ups[blockCount] { v.update(from: ub, count: width) } else { v.update(repeating: 0, count: width) }
+        for k in 0..<blockCount {
+            guard let uk = ups[k] else { continue }
+            let s = uk + (indices[k].map { $0[r] } ?? r) * width
+            for j in 0..<width { v[j] += s[j] }
+        }
+    }
+
+    /// The backward of SiLU of the sum: per row, u = g ⊙ SiLU'(h) with h recomputed from the blocks `src` and σ(h)
+    /// saved, scattered into `grads` (the blocks' and the bias's gradients).
+    func scatterSiluGradient(_ g: Tensor, _ src: [UnsafeMutablePointer<Double>], sigmoids: Tensor, into grads: [Tensor?]) {
+        let w = width, gp = ptr(g), sp = ptr(sigmoids), gptrs = grads.map { $0.map(ptr) }
+        let scratch = Scratch(2 * w)
+        let h = scratch[0, width: w], u = scratch[1, width: w]
+        for r in 0..<rows {
+            sumRow(r, src, h)
+            let gr = gp + r * w, sr = sp + r * w
+            for j in 0..<w { u[j] = gr[j] * siluSlope(h[j], sr[j]) }
+            scatterRow(r, u, gptrs)
+        }
+    }
+
     func zeroGradients(_ needs: [Bool]) -> [Tensor?] {
         (0..<needs.count).map { k in needs[k] ? Tensor.zeros(k < blockCount ? [counts[k], width] : [width]) : nil }
     }
@@ -410,16 +435,7 @@ func gatheredSumTranspose(_ spec: GatheredSumSpec, _ g: Variable, needs: [Bool])
 /// the blocks and summed into the bias; one node whose backward is `gatheredSumSiluDoubleBackward`.
 func gatheredSumSiluBackward(_ spec: GatheredSumSpec, _ g: Variable, _ inputs: [Variable], sigmoids: Tensor, needs: [Bool]) -> [Variable?] {
     let grads = spec.zeroGradients(needs)
-    let w = spec.width
-    let gp = ptr(g.value), sp = ptr(sigmoids), src = inputs.map { ptr($0.value) }, gptrs = grads.map { $0.map(ptr) }
-    let scratch = Scratch(2 * w)
-    let h = scratch[0, width: w], u = scratch[1, width: w]
-    for r in 0..<spec.rows {
-        spec.sumRow(r, src, h)
-        let gr = gp + r * w, sr = sp + r * w
-        for j in 0..<w { u[j] = gr[j] * siluSlope(h[j], sr[j]) }
-        spec.scatterRow(r, u, gptrs)
-    }
+    spec.scatterSiluGradient(g.value, inputs.map { ptr($0.value) }, sigmoids: sigmoids, into: grads)
     let outs = makeFusedOp("gatheredSumSiluBackward", [g] + inputs, grads.compactMap { $0 }, saving: .allInputs, extras: [sigmoids]) { c in
         gatheredSumSiluDoubleBackward(spec, c, produced: needs)
     }
@@ -452,13 +468,7 @@ private func gatheredSumSiluDoubleBackward(_ spec: GatheredSumSpec, _ c: Backwar
     let h = scratch[0, width: w], v = scratch[1, width: w], hb = scratch[2, width: w], sink = scratch[3, width: w]
     for r in 0..<spec.rows {
         spec.sumRow(r, src, h)
-        // v: the upstream gradients gathered back (the gathered sum of the upstream gradients).
-        if spec.hasBias, let ub = ups[spec.blockCount] { v.update(from: ub, count: w) } else { v.update(repeating: 0, count: w) }
-        for k in 0..<spec.blockCount {
-            guard let uk = ups[k] else { continue }
-            let s = uk + (spec.indices[k].map { $0[r] } ?? r) * w
-            for j in 0..<w { v[j] += s[j] }
-        }
+        spec.gatherRow(r, ups, v)
         let gr = gp + r * w, sr = sp + r * w, ggr = gg.map { ptr($0) + r * w } ?? sink
         for j in 0..<w {
             ggr[j] = v[j] * siluSlope(h[j], sr[j])
@@ -526,22 +536,13 @@ struct GatheredMLPLayout {
 /// Backward of `gatheredMLP` from the upstream gradient g of its output: ḡ₁ = g·W₂ into SiLU'(h) and the blocks,
 /// gᵀ·SiLU(h) into W₂, Σ g into b₂. One node whose own backward is `gatheredMLPDoubleBackward`.
 func gatheredMLPBackward(_ layout: GatheredMLPLayout, _ g: Variable, _ inputs: [Variable], sigmoids: Tensor, needs: [Bool]) -> [Variable?] {
-    let spec = layout.spec, w = spec.width
+    let spec = layout.spec
     let firstNeeds = Array(needs[0..<layout.firstCount])
     let w2 = inputs[layout.weight].value
     let first = inputs[0..<layout.firstCount].map(\.value)
     let firstGrads = spec.zeroGradients(firstNeeds)
     if firstNeeds.contains(true) {
-        let gh = Tensor.matmul(g.value, w2)
-        let ghp = ptr(gh), sp = ptr(sigmoids), src = first.map(ptr), gptrs = firstGrads.map { $0.map(ptr) }
-        let scratch = Scratch(2 * w)
-        let h = scratch[0, width: w], u = scratch[1, width: w]
-        for r in 0..<spec.rows {
-            spec.sumRow(r, src, h)
-            let gr = ghp + r * w, sr = sp + r * w
-            for j in 0..<w { u[j] = gr[j] * siluSlope(h[j], sr[j]) }
-            spec.scatterRow(r, u, gptrs)
-        }
+        spec.scatterSiluGradient(Tensor.matmul(g.value, w2), first.map(ptr), sigmoids: sigmoids, into: firstGrads)
     }
     let wGrad = needs[layout.weight] ? Tensor.matmul(g.value, layout.hidden(first, sigmoids), transposeA: true) : nil
     let b2Grad = layout.bias2.flatMap { needs[$0] ? g.value.sum(toShape: [w2.shape[0]]) : nil }
@@ -589,13 +590,7 @@ private func gatheredMLPDoubleBackward(_ layout: GatheredMLPLayout, _ c: Backwar
         let ghp = ptr(gh), rp = ptr(reach), hbp = ptr(hb), ups = up[0..<nFirst].map { $0.map(ptr) }
         for r in 0..<rows {
             spec.sumRow(r, src, h)
-            // v: the upstream gradients gathered back onto the row (bias first, then the blocks).
-            if spec.hasBias, let ub = ups[spec.blockCount] { v.update(from: ub, count: w) } else { v.update(repeating: 0, count: w) }
-            for k in 0..<spec.blockCount {
-                guard let uk = ups[k] else { continue }
-                let s = uk + (spec.indices[k].map { $0[r] } ?? r) * w
-                for j in 0..<w { v[j] += s[j] }
-            }
+            spec.gatherRow(r, ups, v)
             let gr = ghp + r * w, sr = sp + r * w, rr = rp + r * w, hr = hbp + r * w
             for j in 0..<w { rr[j] = v[j] * siluSlope(h[j], sr[j]) }
             for j in 0..<w { hr[j] = v[j] * gr[j] * siluCurvature(h[j], sr[j]) }
