@@ -190,8 +190,32 @@ enum CIF {
             throw src.error(.countMismatch, at: column.first?.line ?? b.line, expected: "\(fx.count) values of \(name), one per site", found: "\(column.count)")
         }
 
-        // Sites: element, fractional coordinates, line.
-        var sites: [(z: Int, deuterium: Bool, f: [Double], line: Int)] = []
+        let sites = try siteList(fx: fx, fy: fy, fz: fz, labels: labels, occupancy: occupancy, src)
+        let orbits = try expand(sites, labels: labels, operations: try operations(b, src), src)
+        var numbers: [Int] = [], positions: [Double] = [], lines: [Int] = [], masses: [Double] = [], kinds: [Int] = []
+        let hasDeuterium = sites.contains { $0.deuterium }
+        for (s, points) in orbits {
+            for p in points {
+                numbers.append(sites[s].z)
+                kinds.append(s)
+                positions += cartesian(fractional: p, cell: cell)
+                lines.append(sites[s].line)
+                masses.append(sites[s].deuterium ? 2.01355 : Elements.masses[sites[s].z])
+            }
+        }
+        var structure = Structure(numbers: numbers, positions: Tensor(shape: [numbers.count, 3], positions),
+                                  cell: Tensor(shape: [3, 3], cell), pbc: [true, true, true])
+        if hasDeuterium { structure.customMasses = masses }
+        structure.arrays["spacegroup_kinds"] = .ints(kinds, width: 1)  // the site each atom comes from, as ASE names it
+        return ParsedFrame(structure: structure, atomLines: lines, cellLine: b.items["_cell_length_a"]?.line)
+    }
+
+    /// An asymmetric-unit site: element (deuterium apart), fractional coordinates, line.
+    typealias Site = (z: Int, deuterium: Bool, f: [Double], line: Int)
+
+    /// The sites of the atom-site loop, fully occupied ones only.
+    static func siteList(fx: [Token], fy: [Token], fz: [Token], labels: [Token], occupancy: [Token]?, _ src: SourceText) throws -> [Site] {
+        var sites: [Site] = []
         for s in 0..<fx.count {
             let label = labels[s]
             guard let range = label.text.range(of: "[A-Z][a-z]?", options: .regularExpression) else {
@@ -218,9 +242,12 @@ enum CIF {
             }
             sites.append((z, symbol == "D", f, fx[s].line))
         }
+        return sites
+    }
 
-        let ops = try operations(b, src)
-        // Expansion as ASE's Spacegroup.equivalent_sites: orbit of each site in operation order, wrapped into [0, 1).
+    /// Expansion as ASE's Spacegroup.equivalent_sites: the orbit of each site in operation order, wrapped into
+    /// [0, 1); a site equivalent to an earlier one is dropped (ASE keeps the first), unless it holds another element.
+    static func expand(_ sites: [Site], labels: [Token], operations ops: [Operation], _ src: SourceText) throws -> [(site: Int, points: [[Double]])] {
         func sameSite(_ p: [Double], _ q: [Double]) -> Bool {
             (0..<3).allSatisfy { k in let d = p[k] - q[k]; return Swift.abs(d - d.rounded(.toNearestOrEven)) < 1e-3 }
         }
@@ -241,23 +268,7 @@ enum CIF {
             }
             orbits.append((s, points))
         }
-
-        var numbers: [Int] = [], positions: [Double] = [], lines: [Int] = [], masses: [Double] = [], kinds: [Int] = []
-        let hasDeuterium = sites.contains { $0.deuterium }
-        for (s, points) in orbits {
-            for p in points {
-                numbers.append(sites[s].z)
-                kinds.append(s)
-                positions += cartesian(fractional: p, cell: cell)
-                lines.append(sites[s].line)
-                masses.append(sites[s].deuterium ? 2.01355 : Elements.masses[sites[s].z])
-            }
-        }
-        var structure = Structure(numbers: numbers, positions: Tensor(shape: [numbers.count, 3], positions),
-                                  cell: Tensor(shape: [3, 3], cell), pbc: [true, true, true])
-        if hasDeuterium { structure.customMasses = masses }
-        structure.arrays["spacegroup_kinds"] = .ints(kinds, width: 1)  // the site each atom comes from, as ASE names it
-        return ParsedFrame(structure: structure, atomLines: lines, cellLine: b.items["_cell_length_a"]?.line)
+        return orbits
     }
 
     /// Python's x % 1.0: in [0, 1), with the sign of the divisor (and 1.0 itself when a tiny negative x rounds up).

@@ -202,35 +202,62 @@ enum ExtXYZ {
 
     static func frame(_ src: SourceText, header h: Int, atoms n: Int, vectors: Int) throws -> ParsedFrame {
         let c = h + 1  // comment line
-        let comment = src.lines[c].trimmed
+        let comment = try commentLine(src, line: c, plainXYZ: vectors > 0)
+        let (cell, pbc) = try cellAndPBC(src, comment: comment, line: c, vectorLines: (0..<vectors).map { h + 2 + n + $0 })
+        let cols = try columns(comment.properties, src, line: c)
+        let values = try columnValues(src, cols, properties: comment.properties, atomLines: (0..<n).map { h + 2 + $0 })
+        func atomLine(_ a: Int) -> Int { h + 2 + a }
+        var structure = Structure(numbers: try atomicNumbers(src, cols, values, atomLine: atomLine), positions: .zeros([n, 3]),
+                                  cell: Tensor(shape: [3, 3], cell), pbc: pbc)
+        structure.info = comment.info
+        try assign(values, cols, to: &structure, src, commentLine: c, atomLine: atomLine)
+        return ParsedFrame(structure: structure, atomLines: (0..<n).map(atomLine), cellLine: vectors > 0 ? h + 2 + n : c)
+    }
+
+    /// The comment line: info key=value pairs, and the Lattice, pbc and Properties values (plain XYZ with VEC
+    /// lines keeps the whole line as `comment`).
+    struct Comment {
         var info = OrderedDictionary<InfoValue>()
-        var lattice: String?, pbcText: String?, properties = "species:S:1:pos:R:3"
-        if vectors > 0 {
-            info["comment"] = .string(String(comment))
-        } else if !comment.isEmpty {
-            guard let pairs = keyValuePairs(comment) else {
-                throw src.error(.syntax, at: c, expected: "key=value pairs", found: "'=' without a key in \(quoted(comment))")
-            }
-            for (key, raw) in pairs {
-                switch key {
-                case "Lattice": lattice = raw
-                case "pbc": pbcText = raw
-                case "Properties": properties = raw
-                default:
-                    guard var v = typedValue(key: key, raw: raw) else {
-                        throw src.error(.badValue, at: c, expected: "valid JSON after '_JSON' in '\(key)'", found: quoted(raw))
-                    }
-                    if key == "stress" || key == "virial" {
-                        v = try matrixValue(key, v, raw, src, line: c)
-                    }
-                    info[key] = v
+        var lattice: String?
+        var pbc: String?
+        var properties = "species:S:1:pos:R:3"
+    }
+
+    static func commentLine(_ src: SourceText, line c: Int, plainXYZ: Bool) throws -> Comment {
+        let text = src.lines[c].trimmed
+        var out = Comment()
+        if plainXYZ {
+            out.info["comment"] = .string(String(text))
+            return out
+        }
+        guard !text.isEmpty else { return out }
+        guard let pairs = keyValuePairs(text) else {
+            throw src.error(.syntax, at: c, expected: "key=value pairs", found: "'=' without a key in \(quoted(text))")
+        }
+        for (key, raw) in pairs {
+            switch key {
+            case "Lattice": out.lattice = raw
+            case "pbc": out.pbc = raw
+            case "Properties": out.properties = raw
+            default:
+                guard var v = typedValue(key: key, raw: raw) else {
+                    throw src.error(.badValue, at: c, expected: "valid JSON after '_JSON' in '\(key)'", found: quoted(raw))
                 }
+                if key == "stress" || key == "virial" {
+                    v = try matrixValue(key, v, raw, src, line: c)
+                }
+                out.info[key] = v
             }
         }
+        return out
+    }
 
+    /// The cell (Lattice, or VEC lines after the atoms) and the periodicity (Lattice or VEC lines make an axis
+    /// periodic; pbc overrides).
+    static func cellAndPBC(_ src: SourceText, comment: Comment, line c: Int, vectorLines: [Int]) throws -> (cell: [Double], pbc: [Bool]) {
         var cell = [Double](repeating: 0, count: 9)
         var pbc = [false, false, false]
-        if let raw = lattice {
+        if let raw = comment.lattice {
             guard let v = typedValue(key: "Lattice", raw: raw)?.doublesValue, v.count == 9 else {
                 throw src.error(.badLattice, at: c, expected: "9 numbers (three lattice vectors)", found: quoted(raw))
             }
@@ -240,8 +267,7 @@ enum ExtXYZ {
             cell = v  // Lattice lists a, b, c: the rows of the cell
             pbc = [true, true, true]
         }
-        for k in 0..<vectors {
-            let li = h + 2 + n + k
+        for (k, li) in vectorLines.enumerated() {
             let f = src.lines[li].fields
             let v = f.dropFirst().compactMap { PyNumber.double($0) }
             guard f.first == "VEC\(k + 1)"[...], f.count == 4, v.count == 3, v.allSatisfy(\.isFinite) else {
@@ -250,22 +276,26 @@ enum ExtXYZ {
             cell.replaceSubrange(3 * k..<3 * k + 3, with: v)
             pbc[k] = true
         }
-        if let raw = pbcText {
+        if let raw = comment.pbc {
             switch typedValue(key: "pbc", raw: raw) {
             case .bool(let b)?: pbc = [b, b, b]
             case .bools(let b)? where b.count == 3: pbc = b
             default: throw src.error(.badPBC, at: c, expected: "three logicals such as \"T T F\"", found: quoted(raw))
             }
         }
+        return (cell, pbc)
+    }
 
-        let cols = try columns(properties, src, line: c)
+    /// The per-atom columns' values, by column, in atom order.
+    struct ColumnValues {
+        var reals: [[Double]], ints: [[Int]], bools: [[Bool]], strings: [[String]]
+    }
+
+    static func columnValues(_ src: SourceText, _ cols: [Column], properties: String, atomLines: [Int]) throws -> ColumnValues {
         let width = cols.reduce(0) { $0 + $1.width }
-        var reals = [[Double]](repeating: [], count: cols.count)
-        var ints = [[Int]](repeating: [], count: cols.count)
-        var bools = [[Bool]](repeating: [], count: cols.count)
-        var strings = [[String]](repeating: [], count: cols.count)
-        for a in 0..<n {
-            let li = h + 2 + a
+        var v = ColumnValues(reals: Array(repeating: [], count: cols.count), ints: Array(repeating: [], count: cols.count),
+                             bools: Array(repeating: [], count: cols.count), strings: Array(repeating: [], count: cols.count))
+        for li in atomLines {
             let f = src.lines[li].fields
             guard f.count == width else {
                 throw src.error(.wrongColumnCount, at: li, expected: "\(width) columns (Properties=\(properties))", found: "\(f.count)")
@@ -277,82 +307,93 @@ enum ExtXYZ {
                     switch col.type {
                     case "R":
                         guard let x = PyNumber.double(t) else { throw src.error(.badNumber, at: li, expected: "a real number in \(what)", found: quoted(t)) }
-                        reals[k].append(x)
+                        v.reals[k].append(x)
                     case "I":
                         guard let x = PyNumber.int(t) else { throw src.error(.badNumber, at: li, expected: "an integer in \(what)", found: quoted(t)) }
-                        ints[k].append(x)
+                        v.ints[k].append(x)
                     case "L":
                         guard let x = columnBools[String(t)] else { throw src.error(.badValue, at: li, expected: "T or F in \(what)", found: quoted(t)) }
-                        bools[k].append(x)
+                        v.bools[k].append(x)
                     default:
-                        strings[k].append(String(t))
+                        v.strings[k].append(String(t))
                     }
                 }
             }
         }
+        return v
+    }
 
-        func atomLine(_ a: Int) -> Int { h + 2 + a }
-        var numbers = [Int](repeating: 0, count: n)
+    /// Atomic numbers from the Z:I:1 column, else from the species:S:1 column (`columns` requires one of them).
+    static func atomicNumbers(_ src: SourceText, _ cols: [Column], _ v: ColumnValues, atomLine: (Int) -> Int) throws -> [Int] {
+        var numbers: [Int] = []
         if let k = cols.firstIndex(where: { $0.name == "numbers" }) {
-            for (a, z) in ints[k].enumerated() {
+            for (a, z) in v.ints[k].enumerated() {
                 guard z >= 0 && z < Elements.symbols.count else {
                     throw src.error(.unknownElement, at: atomLine(a), expected: "an atomic number from 0 to \(Elements.symbols.count - 1)", found: "\(z)")
                 }
-                numbers[a] = z
+                numbers.append(z)
             }
         } else if let k = cols.firstIndex(where: { $0.name == "symbols" }) {
-            for (a, s) in strings[k].enumerated() {
+            for (a, s) in v.strings[k].enumerated() {
                 guard let z = Elements.number(forSymbol: s) else {
                     throw src.error(.unknownElement, at: atomLine(a), expected: "a chemical symbol (H to Og, or X)", found: quoted(s))
                 }
-                numbers[a] = z
+                numbers.append(z)
             }
         }
+        return numbers
+    }
+
+    /// Positions, masses, move_mask and every other column into `structure`.
+    static func assign(_ v: ColumnValues, _ cols: [Column], to structure: inout Structure, _ src: SourceText, commentLine c: Int,
+                       atomLine: (Int) -> Int) throws {
+        let n = structure.count
         var positions: [Double] = []
-        var structure = Structure(numbers: numbers, positions: .zeros([n, 3]), cell: Tensor(shape: [3, 3], cell), pbc: pbc)
-        structure.info = info
         for (k, col) in cols.enumerated() {
             switch col.name {
             case "symbols", "numbers": break
             case "positions":
-                positions = reals[k]
+                positions = v.reals[k]
                 if let bad = positions.firstIndex(where: { !$0.isFinite }) {
                     let column = col.offset + bad % 3
                     throw src.error(.nonFinite, at: atomLine(bad / 3), expected: "a finite coordinate in column \(column + 1) (pos)",
                                     found: quoted(src.lines[atomLine(bad / 3)].fields[column]))
                 }
             case "masses":
-                if let bad = reals[k].firstIndex(where: { !($0.isFinite && $0 > 0) }) {
-                    throw src.error(.badValue, at: atomLine(bad), expected: "a positive mass in column \(col.offset + 1) (masses)", found: "\(reals[k][bad])")
+                if let bad = v.reals[k].firstIndex(where: { !($0.isFinite && $0 > 0) }) {
+                    throw src.error(.badValue, at: atomLine(bad), expected: "a positive mass in column \(col.offset + 1) (masses)", found: "\(v.reals[k][bad])")
                 }
-                structure.customMasses = reals[k]
+                structure.customMasses = v.reals[k]
             case "move_mask":
-                let movable = col.type == "L" ? bools[k] : ints[k].map { $0 != 0 }
-                var fixed = [Bool](repeating: false, count: n)
-                for a in 0..<n {
-                    let flags = movable[a * col.width..<(a + 1) * col.width]
-                    guard flags.allSatisfy({ $0 == flags.first }) else {
-                        throw src.error(.unsupported, at: atomLine(a), expected: "move_mask flags all T or all F (relaxft fixes whole atoms only)",
-                                        found: quoted(flags.map { $0 ? "T" : "F" }.joined(separator: " ")))
-                    }
-                    fixed[a] = flags.first == false
-                }
-                structure.fixed = fixed.contains(true) ? fixed : nil
+                structure.fixed = try fixedAtoms(col.type == "L" ? v.bools[k] : v.ints[k].map { $0 != 0 }, width: col.width, atoms: n, src, atomLine: atomLine)
             default:
                 switch col.type {
-                case "R": structure.arrays[col.name] = .doubles(Tensor(shape: [n, col.width], reals[k]))
-                case "I": structure.arrays[col.name] = .ints(ints[k], width: col.width)
-                case "L": structure.arrays[col.name] = .bools(bools[k], width: col.width)
+                case "R": structure.arrays[col.name] = .doubles(Tensor(shape: [n, col.width], v.reals[k]))
+                case "I": structure.arrays[col.name] = .ints(v.ints[k], width: col.width)
+                case "L": structure.arrays[col.name] = .bools(v.bools[k], width: col.width)
                 default:
                     guard col.width == 1 else {
                         throw src.error(.unsupported, at: c, expected: "string columns of width 1", found: quoted("\(col.fileName):S:\(col.width)"))
                     }
-                    structure.arrays[col.name] = .strings(strings[k])
+                    structure.arrays[col.name] = .strings(v.strings[k])
                 }
             }
         }
         structure.positions = Tensor(shape: [n, 3], positions)
-        return ParsedFrame(structure: structure, atomLines: (0..<n).map(atomLine), cellLine: vectors > 0 ? h + 2 + n : c)
+    }
+
+    /// move_mask: an atom whose flags are all F is fixed; mixed flags are refused (relaxft fixes whole atoms).
+    static func fixedAtoms(_ movable: [Bool], width: Int, atoms n: Int, _ src: SourceText, atomLine: (Int) -> Int) throws -> [Bool]? {
+        var fixed = [Bool](repeating: false, count: n)
+        for a in 0..<n {
+            let flags = movable[a * width..<(a + 1) * width]
+            guard flags.allSatisfy({ $0 == flags.first }) else {
+                throw src.error(.unsupported, at: atomLine(a), expected: "move_mask flags all T or all F (relaxft fixes whole atoms only)",
+                                found: quoted(flags.map { $0 ? "T" : "F" }.joined(separator: " ")))
+            }
+            fixed[a] = flags.first == false
+        }
+        return fixed.contains(true) ? fixed : nil
     }
 
     /// `stress` and `virial`: 9 numbers in column-major order, stored row-major; `stress` may be 6 Voigt values.

@@ -184,6 +184,23 @@ func cellIsRegular(_ cell: Tensor) -> Bool {
     return det.isFinite && lengths.allSatisfy { $0 > 0 && $0.isFinite } && Swift.abs(det) > 1e-9 * lengths[0] * lengths[1] * lengths[2]
 }
 
+/// Two atoms of a structure without a cell (a molecule) closer than `d`: a sweep along x over positions [N·3].
+func closePairWithoutCell(_ x: [Double], below d: Double) -> (i: Int, j: Int, distance: Double)? {
+    let n = x.count / 3
+    let order = (0..<n).sorted { x[3 * $0] < x[3 * $1] }
+    for p in 0..<n {
+        let i = order[p]
+        for q in (p + 1)..<n {
+            let j = order[q]
+            guard x[3 * j] - x[3 * i] < d else { break }
+            let (dx, dy, dz) = (x[3 * j] - x[3 * i], x[3 * j + 1] - x[3 * i + 1], x[3 * j + 2] - x[3 * i + 2])
+            let r = (dx * dx + dy * dy + dz * dz).squareRoot()
+            if r < d { return (min(i, j), max(i, j), r) }
+        }
+    }
+    return nil
+}
+
 /// A pair of atoms closer than `d` (minimum image along periodic axes), or an atom closer than `d` to its own
 /// image (i == j); nil when there is none. A sorted sweep along the first lattice direction finds the candidates,
 /// then only the images that can lie within d are measured: O(N log N) for ordinary structures, exact for any cell.
@@ -191,20 +208,7 @@ func closePair(_ s: Structure, below d: Double) -> (i: Int, j: Int, distance: Do
     let n = s.count
     let x = s.positions.array
     func length(_ v: [Double]) -> Double { (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).squareRoot() }
-    guard cellIsRegular(s.cell), let inverse = s.cell.inverse3x3() else {
-        // No cell (a molecule): sweep along x.
-        let order = (0..<n).sorted { x[3 * $0] < x[3 * $1] }
-        for p in 0..<n {
-            let i = order[p]
-            for q in (p + 1)..<n {
-                let j = order[q]
-                guard x[3 * j] - x[3 * i] < d else { break }
-                let r = length((0..<3).map { x[3 * j + $0] - x[3 * i + $0] })
-                if r < d { return (min(i, j), max(i, j), r) }
-            }
-        }
-        return nil
-    }
+    guard cellIsRegular(s.cell), let inverse = s.cell.inverse3x3() else { return closePairWithoutCell(x, below: d) }
     let c = s.cell.array
     let f = Tensor.matmul(s.positions, inverse).array
     // A vector shorter than d has |fractional component k| < d / (cell height along k) = window[k].

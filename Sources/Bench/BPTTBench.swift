@@ -22,15 +22,13 @@ enum BPTTBench {
         guard let (ex, pot) = problem(repeats: n) else { print("{}"); return }
         var settings = BPTTSettings(relaxer: FIREJaxMD(float16: true), steps: T)
         settings.mode = try! GradientMode.parse(modeName)
-        let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
         let baseline = currentRSSMiB()
         var result: BPTTResult? = nil
         // One warm-up call, then the median of timed calls; peak RSS of the timed phase.
-        _ = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: settings)
+        _ = relaxationLossAndGradient(ex, potential: pot, settings: settings)
         resetPeakRSS()
         let t = measureBoth(minRuns: 3, minSeconds: 1) {
-            result = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: settings)
+            result = relaxationLossAndGradient(ex, potential: pot, settings: settings)
         }
         let peak = hwmMiB()
         let r = result!

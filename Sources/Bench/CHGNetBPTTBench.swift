@@ -96,13 +96,12 @@ enum CHGNetBPTTBench {
         let exs = try! examples()
         var settings = BPTTSettings(relaxer: ForceFollowing(eta: 0.01, maxstep: 0), steps: T)
         settings.mode = try! GradientMode.parse(mode)
-        let params = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
+        let names = model.parameters.keys.sorted()
         let rssBefore = currentRSSMiB()
         var results: [BPTTResult] = []
         func epoch() -> (cpu: Double, wall: Double, faults: Int) {
             let (c0, t0, f0) = (cpuTime(), now(), minorFaults())
-            results = exs.map { relaxationLossAndGradient($0, potential: model, parameters: params, hyper: hyper, settings: settings) }
+            results = exs.map { relaxationLossAndGradient($0, potential: model, settings: settings) }
             return (cpuTime() - c0, now() - t0, minorFaults() - f0)
         }
         let warm = (0..<warmup).map { _ in epoch() }
@@ -110,7 +109,6 @@ enum CHGNetBPTTBench {
         let peak = peakRSSMiB()
         var flat: [Double] = []
         var frameOut: [[String: Any]] = []
-        let names = params.keys.sorted()
         for (k, r) in results.enumerated() {
             var g: [Double] = []
             for name in names { g += r.gradients[name]!.array }

@@ -7,8 +7,8 @@ import Relax
 import Tape
 
 /// Memory of the gradient modes on a 64-site Si vacancy cell with the committed SO3krates model: full BPTT,
-/// checkpointed BPTT (same gradient, less memory) and implicit differentiation, each in its own process so
-/// that each peak RSS is that mode's own.
+/// checkpointed BPTT (same gradient, less memory), implicit differentiation and guided mode (a 20-step window,
+/// then the implicit gradient at the minimum), each in its own process so that each peak RSS is that mode's own.
 enum MemoryBench {
     static let modelFile = "Fixtures/models/si-so3krates-pretrained.safetensors"
 
@@ -38,14 +38,13 @@ enum MemoryBench {
         let ex = problem()
         let params = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) })
         let s = settings(T: T, mode: mode)
-        let hyper = Dictionary(uniqueKeysWithValues: s.relaxer.hyperparameters.map { ($0.key, $0.value) })
         let baseline = currentRSSMiB()
         // Bytes allocated and not freed, sampled every 2 ms: tells live data from heap the allocator keeps.
         let sampler = InUseSampler()
         resetPeakRSS()
         let (t0, c0) = (now(), cpuTime())
         sampler.start()
-        let r = relaxationLossAndGradient(ex, potential: model, parameters: params, hyper: hyper, settings: s)
+        let r = relaxationLossAndGradient(ex, potential: model, settings: s)
         let inUse = sampler.stop()
         let (wall, cpu) = (now() - t0, cpuTime() - c0)
         let peak = hwmMiB()
@@ -63,7 +62,7 @@ enum MemoryBench {
     static func run() {
         let env = ProcessInfo.processInfo.environment
         let T = env["BENCH_T"].flatMap { Int($0) } ?? 60
-        let modes = env["BENCH_MODES"].map { $0.split(separator: ",").map(String.init) } ?? ["full", "checkpoint", "implicit"]
+        let modes = env["BENCH_MODES"].map { $0.split(separator: ",").map(String.init) } ?? ["full", "checkpoint", "implicit", "guided:20"]
         guard FileManager.default.fileExists(atPath: repoRoot() + "/" + modelFile) else { print("memory: \(modelFile) missing"); return }
         print("== gradient modes, SO3krates (\(modelFile)), 63-atom Si vacancy cell, FIRE dt 0.1, T = \(T), one thread, one process each ==")
         let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-memory-\(getpid())")
@@ -118,7 +117,7 @@ enum MemoryBench {
         if let path = env["BENCH_JSON"] {
             try? JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
         }
-        print("(peak RSS: VmHWM of the gradient call; Δ: minus the RSS before it (model loaded); live peak: most heap bytes allocated at once; implicit: FIRE to fmax 1e-6, then CG on the Hessian system)")
+        print("(peak RSS: VmHWM of the gradient call; Δ: minus the RSS before it (model loaded); live peak: most heap bytes allocated at once; implicit: FIRE to fmax 1e-6, then CG on the Hessian system; guided:K: K recorded steps, the same FIRE continued to fmax 1e-6, CG there)")
     }
 }
 

@@ -2,9 +2,11 @@ import Atoms
 import Foundation
 import Tape
 
-/// When a simulation counts as unstable (StABlE, Raja et al. 2025, §2.3 of the notes): the largest deviation
-/// of a bond from its reference length above `maxBondDeviation` (0.25 Å in training, 0.5 Å in evaluation), or
-/// two atoms closer than `minimumDistance`; a non-finite energy or force always counts.
+/// When a simulation counts as unstable, as in StABlE training (S. Raja, I. Amin, F. Pedregosa, A. S.
+/// Krishnapriyan, "Stability-aware training of machine learning force fields with differentiable Boltzmann
+/// estimators", Trans. Mach. Learn. Res. 2025; arXiv:2402.13984): the largest deviation of a bond from its
+/// reference length above `maxBondDeviation` (0.25 Å in training, 0.5 Å in evaluation), or two atoms closer
+/// than `minimumDistance`; a non-finite energy or force always counts.
 public struct InstabilityCriterion: Codable, Sendable, Equatable {
     /// Threshold on max_bond |d − d_ref| (Å); nil: not checked.
     public var maxBondDeviation: Double?

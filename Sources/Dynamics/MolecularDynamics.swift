@@ -73,8 +73,8 @@ public final class MolecularDynamics {
     public let settings: MDSettings
     public var replicas: [ReplicaState]
     public let masses: [Double]
-    var lists: [VerletNeighborList?]
-    var cached: (indices: [Int], system: AtomicSystem)?
+    /// Neighbour lists of the replicas and their batched graph (shared with relaxations: `VerletGraphs`).
+    var graphs: VerletGraphs
     /// Force evaluations (batched calls) so far.
     public private(set) var forceCalls = 0
 
@@ -102,7 +102,7 @@ public final class MolecularDynamics {
         self.potential = potential
         self.settings = settings
         masses = s0.masses
-        lists = Array(repeating: nil, count: starts.count)
+        graphs = VerletGraphs(structure: s0, replicas: starts.count, cutoff: potential.cutoff, skin: settings.skin)
         let t0 = initialTemperature ?? settings.temperature
         replicas = starts.enumerated().map { r, s in
             var rng = SeededGenerator(seed: seed &+ 0x9E37_79B9 &* UInt64(r + 1))
@@ -122,7 +122,7 @@ public final class MolecularDynamics {
         self.settings = settings
         masses = structure.masses
         replicas = states
-        lists = Array(repeating: nil, count: states.count)
+        graphs = VerletGraphs(structure: structure, replicas: states.count, cutoff: potential.cutoff, skin: settings.skin)
     }
 
     static func chainLength(_ t: Thermostat) -> Int {
@@ -152,8 +152,7 @@ public final class MolecularDynamics {
     /// forces of every replica recomputed.
     public func setPotential(_ p: any Potential) {
         potential = p
-        lists = Array(repeating: nil, count: replicas.count)
-        cached = nil
+        graphs = VerletGraphs(structure: structure, replicas: replicas.count, cutoff: p.cutoff, skin: settings.skin)
         refreshForces()
     }
 
@@ -161,9 +160,8 @@ public final class MolecularDynamics {
     public func setStates(_ states: [ReplicaState], forIndices idx: [Int]) {
         for (k, r) in idx.enumerated() {
             replicas[r] = states[k]
-            lists[r] = nil
+            graphs.reset(r)
         }
-        cached = nil
     }
 
     /// Recomputes energies and forces of all replicas (after positions or the potential changed).
@@ -345,30 +343,11 @@ public final class MolecularDynamics {
             if replicas[r].positions.allSatisfy(\.isFinite) { good.append(r) } else { failed.append(r) }
         }
         guard !good.isEmpty else { return failed }
-        let cutoff = potential.cutoff
-        var rebuilt = false
-        for r in good {
-            let x = positions(r)
-            if var l = lists[r] {
-                if l.needsRebuild(positions: x, cell: structure.cell) {
-                    wrap(r)
-                    l = VerletNeighborList(positions: positions(r), cell: structure.cell, pbc: structure.pbc, cutoff: cutoff, skin: settings.skin)
-                    lists[r] = l
-                    rebuilt = true
-                }
-            } else {
-                wrap(r)
-                lists[r] = VerletNeighborList(positions: positions(r), cell: structure.cell, pbc: structure.pbc, cutoff: cutoff, skin: settings.skin)
-                rebuilt = true
-            }
-        }
-        let system: AtomicSystem
-        if !rebuilt, let c = cached, c.indices == good {
-            system = c.system
-        } else {
-            system = AtomicSystem(structures: Array(repeating: structure, count: good.count), lists: good.map { lists[$0]!.list })
-            cached = (good, system)
-        }
+        // A replica's neighbour list is rebuilt after wrapping its positions into the cell.
+        let system = graphs.system(good, cell: structure.cell, positions: { self.positions($0) }, prepare: { r in
+            self.wrap(r)
+            return self.positions(r)
+        })
         let n = atomCount
         var x = [Double]()
         x.reserveCapacity(3 * n * good.count)

@@ -95,12 +95,6 @@ public enum RadialDistribution {
         precondition(a.count == b.count, "RDFs of different lengths")
         return zip(a, b).reduce(0) { $0 + Swift.abs($1.0 - $1.1) } / Double(Swift.max(a.count, 1))
     }
-
-    /// Mean squared difference over the radii (StABlE's `ObservableMSELoss`).
-    public static func meanSquaredError(_ a: [Double], _ b: [Double]) -> Double {
-        precondition(a.count == b.count, "RDFs of different lengths")
-        return zip(a, b).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / Double(Swift.max(a.count, 1))
-    }
 }
 
 /// Bond-angle distribution: angles θ_jik between bonds i–j and i–k shorter than `cutoff`, smeared with a
@@ -165,23 +159,15 @@ public struct BondSet: Codable, Sendable, Equatable {
 
     public var count: Int { first.count }
 
-    /// Bonds i < j of `s` shorter than `cutoff`, or (default) than `factor` × the sum of covalent radii, as
-    /// ASE's `natural_cutoffs` with a multiplier (Si–Si: 1.2 × 2.22 = 2.66 Å, between the first and second
-    /// neighbour shells of the crystal). Each bond is measured by its minimum image, so the cell must be
-    /// larger than twice the bond length.
-    public static func detect(_ s: Structure, cutoff: Double? = nil, factor: Double = 1.2) -> BondSet {
-        let radii = s.numbers.map { Elements.covalentRadii[$0] }
-        let maxCut = cutoff ?? (2 * (radii.max() ?? 1) * factor)
-        let nl = NeighborList.build(s, cutoff: maxCut)
-        let d = rowNorms(nl.pairVectors(positions: s.positions, cell: s.cell))
+    /// Bonds i < j of `s` (`BondGraph` of Atoms: shorter than `cutoff`, or than `factor` × the sum of covalent
+    /// radii: Si–Si 1.2 × 2.22 = 2.66 Å, between the first and second neighbour shells of the crystal), each
+    /// once, by its first image in the neighbour list. Each bond is then measured by its minimum image, so the
+    /// cell must be larger than twice the bond length.
+    public static func detect(_ s: Structure, cutoff: Double? = nil, factor: Double = BondGraph.defaultScale) -> BondSet {
         var seen = Set<Int>()
         var f: [Int] = [], g: [Int] = [], len: [Double] = []
-        for p in 0..<nl.pairCount {
-            let i = nl.first[p], j = nl.second[p]
-            guard i < j else { continue }
-            let cut = cutoff ?? factor * (radii[i] + radii[j])
-            guard d[p] < cut, seen.insert(i * s.count + j).inserted else { continue }
-            f.append(i); g.append(j); len.append(d[p])
+        for b in BondGraph.bonds(s, positions: s.positions, scale: factor, cutoff: cutoff) where b.i < b.j && seen.insert(b.i * s.count + b.j).inserted {
+            f.append(b.i); g.append(b.j); len.append(b.length)
         }
         return BondSet(first: f, second: g, referenceLengths: len)
     }

@@ -1,5 +1,6 @@
 import Atoms
 import Foundation
+import Potentials
 import Tape
 
 public struct DatasetError: Error, CustomStringConvertible {
@@ -63,4 +64,18 @@ public enum RelaxationDataset {
         nv = Swift.min(nv, Swift.max(n - 1, 0))
         return (Array(idx[nv...]).sorted(), Array(idx[..<nv]).sorted())
     }
+}
+
+/// Elements a potential's model file declares it was trained on (metadata `elements`, neural models); nil when
+/// it declares none (classical potentials, and CHGNet, which covers H–Pu).
+public func declaredElements(_ potential: any Potential) -> Set<Int>? {
+    guard let list = potential.metadata["elements"] else { return nil }
+    let zs = list.split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
+    return zs.isEmpty ? nil : Set(zs)
+}
+
+/// The elements of `numbers` a potential does not know (sorted; empty when it knows them all or declares none).
+public func unknownElements(_ numbers: [Int], known: Set<Int>?) -> [Int] {
+    guard let known else { return [] }
+    return Set(numbers).subtracting(known).sorted()
 }

@@ -5,36 +5,6 @@ import Potentials
 import Relax
 import Tape
 
-/// How test structures are relaxed when a model is evaluated.
-public struct RelaxationProtocol: Codable, Sendable, Equatable {
-    public var relaxer: String
-    public var hyperparameters: [String: Double]
-    /// Maximum number of steps (the unroll length T when training).
-    public var steps: Int
-    /// Stop when fmax is below this; nil runs all steps.
-    public var stopFmax: Double?
-    /// fmax under which a relaxation counts as converged in reports.
-    public var convergedFmax: Double
-
-    public init(relaxer: String, hyperparameters: [String: Double], steps: Int, stopFmax: Double?, convergedFmax: Double = 0.05) {
-        self.relaxer = relaxer
-        self.hyperparameters = hyperparameters
-        self.steps = steps
-        self.stopFmax = stopFmax
-        self.convergedFmax = convergedFmax
-    }
-
-    public func makeRelaxer() throws -> any Relaxer { try RelaxerFactory.make(relaxer, overrides: hyperparameters) }
-
-    /// The protocol stored in a model file's metadata by fine-tuning (nil when absent).
-    public static func fromMetadata(_ m: [String: String]) -> RelaxationProtocol? {
-        guard let s = m["relaxation_protocol"], let p = try? JSONDecoder().decode(RelaxationProtocol.self, from: Data(s.utf8)) else { return nil }
-        return p
-    }
-
-    public var metadataValue: String { String(decoding: try! JSONEncoder.sorted.encode(self), as: UTF8.self) }
-}
-
 extension JSONEncoder {
     static var sorted: JSONEncoder {
         let e = JSONEncoder()
@@ -81,28 +51,39 @@ public struct BasinCriterion: Codable, Sendable, Equatable {
     }
 }
 
-/// Relaxes every example with `potential` under `protocol` (on `threads` threads) and scores the result.
+/// Relaxes every example with `potential` under `protocol` (on `threads` threads) and scores the result:
+/// example i → evaluation i, so that a list of structures can be split between processes and the results
+/// joined in order. `progress` gets the number done after each round of `threads` structures.
 public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any Potential, protocol p: RelaxationProtocol,
-                                threads: Int = 1, basin: BasinCriterion = BasinCriterion()) throws -> [ExampleEvaluation] {
-    let relaxer = try p.makeRelaxer()
-    return parallelMap(examples.count, threads: threads) { i in
-        let ex = examples[i]
-        var settings = RelaxationSettings()
-        settings.fmax = p.stopFmax ?? 0
-        settings.maxSteps = p.steps
-        let r = relax(ex.initial, potential: potential, relaxer: relaxer, settings: settings)
-        let s = ex.initial
-        let x = r.structure.positions
-        let dq = StructureLoss.deltaQ(Variable(constant: x), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
-        let dq0 = StructureLoss.deltaQ(Variable(constant: s.positions), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
-        let rmsd = StructureLoss.rmsd(Variable(constant: x), target: ex.target, cell: s.cell, pbc: s.pbc).scalar
-        let eErr = ex.targetEnergy.map { (r.finalEnergy - $0) / Double(s.count) }
-        var relaxErr: Double? = nil
-        if let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
-        // A diverged relaxation (non-finite positions) has no bond graph: -1, never the same basin.
-        let bonds = x.array.allSatisfy(\.isFinite) ? BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale) : -1
-        return ExampleEvaluation(name: ex.name, group: ex.group, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd, converged: r.fmax < p.convergedFmax,
-                                 fmax: r.fmax, steps: r.steps, energy: r.finalEnergy, energyErrorPerAtom: eErr,
-                                 relaxationEnergyError: relaxErr, differingBonds: bonds, sameBasin: bonds == 0 && dq < basin.deltaQ)
+                                threads: Int = 1, basin: BasinCriterion = BasinCriterion(),
+                                progress: (Int) -> Void = { _ in }) -> [ExampleEvaluation] {
+    var out: [ExampleEvaluation] = []
+    let round = Swift.max(threads, 1)
+    var start = 0
+    while start < examples.count {
+        let part = Array(examples[start..<Swift.min(start + round, examples.count)])
+        out += parallelMap(part.count, threads: threads) { evaluateRelaxation(part[$0], potential: potential, protocol: p, basin: basin) }
+        start += round
+        progress(out.count)
     }
+    return out
+}
+
+/// Relaxes one example under `protocol` and scores the result against its reference.
+public func evaluateRelaxation(_ ex: RelaxationExample, potential: any Potential, protocol p: RelaxationProtocol,
+                               basin: BasinCriterion = BasinCriterion()) -> ExampleEvaluation {
+    let r = relax(ex.initial, potential: potential, relaxer: p.relaxer, settings: p.settings)
+    let s = ex.initial
+    let x = r.structure.positions
+    let dq = StructureLoss.deltaQ(Variable(constant: x), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
+    let dq0 = StructureLoss.deltaQ(Variable(constant: s.positions), target: ex.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
+    let rmsd = StructureLoss.rmsd(Variable(constant: x), target: ex.target, cell: s.cell, pbc: s.pbc).scalar
+    let eErr = ex.targetEnergy.map { (r.finalEnergy - $0) / Double(s.count) }
+    var relaxErr: Double? = nil
+    if let e1 = ex.targetEnergy, let e0 = ex.initialEnergy { relaxErr = (r.finalEnergy - r.initialEnergy) - (e1 - e0) }
+    // A diverged relaxation (non-finite positions) has no bond graph: -1, never the same basin.
+    let bonds = x.array.allSatisfy(\.isFinite) ? BondingTopology.differingBonds(s, positions: x, reference: ex.target, scale: basin.bondScale) : -1
+    return ExampleEvaluation(name: ex.name, group: ex.group, deltaQ: dq, initialDeltaQ: dq0, rmsd: rmsd, converged: r.fmax < p.convergedFmax,
+                             fmax: r.fmax, steps: r.steps, energy: r.finalEnergy, energyErrorPerAtom: eErr,
+                             relaxationEnergyError: relaxErr, differingBonds: bonds, sameBasin: bonds == 0 && dq < basin.deltaQ)
 }

@@ -3,66 +3,6 @@ import Foundation
 import Potentials
 import Tape
 
-/// Settings of a pretraining run (saved as RUN_DIR/config.json; a resumed run reads them back).
-public struct PretrainOptions: Codable, Sendable, Equatable {
-    public var model = "so3krates"
-    public var features: Int?
-    public var layers: Int?
-    public var heads: Int?
-    public var maxDegree: Int?
-    public var cutoff = 5.0
-    public var radialBasis = 32
-    /// Loss weights, renormalised to sum 1 (mlff convention): total-energy MSE (eV²), force-component MSE
-    /// ((eV/Å)²), stress-component MSE ((eV/Å³)², frames with a stress label only).
-    public var energyWeight = 0.01
-    public var forceWeight = 0.99
-    public var stressWeight = 0.0
-    public var epochs = 100
-    public var learningRate = 1e-3
-    /// "plateau" (×0.5 after `schedulePatience` epochs without validation improvement), "cosine", "constant".
-    public var schedule = "plateau"
-    public var schedulePatience = 5
-    /// Structures per mini-batch (batched into one graph).
-    public var batch = 4
-    public var seed: UInt64 = 1
-    /// Validation frames taken from the training files when no validation file is given.
-    public var valFraction = 0.1
-    /// Early stopping: epochs without a better validation loss.
-    public var patience = 25
-    /// Global gradient-norm clipping (0: off).
-    public var clipNorm = 0.0
-    public var dataFiles: [String] = []
-    public var valFiles: [String] = []
-    public var testFiles: [String] = []
-    public var command = ""
-    /// Warm start: a model file (so3krates, schnet or chgnet) whose architecture and weights training starts
-    /// from, instead of a new model (conventional fine-tuning on energies and forces).
-    public var initModel: String? = nil
-    /// With `initModel`: shift the per-element reference energies by a least-squares fit of the training
-    /// energies' residuals before training (needed when the data's energy zero differs from the model's, e.g.
-    /// another DFT code); without it the model's reference energies are kept.
-    public var refitReferenceEnergies: Bool? = nil
-
-    public init() {}
-
-    public func validate() throws {
-        func fail(_ s: String) throws -> Never { throw PretrainError(message: s) }
-        if initModel == nil && !["so3krates", "schnet"].contains(model) { try fail("unknown model '\(model)' (so3krates, schnet)") }
-        if initModel != nil && (features != nil || layers != nil || heads != nil || maxDegree != nil) {
-            try fail("the architecture comes from the initial model; leave out features, layers, heads and max-degree")
-        }
-        if initModel == nil && refitReferenceEnergies == true { try fail("refitting reference energies needs an initial model") }
-        if dataFiles.isEmpty { try fail("no training data file") }
-        if energyWeight < 0 || forceWeight < 0 || stressWeight < 0 || energyWeight + forceWeight + stressWeight <= 0 {
-            try fail("loss weights must be ≥ 0 and not all 0")
-        }
-        if epochs < 1 || batch < 1 || patience < 1 { try fail("epochs, batch and patience must be positive") }
-        if !(learningRate > 0) { try fail("learning rate must be positive") }
-        if valFiles.isEmpty && !(valFraction > 0 && valFraction < 1) { try fail("validation fraction must be in (0, 1) when no validation file is given") }
-        if !["plateau", "cosine", "constant"].contains(schedule) { try fail("unknown schedule '\(schedule)' (plateau, cosine, constant)") }
-    }
-}
-
 public struct PretrainError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
@@ -79,6 +19,13 @@ struct PretrainState: Codable {
     var stopped = false
     var trainIndices: [Int]
     var valIndices: [Int]
+}
+
+/// What a pretraining run reports while it works (the command line formats it).
+public enum PretrainEvent: Sendable {
+    /// `batch` of `batches` done in (1-based) `epoch`; mean loss of the epoch so far; time to the end of the run.
+    case batch(epoch: Int, batch: Int, batches: Int, loss: Double, learningRate: Double, eta: Double?)
+    case epoch(PretrainEpochMetrics, improved: Bool)
 }
 
 /// One epoch's row of metrics.csv.
@@ -107,9 +54,9 @@ public struct PretrainEpochMetrics: Sendable {
 ///
 /// Train metrics of an epoch are accumulated over its mini-batches with the weights before each update;
 /// validation metrics use the weights at the end of the epoch.
-public final class Pretrainer {
-    public let options: PretrainOptions
-    public let runDirectory: String
+public final class PretrainTrainer {
+    public let config: PretrainConfig
+    public var runDirectory: String { run.path }
     public private(set) var model: any Potential
     var state: PretrainState
     let frames: [Structure]
@@ -117,9 +64,12 @@ public final class Pretrainer {
     /// The per-element reference energies, which are fitted, not trained.
     let referenceParameter: String
     let testSets: [(String, [Structure])]
+    /// Frames left out of the data (--skip-unknown-elements), one line per file.
+    public let dataNotes: [String]
 
-    var checkpointPath: String { runDirectory + "/checkpoint.safetensors" }
-    var metricsPath: String { runDirectory + "/metrics.csv" }
+    public let run: RunDirectory
+    var session: RunDirectory.Session?
+    static let checkpointKey = "pretrain_state"
 
     /// Reads frames from structure files (extended XYZ in practice); every frame needs an energy and forces.
     public static func loadFrames(_ paths: [String]) throws -> [Structure] {
@@ -135,122 +85,158 @@ public final class Pretrainer {
         return out
     }
 
-    /// A new run: reads the data, splits it, fits reference energies, initialises the model and writes
-    /// RUN_DIR/config.json. RUN_DIR must not hold a previous run.
-    public convenience init(options: PretrainOptions, runDirectory: String) throws {
-        try options.validate()
-        let fm = FileManager.default
-        if fm.fileExists(atPath: runDirectory + "/checkpoint.safetensors") {
+    /// A new run: reads the data, splits it, fits reference energies, initialises the model, then creates
+    /// RUN_DIR (which must not hold a run) with config.json and the starting checkpoint.
+    public convenience init(config: PretrainConfig, runDirectory: String) throws {
+        try config.validate()
+        if RunDirectory(runDirectory).exists("config.json") {
             throw PretrainError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
         }
-        try fm.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        try self.init(options: options, runDirectory: runDirectory, checkpoint: nil)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try enc.encode(options), to: runDirectory + "/config.json")
-        try AtomicFile.write(PretrainEpochMetrics.header + "\n", to: metricsPath)
+        try self.init(config: config, run: RunDirectory(runDirectory), resuming: false)
+        _ = try RunDirectory.create(runDirectory, config: config)
+        try run.startMetrics(header: PretrainEpochMetrics.header)
+        try saveCheckpoint()
     }
 
-    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` may raise the epoch budget.
-    public static func resume(runDirectory: String, epochs: Int? = nil) throws -> Pretrainer {
-        guard let data = FileManager.default.contents(atPath: runDirectory + "/config.json") else {
-            throw PretrainError(message: "\(runDirectory): no config.json (not a pretraining run directory)")
-        }
-        var options = try JSONDecoder().decode(PretrainOptions.self, from: data)
-        if let e = epochs { options.epochs = e }
-        let ck = runDirectory + "/checkpoint.safetensors"
-        guard FileManager.default.fileExists(atPath: ck) else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
-        return try Pretrainer(options: options, runDirectory: runDirectory, checkpoint: ck)
+    /// Continues the run in RUN_DIR from its last completed epoch; `epochs` sets a new epoch budget (which
+    /// re-targets a cosine schedule and is written into config.json).
+    public static func resume(runDirectory: String, epochs: Int? = nil) throws -> PretrainTrainer {
+        let (run, config) = try RunDirectory.resume(runDirectory, as: PretrainConfig.self, epochs: epochs)
+        guard run.exists("checkpoint.safetensors") else { throw PretrainError(message: "\(runDirectory): no checkpoint.safetensors to resume from") }
+        return try PretrainTrainer(config: config, run: run, resuming: true)
     }
 
-    private init(options: PretrainOptions, runDirectory: String, checkpoint: String?) throws {
-        self.options = options
-        self.runDirectory = runDirectory
-        let train = try Self.loadFrames(options.dataFiles)
-        let val = try Self.loadFrames(options.valFiles)
-        testSets = try options.testFiles.map { ($0, try Self.loadFrames([$0])) }
-        let all = train + val
+    private init(config: PretrainConfig, run: RunDirectory, resuming: Bool) throws {
+        self.config = config
+        self.run = run
+        let start = try config.initModel.map { try Self.startingModel($0) }
+        let data = try Self.readData(config, known: start.flatMap(declaredElements), modelName: config.initModel ?? "")
+        dataNotes = data.notes
+        testSets = data.tests
+        let all = data.train + data.val
         frames = all
-        // Split: a validation file, or a seeded random fraction of the training frames.
-        var trainIdx = Array(0..<train.count), valIdx = Array(train.count..<frames.count)
-        if val.isEmpty {
-            var split = SeededGenerator(seed: options.seed &+ 0x5EED)
-            split.shuffle(&trainIdx)
-            let nVal = Swift.max(1, Int((Double(train.count) * options.valFraction).rounded()))
-            guard nVal < train.count else { throw PretrainError(message: "too few training frames (\(train.count)) for a validation split") }
-            valIdx = Array(trainIdx[..<nVal]).sorted()
-            trainIdx = Array(trainIdx[nVal...]).sorted()
-        }
+        let (trainIdx, valIdx) = try Self.split(train: data.train.count, validation: data.val.count, config: config)
         let trainFrames = trainIdx.map { all[$0] }
         var m: any Potential
-        if let path = options.initModel {
-            m = try ModelFile.load(path).potential
-            guard Self.referenceEnergies(of: m) != nil else {
-                throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet)")
-            }
-            let dataElements = Set(all.flatMap(\.numbers))
-            if let known = Self.modelElements(m) {
-                let missing = dataElements.subtracting(known)
-                if !missing.isEmpty {
-                    throw PretrainError(message: "the data contains \(missing.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")), which \(path) does not know (its elements: \(known.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")))")
-                }
-            }
-            if options.refitReferenceEnergies == true && checkpoint == nil { try Self.refitReferenceEnergies(&m, frames: trainFrames) }
+        if var s = start {
+            if config.refitReferenceEnergies == true && !resuming { try Self.refitReferenceEnergies(&s, frames: trainFrames) }
+            m = s
         } else {
-            let elements = Array(Set(all.flatMap(\.numbers))).sorted()
-            let ref = try Self.referenceEnergies(trainFrames, elements: elements)
-            let scale = Self.forceRMS(trainFrames)
-            switch options.model {
-            case "so3krates":
-                var c = SO3krates.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
-                if let f = options.features { c.features = f }
-                if let l = options.layers { c.layers = l }
-                if let h = options.heads { c.heads = h }
-                if let d = options.maxDegree { c.maxDegree = d }
-                m = try SO3krates(c, seed: options.seed)
-            default:
-                var c = SchNet.Config(cutoff: options.cutoff, radialBasis: options.radialBasis, elements: elements, energyScale: scale)
-                if let f = options.features { c.features = f }
-                if let l = options.layers { c.layers = l }
-                m = try SchNet(c, seed: options.seed)
-            }
-            m.parameters["atomic_energies"] = Tensor(ref)
+            m = try Self.newModel(config, trainFrames: trainFrames, elements: Array(Set(all.flatMap(\.numbers))).sorted())
         }
         referenceParameter = Self.referenceEnergies(of: m)!.name
         let cutoff = m.cutoff
         lists = all.map { NeighborList.build($0, cutoff: cutoff) }
         let sched: LearningRateSchedule
-        switch options.schedule {
-        case "cosine": sched = .cosine(epochs: options.epochs, minFactor: 0.01)
+        switch config.schedule {
+        case "cosine": sched = .cosine(epochs: config.epochs, minFactor: 0.01)
         case "constant": sched = .constant
-        default: sched = .reduceOnPlateau(factor: 0.5, patience: options.schedulePatience, minLearningRate: 1e-6)
+        default: sched = .reduceOnPlateau(factor: 0.5, patience: config.schedulePatience, minLearningRate: 1e-6)
         }
-        state = PretrainState(adam: Adam(learningRate: options.learningRate), schedule: ScheduleState(sched, baseRate: options.learningRate),
-                              rng: SeededGenerator(seed: options.seed), trainIndices: trainIdx, valIndices: valIdx)
+        state = PretrainState(adam: Adam(learningRate: config.learningRate), schedule: ScheduleState(sched, baseRate: config.learningRate),
+                              rng: SeededGenerator(seed: config.seed), trainIndices: trainIdx, valIndices: valIdx)
         model = m
-        if let ck = checkpoint {
-            let (tensors, meta) = try SafeTensors.read(ck)
-            let dec = JSONDecoder()
-            dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-            guard let js = meta["pretrain_state"], let saved = try? dec.decode(PretrainState.self, from: Data(js.utf8)) else {
-                throw PretrainError(message: "\(ck): no readable pretrain_state in __metadata__")
-            }
-            guard saved.trainIndices == trainIdx && saved.valIndices == valIdx else {
-                throw PretrainError(message: "\(ck): the data files no longer give the split the run was started with")
-            }
-            for (name, t) in tensors {
-                guard let old = model.parameters[name], old.shape == t.shape else { throw PretrainError(message: "\(ck): tensor '\(name)' does not fit the model") }
-                model.parameters[name] = t
-            }
-            state = saved
-            // A new epoch budget on resume re-targets a cosine schedule to it (the only state that depends
-            // on the budget); without one the run continues bit for bit.
-            if case .cosine(let old, let minFactor) = state.schedule.schedule, old != options.epochs {
-                state.schedule.schedule = .cosine(epochs: options.epochs, minFactor: minFactor)
-                state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
-            }
-            try Self.truncateMetrics(metricsPath, after: saved.epoch)
+        if resuming { try restoreCheckpoint() }
+    }
+
+    /// The model a warm start begins from; it must have per-element reference energies (so3krates, schnet, chgnet).
+    static func startingModel(_ path: String) throws -> any Potential {
+        let m = try ModelFile.load(path).potential
+        guard referenceEnergies(of: m) != nil else {
+            throw PretrainError(message: "\(path): a \(m.kind) model cannot be trained on energies and forces here (so3krates, schnet, chgnet, sevennet)")
         }
+        return m
+    }
+
+    /// Training (the `frames` selection of each data file), validation and test frames; frames with elements
+    /// outside `known` are an error, or with `skipUnknownElements` left out (counted in `notes`).
+    static func readData(_ o: PretrainConfig, known: Set<Int>?, modelName: String) throws
+        -> (train: [Structure], val: [Structure], tests: [(String, [Structure])], notes: [String]) {
+        let selection = try o.frames.map { text -> FrameSelection in
+            guard let s = FrameSelection(text) else { throw PretrainError(message: "frames: '\(text)' is not an index or a slice") }
+            return s
+        }
+        var notes: [String] = []
+        func keepKnown(_ fs: [Structure], _ file: String) throws -> [Structure] {
+            let kept = fs.filter { unknownElements($0.numbers, known: known).isEmpty }
+            if kept.count < fs.count {
+                let missing = Set(fs.flatMap { unknownElements($0.numbers, known: known) }).sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
+                guard o.skipUnknownElements == true else {
+                    throw PretrainError(message: "the data contains \(missing), which \(modelName) does not know (its elements: "
+                                        + "\(known!.sorted().map { Elements.symbols[$0] }.joined(separator: ", "))); leave such frames out, or skip them with --skip-unknown-elements")
+                }
+                notes.append("left out \(fs.count - kept.count) of \(fs.count) frames of \(file) (they contain \(missing), which \(modelName) does not know)")
+            }
+            return kept
+        }
+        var train: [Structure] = []
+        for path in o.dataFiles {
+            var fs = try loadFrames([path])
+            if let sel = selection {
+                guard let picked = sel.indices(count: fs.count), !picked.isEmpty else { throw PretrainError(message: "frames \(o.frames!) selects no frame of \(path)") }
+                fs = picked.map { fs[$0] }
+            }
+            train += try keepKnown(fs, path)
+        }
+        let val = try o.valFiles.flatMap { try keepKnown(try loadFrames([$0]), $0) }
+        let tests = try o.testFiles.map { ($0, try keepKnown(try loadFrames([$0]), $0)) }
+        return (train, val, tests, notes)
+    }
+
+    /// Indices of the training and validation frames: a validation file, or a seeded random fraction of the
+    /// training frames.
+    static func split(train n: Int, validation nv: Int, config: PretrainConfig) throws -> (train: [Int], val: [Int]) {
+        var trainIdx = Array(0..<n)
+        guard nv == 0 else { return (trainIdx, Array(n..<(n + nv))) }
+        var rng = SeededGenerator(seed: config.seed &+ 0x5EED)
+        rng.shuffle(&trainIdx)
+        let nVal = Swift.max(1, Int((Double(n) * config.valFraction).rounded()))
+        guard nVal < n else { throw PretrainError(message: "too few training frames (\(n)) for a validation split") }
+        return (Array(trainIdx[nVal...]).sorted(), Array(trainIdx[..<nVal]).sorted())
+    }
+
+    /// A new model of `config.model`'s architecture with least-squares reference energies.
+    static func newModel(_ config: PretrainConfig, trainFrames: [Structure], elements: [Int]) throws -> any Potential {
+        let ref = try referenceEnergies(trainFrames, elements: elements)
+        let scale = forceRMS(trainFrames)
+        var m: any Potential
+        switch config.model {
+        case "so3krates":
+            var c = SO3krates.Config(cutoff: config.cutoff, radialBasis: config.radialBasis, elements: elements, energyScale: scale)
+            if let f = config.features { c.features = f }
+            if let l = config.layers { c.layers = l }
+            if let h = config.heads { c.heads = h }
+            if let d = config.maxDegree { c.maxDegree = d }
+            m = try SO3krates(c, seed: config.seed)
+        default:
+            var c = SchNet.Config(cutoff: config.cutoff, radialBasis: config.radialBasis, elements: elements, energyScale: scale)
+            if let f = config.features { c.features = f }
+            if let l = config.layers { c.layers = l }
+            m = try SchNet(c, seed: config.seed)
+        }
+        m.parameters["atomic_energies"] = Tensor(ref)
+        return m
+    }
+
+    /// Weights and state of the run's checkpoint (the data must give the split the run started with).
+    func restoreCheckpoint() throws {
+        let ck = run.checkpointPath
+        guard let (tensors, saved) = try run.readCheckpoint(PretrainState.self, key: Self.checkpointKey) else { return }
+        guard saved.trainIndices == state.trainIndices && saved.valIndices == state.valIndices else {
+            throw PretrainError(message: "\(ck): the data files no longer give the split the run was started with")
+        }
+        for (name, t) in tensors {
+            guard let old = model.parameters[name], old.shape == t.shape else { throw PretrainError(message: "\(ck): tensor '\(name)' does not fit the model") }
+            model.parameters[name] = t
+        }
+        state = saved
+        // A new epoch budget on resume re-targets a cosine schedule to it (the only state that depends
+        // on the budget); without one the run continues bit for bit.
+        if case .cosine(let old, let minFactor) = state.schedule.schedule, old != config.epochs {
+            state.schedule.schedule = .cosine(epochs: config.epochs, minFactor: minFactor)
+            state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
+        }
+        try run.truncateMetrics(after: saved.epoch, header: PretrainEpochMetrics.header)
     }
 
     /// Per-element reference energies e_Z minimising Σ_s (E_s − Σ_Z n_sZ e_Z)² (normal equations; a tiny
@@ -284,8 +270,10 @@ public final class Pretrainer {
         switch m.kind {
         case "so3krates", "schnet":
             // In the model's element order (the metadata lists them in that order).
-            let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-            return ("atomic_energies", { z in els.firstIndex(of: z) })
+            return ("atomic_energies", elementIndex(m))
+        case "sevennet":
+            // SpeciesWiseRescale's shift, in the model's species order (the metadata's elements).
+            return ("rescale_atomic_energy.shift", elementIndex(m))
         case "chgnet":
             // AtomRef: one weight per atomic number, Z − 1.
             return ("composition_model.fc.weight", { z in z >= 1 ? z - 1 : nil })
@@ -294,11 +282,10 @@ public final class Pretrainer {
         }
     }
 
-    /// Elements a model declares in its metadata (nil: no list, e.g. CHGNet's H–Pu).
-    static func modelElements(_ m: any Potential) -> Set<Int>? {
-        guard let s = m.metadata["elements"] else { return nil }
-        let zs = s.split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-        return zs.isEmpty ? nil : Set(zs)
+    /// Position of element Z in the model's element list (the metadata's `elements`, in model order).
+    static func elementIndex(_ m: any Potential) -> (Int) -> Int? {
+        let els = (m.metadata["elements"] ?? "").split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
+        return { z in els.firstIndex(of: z) }
     }
 
     /// Shifts a model's per-element reference energies by the least-squares fit of E_ref − E_model over
@@ -326,19 +313,6 @@ public final class Pretrainer {
         m.parameters[name] = w
     }
 
-    static func truncateMetrics(_ path: String, after epoch: Int, header: String = PretrainEpochMetrics.header) throws {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            try AtomicFile.write(header + "\n", to: path)
-            return
-        }
-        var keep: [Substring] = []
-        for line in text.split(separator: "\n") {
-            if let e = Int(line.prefix { $0 != "," }), e > epoch { continue }
-            keep.append(line)
-        }
-        try AtomicFile.write(keep.joined(separator: "\n") + "\n", to: path)
-    }
-
     /// Batched graph of frames `idx`: system, positions, cells.
     func batch(_ idx: [Int]) -> (AtomicSystem, Tensor, Tensor) {
         let sys = AtomicSystem(structures: idx.map { frames[$0] }, lists: idx.map { lists[$0] })
@@ -348,8 +322,8 @@ public final class Pretrainer {
     }
 
     var lossWeights: (e: Double, f: Double, s: Double) {
-        let t = options.energyWeight + options.forceWeight + options.stressWeight
-        return (options.energyWeight / t, options.forceWeight / t, options.stressWeight / t)
+        let t = config.energyWeight + config.forceWeight + config.stressWeight
+        return (config.energyWeight / t, config.forceWeight / t, config.stressWeight / t)
     }
 
     /// Loss of a batch and (when `train`) its gradients w.r.t. the trainable parameters (all but the
@@ -413,10 +387,10 @@ public final class Pretrainer {
         var start = 0
         let v = state.valIndices
         while start < v.count {
-            let chunk = Array(v[start..<Swift.min(start + options.batch, v.count)])
+            let chunk = Array(v[start..<Swift.min(start + config.batch, v.count)])
             let (l, _) = lossAndGradients(model, chunk, train: false, metrics: &acc)
             total += l * Double(chunk.count)
-            start += options.batch
+            start += config.batch
         }
         return (total / Double(Swift.max(v.count, 1)), acc.metrics)
     }
@@ -431,80 +405,83 @@ public final class Pretrainer {
     public var bestEpoch: Int { state.bestEpoch }
 
     /// Trains until the epoch budget, early stopping, or `maxEpochsThisCall` epochs (for interruption tests).
-    /// `progress` receives a status line with ETA after every batch; `log` one line per epoch.
+    /// `report` receives an event after every batch and every epoch.
     @discardableResult
-    public func run(maxEpochsThisCall: Int? = nil, progress: (String) -> Void = { _ in }, log: (String) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+    public func run(maxEpochsThisCall: Int? = nil, report: (PretrainEvent) -> Void = { _ in }) throws -> [PretrainEpochMetrics] {
+        session = try run.beginSession()
         var rows: [PretrainEpochMetrics] = []
         let startTime = Date()
         var epochsDone = 0
-        while state.epoch < options.epochs && !state.stopped {
+        while state.epoch < config.epochs && !state.stopped {
             if let mx = maxEpochsThisCall, epochsDone >= mx { break }
             let t0 = Date()
-            var order = state.trainIndices
-            state.rng.shuffle(&order)
-            var acc = ForceFieldMetrics.Accumulator()
-            var lossSum = 0.0
-            let nb = (order.count + options.batch - 1) / options.batch
-            state.adam.learningRate = state.schedule.rate
-            for b in 0..<nb {
-                let idx = Array(order[(b * options.batch)..<Swift.min((b + 1) * options.batch, order.count)])
-                let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
-                var grads = grads0
-                if options.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: options.clipNorm) }
-                var p: [String: Tensor] = [:]
-                for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
-                state.adam.update(&p, gradients: grads)
-                for (k, v) in p { model.parameters[k] = v }
-                lossSum += l * Double(idx.count)
+            let (trainLoss, trainMetrics) = trainEpoch { b, nb, loss in
                 let elapsed = Date().timeIntervalSince(startTime)
-                let fracDone = (Double(epochsDone) + Double(b + 1) / Double(nb)) / Double(options.epochs - state.epoch + epochsDone)
-                let eta = fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : 0
-                progress(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", state.epoch + 1, options.epochs, b + 1, nb,
-                                lossSum / Double(Swift.min((b + 1) * options.batch, order.count)), state.adam.learningRate, formatDuration(eta)))
+                let fracDone = (Double(epochsDone) + Double(b) / Double(nb)) / Double(config.epochs - state.epoch + epochsDone)
+                report(.batch(epoch: state.epoch + 1, batch: b, batches: nb, loss: loss, learningRate: state.adam.learningRate,
+                              eta: fracDone > 0 ? elapsed * (1 - fracDone) / fracDone : nil))
             }
             let (vl, vm) = validate()
             state.epoch += 1
             epochsDone += 1
-            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: lossSum / Double(order.count),
-                                   train: acc.metrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
+            let row = PretrainEpochMetrics(epoch: state.epoch, learningRate: state.adam.learningRate, trainLoss: trainLoss,
+                                           train: trainMetrics, valLoss: vl, val: vm, seconds: Date().timeIntervalSince(t0))
             rows.append(row)
             let improved = vl < state.bestValLoss
             if improved { state.bestValLoss = vl; state.bestEpoch = state.epoch }
             state.schedule.endEpoch(state.epoch - 1, monitored: vl)
-            if state.epoch - state.bestEpoch >= options.patience { state.stopped = true }
+            if config.patience > 0 && state.epoch - state.bestEpoch >= config.patience { state.stopped = true }
             // metrics.csv first, then the checkpoint (atomic): a crash in between is repaired on resume,
             // which drops metric rows past the checkpoint's epoch.
-            let old = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? (PretrainEpochMetrics.header + "\n")
-            try AtomicFile.write(old + row.csv + "\n", to: metricsPath)
+            try run.appendMetrics(row.csv, header: PretrainEpochMetrics.header)
             try saveCheckpoint()
-            try ModelFile.save(model, to: runDirectory + "/last.safetensors", extraMetadata: provenance(kind: "last"), derived: true)
-            if improved { try ModelFile.save(model, to: runDirectory + "/best.safetensors", extraMetadata: provenance(kind: "best"), derived: true) }
-            log(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
-                       state.epoch, options.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
-                       vl, vm.energyMAE, vm.forceMAE, vm.forceRMSE, improved ? "  *best" : "", row.seconds))
+            try run.saveModel(model, to: "last.safetensors", metadata: provenance(kind: "last"))
+            if improved { try run.saveModel(model, to: "best.safetensors", metadata: provenance(kind: "best")) }
+            report(.epoch(row, improved: improved))
         }
         return rows
     }
 
-    func saveCheckpoint() throws {
-        let enc = JSONEncoder()
-        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let js = String(data: try enc.encode(state), encoding: .utf8)!
-        try SafeTensors.write(model.parameters.map { ($0.key, $0.value) }, metadata: ["pretrain_state": js], to: checkpointPath)
+    /// One pass over the shuffled training frames in mini-batches, an Adam step each; returns the mean loss and
+    /// the metrics accumulated with the weights before each update. `batchDone(b, batches, mean loss so far)`.
+    func trainEpoch(batchDone: (Int, Int, Double) -> Void) -> (loss: Double, metrics: ForceFieldMetrics) {
+        var order = state.trainIndices
+        state.rng.shuffle(&order)
+        var acc = ForceFieldMetrics.Accumulator()
+        var lossSum = 0.0
+        let nb = (order.count + config.batch - 1) / config.batch
+        state.adam.learningRate = state.schedule.rate
+        for b in 0..<nb {
+            let idx = Array(order[(b * config.batch)..<Swift.min((b + 1) * config.batch, order.count)])
+            let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
+            var grads = grads0
+            if config.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: config.clipNorm) }
+            var p: [String: Tensor] = [:]
+            for (k, v) in model.parameters where grads[k] != nil { p[k] = v }
+            state.adam.update(&p, gradients: grads)
+            for (k, v) in p { model.parameters[k] = v }
+            lossSum += l * Double(idx.count)
+            batchDone(b + 1, nb, lossSum / Double(Swift.min((b + 1) * config.batch, order.count)))
+        }
+        return (lossSum / Double(order.count), acc.metrics)
     }
 
-    /// The command line, with the run directory by its name only (where it lived is machine-specific).
-    var recordedCommand: String {
-        let name = URL(fileURLWithPath: runDirectory).lastPathComponent
-        return options.command.replacingOccurrences(of: "--out " + runDirectory, with: "--out " + name)
-            .replacingOccurrences(of: "--out=" + runDirectory, with: "--out=" + name)
+    /// Weights and state in one atomic file, then the cost so far.
+    func saveCheckpoint() throws {
+        try run.saveCheckpoint(model.parameters, state: state, key: Self.checkpointKey, session: session)
     }
+
+    /// The run's cost over all its processes so far (written to cost.json).
+    public func cost() throws -> RunDirectory.Cost { try run.cost(session) }
+
+    /// The command line, with the run directory by its name only (where it lived is machine-specific).
+    var recordedCommand: String { run.recordedCommand(config.command) }
 
     /// Provenance metadata for model files written by this run.
     func provenance(kind: String) -> [String: String] {
         [
-            "training_data": options.dataFiles.map(ModelFile.recordedArgument).joined(separator: ","),
-            "training_validation": options.valFiles.isEmpty ? "fraction \(options.valFraction) of the training frames (seed \(options.seed))" : options.valFiles.map(ModelFile.recordedArgument).joined(separator: ","),
+            "training_data": config.dataFiles.map(ModelFile.recordedArgument).joined(separator: ","),
+            "training_validation": config.valFiles.isEmpty ? "fraction \(config.valFraction) of the training frames (seed \(config.seed))" : config.valFiles.map(ModelFile.recordedArgument).joined(separator: ","),
             "training_command": recordedCommand,
             "training_epochs": "\(state.epoch)",
             "training_best_epoch": "\(state.bestEpoch)",
@@ -513,13 +490,13 @@ public final class Pretrainer {
             "training_loss": String(format: "energy %.4g, forces %.4g, stress %.4g (normalised weights; total-energy, force and stress MSE)",
                                     lossWeights.e, lossWeights.f, lossWeights.s),
             "training_best_val_loss": "\(state.bestValLoss)",
-            "training_init": options.initModel.map { URL(fileURLWithPath: $0).lastPathComponent + (options.refitReferenceEnergies == true ? " (reference energies refitted)" : "") } ?? "",
+            "training_init": config.initModel.map { URL(fileURLWithPath: $0).lastPathComponent + (config.refitReferenceEnergies == true ? " (reference energies refitted)" : "") } ?? "",
         ].filter { !$0.value.isEmpty }
     }
 
     /// Metrics of the best checkpoint on each test file (and, when `record`, written into best.safetensors).
     public func evaluateBest(record: Bool = true) throws -> [(String, ForceFieldMetrics)] {
-        let path = runDirectory + "/best.safetensors"
+        let path = run.bestModelPath
         let (best, meta) = try ModelFile.load(path)
         var out: [(String, ForceFieldMetrics)] = []
         var extra = meta
@@ -537,12 +514,4 @@ public final class Pretrainer {
         }
         return out
     }
-}
-
-func formatDuration(_ s: Double) -> String {
-    guard s.isFinite && s >= 0 else { return "?" }
-    let t = Int(s.rounded())
-    if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
-    if t >= 60 { return String(format: "%dm%02ds", t / 60, t % 60) }
-    return "\(t)s"
 }

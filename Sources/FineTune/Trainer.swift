@@ -5,53 +5,8 @@ import Potentials
 import Relax
 import Tape
 
-/// Everything needed to rerun a fine-tuning (written to RUN_DIR/config.json).
-public struct FineTuneConfig: Codable, Sendable {
-    public var pretrained: String
-    public var data: [String] = []
-    public var initial: String?
-    public var target: String?
-    public var relaxer: String = "frame"
-    public var relaxerParameters: [String: Double] = [:]
-    public var steps: Int = 50
-    public var gradient: String = "checkpoint"
-    public var trainRelaxer: [String] = []
-    /// Potential parameters to train (nil: all).
-    public var trainParameters: [String]? = nil
-    public var epochs: Int = 30
-    public var learningRate: Double = 1e-3
-    /// Learning rate of the relaxer hyperparameters (nil: the same as the potential's).
-    public var relaxerLearningRate: Double? = nil
-    public var batchSize: Int = 4
-    public var validationFraction: Double = 0.2
-    /// Validation structure files (used instead of a random fraction of the training data when given).
-    public var validationData: [String]? = nil
-    public var seed: UInt64 = 0
-    public var schedule: String = "constant"
-    public var clipNorm: Double = 0
-    public var weightDecay: Double = 0
-    /// Early stopping: epochs without validation improvement before stopping (0: never).
-    public var patience: Int = 0
-    public var stopFmax: Double? = nil
-    public var threads: Int = 1
-    /// Learning rate relative to each parameter's initial RMS magnitude (natural for classical potentials,
-    /// whose parameters have different units and scales) instead of absolute.
-    public var relativeLearningRate = false
-    /// Weight of the per-atom energy error at the relaxed structure in the loss (needs energy_relaxed).
-    public var energyWeight: Double = 0
-    /// Frames with DFT forces (e.g. the training structures' DFT relaxation steps) for a force-matching term
-    /// added to every optimizer step: `forceWeight · mean (F − F_ref)²` over `forceFrames` frames drawn at
-    /// random, a regulariser against forgetting in the spirit of StABlE's QM term (Raja et al., TMLR 2025).
-    /// Optional so that config.json files of earlier runs still decode.
-    public var forceData: [String]? = nil
-    public var forceWeight: Double? = nil
-    public var forceFrames: Int? = nil
-
-    public init(pretrained: String) { self.pretrained = pretrained }
-}
-
 /// One row of metrics.csv.
-public struct EpochMetrics: Codable, Sendable {
+public struct FineTuneEpochMetrics: Codable, Sendable {
     public var epoch: Int
     public var trainDQMean: Double
     public var trainDQMedian: Double
@@ -66,21 +21,86 @@ public struct EpochMetrics: Codable, Sendable {
     public var trainForceRMSE: Double? = nil
 }
 
-/// Resumable state of a run (RUN_DIR/state.json); the weights are in RUN_DIR/last.safetensors.
-public struct TrainerState: Codable, Sendable {
+/// Resumable state of a run (RUN_DIR/checkpoint.safetensors, with the weights).
+public struct FineTuneState: Sendable {
     public var nextEpoch = 0
     public var adam: Adam
     public var schedule: ScheduleState
     public var rng: SeededGenerator
-    public var hyper: [String: Double]
+    /// The relaxer with its hyperparameters as trained so far.
+    public var relaxer: any Relaxer
     public var bestValidation: Double?
     public var bestEpoch: Int?
     public var epochsWithoutImprovement = 0
     public var skippedSteps = 0
-    public var history: [EpochMetrics] = []
+    public var history: [FineTuneEpochMetrics] = []
+    /// ΔQ of the starting model (empty until the initial evaluation is done).
     public var before: [String: Double] = [:]
     public var seconds = 0.0
     public var stoppedEarly = false
+
+    public init(adam: Adam, schedule: ScheduleState, rng: SeededGenerator, relaxer: any Relaxer) {
+        self.adam = adam
+        self.schedule = schedule
+        self.rng = rng
+        self.relaxer = relaxer
+    }
+}
+
+/// The relaxer is stored as {"relaxer": name, "hyperparameters": {…}}. States written before it was typed kept
+/// only the hyperparameters ("hyper"); they are read with the run's configured relaxer (`relaxerKey` in the
+/// decoder's userInfo) as the kind.
+extension FineTuneState: Codable {
+    public static let relaxerKey = CodingUserInfoKey(rawValue: "relaxft.relaxer")!
+
+    enum CodingKeys: String, CodingKey {
+        case nextEpoch, adam, schedule, rng, relaxer, hyper, bestValidation, bestEpoch, epochsWithoutImprovement, skippedSteps, history
+        case before, seconds, stoppedEarly
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if let stored = try c.decodeIfPresent(StoredRelaxer.self, forKey: .relaxer) {
+            relaxer = stored.relaxer
+        } else {
+            guard var r = decoder.userInfo[Self.relaxerKey] as? any Relaxer else {
+                throw DecodingError.keyNotFound(CodingKeys.relaxer, .init(codingPath: c.codingPath, debugDescription: "no relaxer in the state"))
+            }
+            do { try r.set(try c.decode([String: Double].self, forKey: .hyper)) } catch let e as RelaxerError {
+                throw DecodingError.dataCorruptedError(forKey: .hyper, in: c, debugDescription: e.message)
+            }
+            relaxer = r
+        }
+        nextEpoch = try c.decode(Int.self, forKey: .nextEpoch)
+        adam = try c.decode(Adam.self, forKey: .adam)
+        schedule = try c.decode(ScheduleState.self, forKey: .schedule)
+        rng = try c.decode(SeededGenerator.self, forKey: .rng)
+        bestValidation = try c.decodeIfPresent(Double.self, forKey: .bestValidation)
+        bestEpoch = try c.decodeIfPresent(Int.self, forKey: .bestEpoch)
+        epochsWithoutImprovement = try c.decode(Int.self, forKey: .epochsWithoutImprovement)
+        skippedSteps = try c.decode(Int.self, forKey: .skippedSteps)
+        history = try c.decode([FineTuneEpochMetrics].self, forKey: .history)
+        before = try c.decode([String: Double].self, forKey: .before)
+        seconds = try c.decode(Double.self, forKey: .seconds)
+        stoppedEarly = try c.decode(Bool.self, forKey: .stoppedEarly)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(nextEpoch, forKey: .nextEpoch)
+        try c.encode(adam, forKey: .adam)
+        try c.encode(schedule, forKey: .schedule)
+        try c.encode(rng, forKey: .rng)
+        try c.encode(StoredRelaxer(relaxer), forKey: .relaxer)
+        try c.encodeIfPresent(bestValidation, forKey: .bestValidation)
+        try c.encodeIfPresent(bestEpoch, forKey: .bestEpoch)
+        try c.encode(epochsWithoutImprovement, forKey: .epochsWithoutImprovement)
+        try c.encode(skippedSteps, forKey: .skippedSteps)
+        try c.encode(history, forKey: .history)
+        try c.encode(before, forKey: .before)
+        try c.encode(seconds, forKey: .seconds)
+        try c.encode(stoppedEarly, forKey: .stoppedEarly)
+    }
 }
 
 public struct FineTuneSummary: Codable, Sendable {
@@ -94,31 +114,72 @@ public struct FineTuneSummary: Codable, Sendable {
     public var best_epoch: Int?
     /// Training time summed over epochs (all sessions of a resumed run).
     public var seconds: Double
-    /// Peak resident set size of the process that wrote the summary (MB).
+    /// The run's cost over every process that worked on it (resumes included): peak resident set size (MB),
+    /// wall and CPU seconds (user + system; evaluations included), and the number of processes.
     public var peak_rss_mb: Double
-    /// Wall and CPU time (user + system) of that process, set by the command (includes the evaluations).
     public var wall_seconds: Double? = nil
     public var cpu_seconds: Double? = nil
+    public var sessions: Int? = nil
     public var skipped_steps: Int
     public var stopped_early: Bool
     public var relaxer_hyperparameters: [String: Double]
     public var parameters: [String: [Double]]?
 }
 
+/// What a fine-tuning run reports while it works (the command line formats it).
+public enum FineTuneEvent: Sendable {
+    /// The starting model's relaxations (training and validation), `done` of `total` structures.
+    case initialEvaluation(done: Int, total: Int, eta: Double?)
+    /// Mini-batches of an epoch (1-based epoch), `done` of `total` structures.
+    case batch(epoch: Int, done: Int, total: Int, eta: Double?)
+    /// A completed epoch and the estimated time to the end of the run.
+    case epoch(FineTuneEpochMetrics, eta: Double)
+}
+
+/// The loss and gradient of one mini-batch: per example ΔQ (and the energy term), and the batch-mean gradient
+/// with respect to the potential's trainable parameters (`p/NAME`) and the trained relaxer hyperparameters
+/// (`r/NAME`), accumulated in example order. Examples in, gradients out: the unit a data-parallel run reduces
+/// across ranks.
+public struct BatchGradient: Sendable {
+    public var losses: [Double]
+    public var gradients: [String: Tensor]
+
+    public var isFinite: Bool { gradients.values.allSatisfy(\.isFinite) && losses.allSatisfy(\.isFinite) }
+}
+
+public func batchGradient(_ examples: [RelaxationExample], potential: any Potential, settings: BPTTSettings, trainable: [String],
+                          threads: Int) -> BatchGradient {
+    let results = parallelMap(examples.count, threads: threads) { i in
+        relaxationLossAndGradient(examples[i], potential: potential, settings: settings)
+    }
+    var grads: [String: Tensor] = [:]
+    let w = 1 / Double(results.count)
+    for r in results {
+        for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(potential.parameters[name]!.shape)) + r.gradients[name]! * w }
+        for name in settings.trainableHyper { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
+    }
+    return BatchGradient(losses: results.map(\.loss), gradients: grads)
+}
+
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
 /// hyperparameters), mini-batches of examples, a seeded train/validation split, early stopping on validation
-/// ΔQ, best and last checkpoints, exact resume.
-public final class FineTuner {
+/// ΔQ, best and last model files, exact resume from RUN_DIR/checkpoint.safetensors.
+public final class FineTuneTrainer {
     public let config: FineTuneConfig
-    public let runDirectory: String
+    public let run: RunDirectory
+    public var runDirectory: String { run.path }
     public private(set) var potential: any Potential
     public let train: [RelaxationExample]
     public let validation: [RelaxationExample]
     /// Frames of the force-matching term (empty without it).
     public let forceFrames: [Structure]
-    public private(set) var state: TrainerState
-    let baseRelaxer: any Relaxer
+    public private(set) var state: FineTuneState
     let trainable: [String]
+    /// Whether the run directory exists (created by `run`, or opened by `resume`).
+    private var started = false
+    private var session: RunDirectory.Session?
+
+    static let checkpointKey = "finetune_state"
 
     /// `validationExamples`: a separate validation set (e.g. the val split of a dataset); nil takes a seeded
     /// fraction `config.validationFraction` of `examples`. `forceFrames`: the frames of `config.forceData`.
@@ -132,11 +193,11 @@ public final class FineTuner {
                 throw DatasetError(message: "force frame \(k) has no forces")
             }
         }
-        self.runDirectory = runDirectory
+        run = RunDirectory(runDirectory)
         self.potential = potential
-        baseRelaxer = try RelaxerFactory.make(config.relaxer, overrides: config.relaxerParameters)
-        for name in config.trainRelaxer where baseRelaxer.hyperparameters[name] == nil {
-            throw DatasetError(message: "relaxer \(config.relaxer) has no hyperparameter '\(name)' (has: \(baseRelaxer.hyperparameters.keys.joined(separator: ", ")))")
+        let known = config.relaxer.hyperparameters.names
+        for name in config.trainRelaxer where !known.contains(name) {
+            throw DatasetError(message: "relaxer \(config.relaxer.name) has no hyperparameter '\(name)' (has: \(known.joined(separator: ", ")))")
         }
         let all = potential.parameters.keys
         if let names = config.trainParameters {
@@ -156,178 +217,217 @@ public final class FineTuner {
             validation = split.validation.map { examples[$0] }
         }
         guard !train.isEmpty else { throw DatasetError(message: "no training examples (\(examples.count) in the data)") }
-        var hyper: [String: Double] = [:]
-        for (k, v) in baseRelaxer.hyperparameters { hyper[k] = v }
         var adam = Adam(learningRate: config.learningRate, weightDecay: config.weightDecay)
         if config.relativeLearningRate {
             for name in trainable {
                 let t = potential.parameters[name]!
                 adam.scales["p/" + name] = Swift.max((t.dot(t) / Double(Swift.max(t.count, 1))).squareRoot(), 1e-12)
             }
-            for name in config.trainRelaxer { adam.scales["r/" + name] = Swift.max(Swift.abs(hyper[name]!), 1e-12) }
+            for name in config.trainRelaxer { adam.scales["r/" + name] = Swift.max(Swift.abs(config.relaxer.hyperparameters[name]!), 1e-12) }
         }
-        state = TrainerState(adam: adam,
+        state = FineTuneState(adam: adam,
                              schedule: ScheduleState(try LearningRateSchedule.parse(config.schedule, epochs: config.epochs), baseRate: config.learningRate),
-                             rng: SeededGenerator(seed: config.seed &+ 0x5EED), hyper: hyper)
+                             rng: SeededGenerator(seed: config.seed &+ 0x5EED), relaxer: config.relaxer)
     }
 
-    var statePath: String { runDirectory + "/state.json" }
-    var lastModelPath: String { runDirectory + "/last.safetensors" }
-    public var bestModelPath: String { runDirectory + "/best.safetensors" }
+    public var bestModelPath: String { run.bestModelPath }
 
-    /// Restores the state and weights saved by an interrupted run.
+    /// The relaxer with its hyperparameters as trained so far.
+    public var relaxer: any Relaxer { state.relaxer }
+
+    /// Restores the state and weights of an interrupted run (its config must be this trainer's; a new epoch
+    /// budget in it re-targets a cosine schedule, the only state that depends on the budget).
     public func resume() throws {
-        let data = try Data(contentsOf: URL(fileURLWithPath: statePath))
-        let d = JSONDecoder()
-        d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        state = try d.decode(TrainerState.self, from: data)
-        let (p, _) = try ModelFile.load(lastModelPath)
-        potential.parameters = p.parameters
+        let legacy: [CodingUserInfoKey: Any] = [FineTuneState.relaxerKey: config.relaxer]
+        if let ck = try run.readCheckpoint(FineTuneState.self, key: Self.checkpointKey, userInfo: legacy) {
+            state = ck.state
+            for (name, t) in ck.tensors {
+                guard let old = potential.parameters[name], old.shape == t.shape else {
+                    throw RunDirectoryError(message: "\(run.checkpointPath): tensor '\(name)' does not fit the model")
+                }
+                potential.parameters[name] = t
+            }
+        } else if let s = try run.readJSON(FineTuneState.self, from: "state.json", userInfo: legacy) {
+            // Run directories written before checkpoint.safetensors: the state and last.safetensors.
+            state = s
+            potential.parameters = try ModelFile.load(run.lastModelPath).potential.parameters
+        } else {
+            throw RunDirectoryError(message: "\(run.path): no checkpoint.safetensors to resume from")
+        }
+        if case .cosine(let old, let minFactor) = state.schedule.schedule, old != config.epochs {
+            state.schedule.schedule = .cosine(epochs: config.epochs, minFactor: minFactor)
+            if state.nextEpoch > 0 { state.schedule.endEpoch(state.nextEpoch - 1, monitored: state.bestValidation ?? .infinity) }
+        }
+        started = true
     }
 
-    func settings(mode: GradientMode) throws -> BPTTSettings {
-        var r = baseRelaxer
-        for (k, v) in state.hyper { r.hyperparameters[k] = v }
-        var s = BPTTSettings(relaxer: r, steps: config.steps)
-        s.mode = mode
+    func settings() -> BPTTSettings {
+        var s = BPTTSettings(relaxer: relaxer, steps: config.steps)
+        s.mode = config.gradient
         s.stopFmax = config.stopFmax
         s.trainableHyper = config.trainRelaxer
         s.energyWeight = config.energyWeight
         return s
     }
 
+    /// The relaxation protocol of the current model (trained hyperparameters, T steps).
     public var relaxationProtocol: RelaxationProtocol {
-        RelaxationProtocol(relaxer: config.relaxer, hyperparameters: state.hyper, steps: config.steps, stopFmax: config.stopFmax)
+        RelaxationProtocol(relaxer: relaxer, steps: config.steps, stopFmax: config.stopFmax)
     }
 
-    func evaluate(_ examples: [RelaxationExample], protocol p: RelaxationProtocol? = nil, potential pot: (any Potential)? = nil) throws -> [ExampleEvaluation] {
-        try evaluateRelaxations(examples, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads)
+    /// Relaxes `examples` on `config.threads` threads, reporting after each round.
+    func evaluate(_ examples: [RelaxationExample], protocol p: RelaxationProtocol? = nil, potential pot: (any Potential)? = nil,
+                  progress: (Int) -> Void = { _ in }) -> [ExampleEvaluation] {
+        evaluateRelaxations(examples, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads, progress: progress)
     }
 
-    func saveModel(to path: String, epoch: Int) throws {
-        try ModelFile.save(potential, to: path, extraMetadata: [
+    func saveModel(to name: String, epoch: Int) throws {
+        try run.saveModel(potential, to: name, metadata: [
             "relaxation_protocol": relaxationProtocol.metadataValue,
-            "training": "relaxft finetune (BPTT) from \(ModelFile.recordedArgument(config.pretrained)), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer), T = \(config.steps)",
-        ], derived: true)
+            "training": "relaxft finetune (BPTT) from \(ModelFile.recordedArgument(config.pretrained)), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer.name), T = \(config.steps)",
+        ])
     }
 
-    func saveState() throws {
-        let e = JSONEncoder.sorted
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        try AtomicFile.write(try e.encode(state), to: statePath)
+    /// Weights and state in one atomic file, then the cost so far.
+    func saveCheckpoint() throws {
+        try run.saveCheckpoint(potential.parameters, state: state, key: Self.checkpointKey, session: session)
     }
 
-    /// Runs (or continues) the training; `progress` gets a line per epoch. `stopAfterEpoch` ends the run early
-    /// at that epoch, as an interruption would (state and checkpoints are saved after every epoch).
-    public func run(stopAfterEpoch: Int? = nil, progress: (EpochMetrics, _ eta: Double) -> Void = { _, _ in }) throws -> FineTuneSummary {
-        let mode = try GradientMode.parse(config.gradient)
-        if state.nextEpoch == 0 && state.history.isEmpty {
-            let tr = try evaluate(train), va = try evaluate(validation)
-            state.before["train_dq_mean"] = ErrorSummary(tr.map(\.deltaQ)).mean
-            if !va.isEmpty {
-                let s = ErrorSummary(va.map(\.deltaQ))
-                state.before["val_dq_mean"] = s.mean
-                state.before["val_dq_median"] = s.median
-                state.bestValidation = s.mean
-            }
-            state.bestEpoch = 0
-            try saveModel(to: bestModelPath, epoch: 0)
-            try saveModel(to: lastModelPath, epoch: 0)
-            try saveState()
+    /// Runs (or continues) the training; `report` gets progress events. `stopAfterEpoch` ends the run early at
+    /// that epoch, as an interruption would (the checkpoint is saved before the first relaxation and after
+    /// every epoch).
+    public func run(stopAfterEpoch: Int? = nil, report: (FineTuneEvent) -> Void = { _ in }) throws -> FineTuneSummary {
+        if !started {
+            _ = try RunDirectory.create(run.path, config: config)
+            started = true
+            try saveCheckpoint()
         }
-        let relaxerRate = config.relaxerLearningRate ?? config.learningRate
+        session = try run.beginSession()
+        if state.before.isEmpty && state.history.isEmpty { try initialEvaluation(report: report) }
+        let clock = Date()
+        var epochsThisCall = 0
         while state.nextEpoch < Swift.min(config.epochs, stopAfterEpoch ?? .max) && !state.stoppedEarly {
-            let epoch = state.nextEpoch
-            let t0 = Date()
-            var order = Array(0..<train.count)
-            state.rng.shuffle(&order)
-            var losses: [Double] = []
-            var forceSquares = 0.0, forceComponents = 0
-            var lastNorm = 0.0
-            let settings = try self.settings(mode: mode)
-            var b = 0
-            while b < order.count {
-                let batch = Array(order[b..<Swift.min(b + config.batchSize, order.count)])
-                b += config.batchSize
-                let params = Dictionary(uniqueKeysWithValues: potential.parameters.map { ($0.key, $0.value) })
-                let pot = potential
-                let hyper = state.hyper
-                let examples = batch.map { train[$0] }
-                let results = parallelMap(examples.count, threads: config.threads) { i in
-                    relaxationLossAndGradient(examples[i], potential: pot, parameters: params, hyper: hyper, settings: settings)
-                }
-                // Mean over the batch, accumulated in a fixed order.
-                var grads: [String: Tensor] = [:]
-                let w = 1 / Double(results.count)
-                for r in results {
-                    losses.append(r.loss)
-                    for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(params[name]!.shape)) + r.gradients[name]! * w }
-                    for name in config.trainRelaxer { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
-                }
-                if let wf = config.forceWeight, wf > 0 {
-                    let (_, g, m) = energyForceLossAndGradient(potential, trainable: trainable, frames: drawForceFrames(),
-                                                               energyWeight: 0, forceWeight: 1)
-                    for name in trainable { grads["p/" + name] = grads["p/" + name]! + g[name]! * wf }
-                    forceSquares += m.forceRMSE * m.forceRMSE * Double(m.forceComponents)
-                    forceComponents += m.forceComponents
-                }
-                guard grads.values.allSatisfy(\.isFinite), results.allSatisfy({ $0.loss.isFinite }) else {
-                    state.skippedSteps += 1
-                    continue
-                }
-                lastNorm = clipGradients(&grads, maxNorm: config.clipNorm)
-                var values: [String: Tensor] = [:]
-                for name in trainable { values["p/" + name] = params[name]! }
-                for name in config.trainRelaxer { values["r/" + name] = Tensor(scalar: state.hyper[name]!) }
-                // Relaxer hyperparameters move on their own learning rate: scale their gradients so that one
-                // Adam (whose steps are ~lr per coordinate) serves both.
-                state.adam.learningRate = state.schedule.rate
-                var pValues = values.filter { $0.key.hasPrefix("p/") }, rValues = values.filter { $0.key.hasPrefix("r/") }
-                let pGrads = grads.filter { $0.key.hasPrefix("p/") }, rGrads = grads.filter { $0.key.hasPrefix("r/") }
-                state.adam.update(&pValues, gradients: pGrads)
-                if !rValues.isEmpty {
-                    let saved = state.adam.learningRate
-                    state.adam.learningRate = relaxerRate * state.schedule.rate / config.learningRate
-                    state.adam.update(&rValues, gradients: rGrads, countStep: false)
-                    state.adam.learningRate = saved
-                }
-                for (k, v) in pValues { potential.parameters[String(k.dropFirst(2))] = v }
-                // Step sizes and the like must stay positive.
-                for (k, v) in rValues { state.hyper[String(k.dropFirst(2))] = Swift.max(v.scalar, 1e-8) }
-            }
-            let tr = ErrorSummary(losses)
-            var metrics = EpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
-                                       gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.hyper,
-                                       skippedSteps: state.skippedSteps, seconds: 0)
-            if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
-            var monitored = tr.mean
-            if !validation.isEmpty {
-                let va = ErrorSummary(try evaluate(validation).map(\.deltaQ))
-                metrics.valDQMean = va.mean
-                metrics.valDQMedian = va.median
-                monitored = va.mean
-            }
-            if monitored < (state.bestValidation ?? .infinity) {
-                state.bestValidation = monitored
-                state.bestEpoch = epoch + 1
-                state.epochsWithoutImprovement = 0
-                try saveModel(to: bestModelPath, epoch: epoch + 1)
-            } else {
-                state.epochsWithoutImprovement += 1
-                if config.patience > 0 && state.epochsWithoutImprovement >= config.patience { state.stoppedEarly = true }
-            }
-            state.schedule.endEpoch(epoch, monitored: monitored)
-            metrics.seconds = Date().timeIntervalSince(t0)
-            state.seconds += metrics.seconds
-            state.history.append(metrics)
-            state.nextEpoch = epoch + 1
-            try saveModel(to: lastModelPath, epoch: epoch + 1)
-            try saveState()
-            try writeMetricsCSV()
-            let perEpoch = state.seconds / Double(state.history.count)
-            progress(metrics, perEpoch * Double(config.epochs - state.nextEpoch))
+            let metrics = try trainEpoch(report: report)
+            epochsThisCall += 1
+            // ETA from this process's epochs (earlier sessions may have run on another machine).
+            let perEpoch = Date().timeIntervalSince(clock) / Double(epochsThisCall)
+            report(.epoch(metrics, eta: perEpoch * Double(config.epochs - state.nextEpoch)))
         }
         return try summary()
+    }
+
+    /// The starting model's ΔQ on the training and validation structures; best and last model files at epoch 0.
+    func initialEvaluation(report: (FineTuneEvent) -> Void) throws {
+        let total = train.count + validation.count
+        let t0 = Date()
+        func progress(_ done: Int) {
+            let eta = done > 0 ? Date().timeIntervalSince(t0) / Double(done) * Double(total - done) : nil
+            report(.initialEvaluation(done: done, total: total, eta: eta))
+        }
+        let tr = evaluate(train, progress: progress)
+        let va = evaluate(validation) { progress(train.count + $0) }
+        state.before["train_dq_mean"] = ErrorSummary(tr.map(\.deltaQ)).mean
+        if !va.isEmpty {
+            let s = ErrorSummary(va.map(\.deltaQ))
+            state.before["val_dq_mean"] = s.mean
+            state.before["val_dq_median"] = s.median
+            state.bestValidation = s.mean
+        }
+        state.bestEpoch = 0
+        try saveModel(to: "best.safetensors", epoch: 0)
+        try saveModel(to: "last.safetensors", epoch: 0)
+        try saveCheckpoint()
+    }
+
+    /// The gradient of one optimizer step: the batch's ΔQ gradient, plus the force term when it is on.
+    func stepGradient(_ batch: [RelaxationExample], settings: BPTTSettings, forceSquares: inout Double, forceComponents: inout Int) -> BatchGradient {
+        var g = batchGradient(batch, potential: potential, settings: settings, trainable: trainable, threads: config.threads)
+        if let wf = config.forceWeight, wf > 0 {
+            let (_, fg, m) = energyForceLossAndGradient(potential, trainable: trainable, frames: drawForceFrames(), energyWeight: 0, forceWeight: 1)
+            for name in trainable { g.gradients["p/" + name] = g.gradients["p/" + name]! + fg[name]! * wf }
+            forceSquares += m.forceRMSE * m.forceRMSE * Double(m.forceComponents)
+            forceComponents += m.forceComponents
+        }
+        return g
+    }
+
+    /// One Adam step on `grads` (relaxer hyperparameters on their own learning rate).
+    func applyStep(_ grads: [String: Tensor]) {
+        var values: [String: Tensor] = [:]
+        for name in trainable { values["p/" + name] = potential.parameters[name]! }
+        for name in config.trainRelaxer { values["r/" + name] = Tensor(scalar: state.relaxer.hyperparameters[name]!) }
+        // Scale the relaxer's gradients' step so that one Adam (whose steps are ~lr per coordinate) serves both.
+        state.adam.learningRate = state.schedule.rate
+        var pValues = values.filter { $0.key.hasPrefix("p/") }, rValues = values.filter { $0.key.hasPrefix("r/") }
+        let pGrads = grads.filter { $0.key.hasPrefix("p/") }, rGrads = grads.filter { $0.key.hasPrefix("r/") }
+        state.adam.update(&pValues, gradients: pGrads)
+        if !rValues.isEmpty {
+            let saved = state.adam.learningRate
+            let relaxerRate = config.relaxerLearningRate ?? config.learningRate
+            state.adam.learningRate = relaxerRate * state.schedule.rate / config.learningRate
+            state.adam.update(&rValues, gradients: rGrads, countStep: false)
+            state.adam.learningRate = saved
+        }
+        for (k, v) in pValues { potential.parameters[String(k.dropFirst(2))] = v }
+        // Step sizes and the like must stay positive.
+        try? state.relaxer.set(Dictionary(uniqueKeysWithValues: rValues.map { (String($0.key.dropFirst(2)), Swift.max($0.value.scalar, 1e-8)) }))
+    }
+
+    /// One epoch: shuffled mini-batches, validation, best/last model files, checkpoint, metrics row.
+    func trainEpoch(report: (FineTuneEvent) -> Void) throws -> FineTuneEpochMetrics {
+        let epoch = state.nextEpoch
+        let t0 = Date()
+        var order = Array(0..<train.count)
+        state.rng.shuffle(&order)
+        var losses: [Double] = []
+        var forceSquares = 0.0, forceComponents = 0
+        var lastNorm = 0.0
+        var b = 0
+        while b < order.count {
+            let batch = order[b..<Swift.min(b + config.batchSize, order.count)].map { train[$0] }
+            b += config.batchSize
+            // The relaxer as trained so far: its hyperparameters change with every step.
+            var g = stepGradient(batch, settings: settings(), forceSquares: &forceSquares, forceComponents: &forceComponents)
+            losses += g.losses
+            let done = Swift.min(b, order.count)
+            report(.batch(epoch: epoch + 1, done: done, total: order.count, eta: Date().timeIntervalSince(t0) / Double(done) * Double(order.count - done)))
+            guard g.isFinite else {
+                state.skippedSteps += 1
+                continue
+            }
+            lastNorm = clipGradients(&g.gradients, maxNorm: config.clipNorm)
+            applyStep(g.gradients)
+        }
+        let tr = ErrorSummary(losses)
+        var metrics = FineTuneEpochMetrics(epoch: epoch + 1, trainDQMean: tr.mean, trainDQMedian: tr.median, valDQMean: nil, valDQMedian: nil,
+                                   gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.relaxer.hyperparameters.dictionary,
+                                   skippedSteps: state.skippedSteps, seconds: 0)
+        if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
+        var monitored = tr.mean
+        if !validation.isEmpty {
+            let va = ErrorSummary(evaluate(validation).map(\.deltaQ))
+            metrics.valDQMean = va.mean
+            metrics.valDQMedian = va.median
+            monitored = va.mean
+        }
+        if monitored < (state.bestValidation ?? .infinity) {
+            state.bestValidation = monitored
+            state.bestEpoch = epoch + 1
+            state.epochsWithoutImprovement = 0
+            try saveModel(to: "best.safetensors", epoch: epoch + 1)
+        } else {
+            state.epochsWithoutImprovement += 1
+            if config.patience > 0 && state.epochsWithoutImprovement >= config.patience { state.stoppedEarly = true }
+        }
+        state.schedule.endEpoch(epoch, monitored: monitored)
+        metrics.seconds = Date().timeIntervalSince(t0)
+        state.seconds += metrics.seconds
+        state.history.append(metrics)
+        state.nextEpoch = epoch + 1
+        try saveModel(to: "last.safetensors", epoch: epoch + 1)
+        try saveCheckpoint()
+        try writeMetricsCSV()
+        return metrics
     }
 
     /// `config.forceFrames` frames (8 by default) drawn without replacement from the force frames, by the run's
@@ -343,8 +443,9 @@ public final class FineTuner {
         return idx.prefix(k).map { forceFrames[$0] }
     }
 
+    /// metrics.csv from the state's history (the state is the record: a resumed run rewrites it whole).
     func writeMetricsCSV() throws {
-        let hyperNames = state.hyper.keys.sorted()
+        let hyperNames = state.relaxer.hyperparameters.names.sorted()
         // The force term's column only when it is on, so that the file of a plain run keeps its layout.
         let withForces = (config.forceWeight ?? 0) > 0
         var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")
@@ -355,17 +456,18 @@ public final class FineTuner {
                 .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),\(f(m.seconds))"
                 + (withForces ? "," + f(m.trainForceRMSE) : ""))
         }
-        try AtomicFile.write(lines.joined(separator: "\n") + "\n", to: runDirectory + "/metrics.csv")
+        try run.writeMetrics(lines)
     }
 
-    /// ΔQ before (start of the run) and after (best checkpoint, with the relaxer settings saved with it).
+    /// ΔQ before (start of the run) and after (best model, with the relaxer settings saved with it), and the
+    /// run's cost; written to RUN_DIR/summary.json.
     public func summary() throws -> FineTuneSummary {
         let (best, meta) = try ModelFile.load(bestModelPath)
         let proto = RelaxationProtocol.fromMetadata(meta) ?? relaxationProtocol
-        let tr = ErrorSummary(try evaluate(train, protocol: proto, potential: best).map(\.deltaQ))
+        let tr = ErrorSummary(evaluate(train, protocol: proto, potential: best).map(\.deltaQ))
         var vaMean: Double? = nil, vaMedian: Double? = nil
         if !validation.isEmpty {
-            let va = ErrorSummary(try evaluate(validation, protocol: proto, potential: best).map(\.deltaQ))
+            let va = ErrorSummary(evaluate(validation, protocol: proto, potential: best).map(\.deltaQ))
             vaMean = va.mean
             vaMedian = va.median
         }
@@ -375,27 +477,15 @@ public final class FineTuner {
             for (k, v) in best.parameters { d[k] = v.array }
             params = d
         }
-        return FineTuneSummary(train_dq_mean_before: state.before["train_dq_mean"] ?? .nan, train_dq_mean_after: tr.mean,
-                               val_dq_mean_before: state.before["val_dq_mean"], val_dq_mean_after: vaMean,
-                               val_dq_median_before: state.before["val_dq_median"], val_dq_median_after: vaMedian,
-                               epochs: state.history.count, best_epoch: state.bestEpoch, seconds: state.seconds,
-                               peak_rss_mb: peakResidentMegabytes(), skipped_steps: state.skippedSteps,
-                               stopped_early: state.stoppedEarly, relaxer_hyperparameters: proto.hyperparameters, parameters: params)
+        let cost = try session.map { try run.recordCost($0) } ?? RunDirectory.Cost()
+        let s = FineTuneSummary(train_dq_mean_before: state.before["train_dq_mean"] ?? .nan, train_dq_mean_after: tr.mean,
+                                val_dq_mean_before: state.before["val_dq_mean"], val_dq_mean_after: vaMean,
+                                val_dq_median_before: state.before["val_dq_median"], val_dq_median_after: vaMedian,
+                                epochs: state.history.count, best_epoch: state.bestEpoch, seconds: state.seconds,
+                                peak_rss_mb: cost.peakRSSMB, wall_seconds: cost.wallSeconds, cpu_seconds: cost.cpuSeconds, sessions: cost.sessions,
+                                skipped_steps: state.skippedSteps, stopped_early: state.stoppedEarly,
+                                relaxer_hyperparameters: proto.relaxer.hyperparameters.dictionary, parameters: params)
+        try run.writeJSON(s, to: "summary.json", pretty: true)
+        return s
     }
-}
-
-/// Peak resident set size of this process (MB).
-public func peakResidentMegabytes() -> Double {
-    var ru = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &ru)
-    return Double(ru.ru_maxrss) / 1024
-}
-
-/// CPU time (user + system, all threads) used by this process so far, in seconds: on a shared machine a
-/// steadier measure of training cost than wall time.
-public func processCPUSeconds() -> Double {
-    var ru = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &ru)
-    func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) * 1e-6 }
-    return s(ru.ru_utime) + s(ru.ru_stime)
 }

@@ -2,14 +2,13 @@ import Atoms
 import Foundation
 import Tape
 
-/// Bonding topology of a structure: the graph of atom pairs closer than `scale` × (r_cov,i + r_cov,j), with
-/// Cordero's covalent radii (Si–Si 2.66 Å at the default scale 1.2, between diamond Si's first shell at
-/// 2.35 Å and its second at 3.84 Å; Si–C 2.24 Å, C–C 1.82 Å). Used to decide whether a relaxation ended in the
-/// same basin as the reference: two geometries in one basin differ by small displacements and have the same
-/// bonds, while a relaxation into another local minimum (a split interstitial instead of a tetrahedral one, a
-/// reconstructed vacancy instead of an open one) breaks or makes bonds.
+/// Bonding topology of a structure: its bond graph (`BondGraph` of Atoms: pairs closer than `scale` ×
+/// (r_cov,i + r_cov,j)). Used to decide whether a relaxation ended in the same basin as the reference: two
+/// geometries in one basin differ by small displacements and have the same bonds, while a relaxation into
+/// another local minimum (a split interstitial instead of a tetrahedral one, a reconstructed vacancy instead of
+/// an open one) breaks or makes bonds.
 public enum BondingTopology {
-    public static let defaultScale = 1.2
+    public static let defaultScale = BondGraph.defaultScale
 
     /// A bond: atoms i and j with the lattice image shift of j, as directed pairs (i, j, S) and (j, i, −S).
     public struct Bond: Hashable, Sendable {
@@ -20,19 +19,7 @@ public enum BondingTopology {
 
     /// The bonds at `positions` (cell and pbc of `structure`), pair cut-offs `scale` × (r_cov,i + r_cov,j).
     public static func bonds(_ structure: Structure, positions: Tensor, scale: Double = defaultScale) -> Set<Bond> {
-        let radii = structure.numbers.map { $0 < Elements.covalentRadii.count ? Elements.covalentRadii[$0] : 2.0 }
-        let rmax = 2 * scale * (radii.max() ?? 0)
-        let list = NeighborList.build(positions: positions, cell: structure.cell, pbc: structure.pbc, cutoff: rmax)
-        let r = list.pairVectors(positions: positions, cell: structure.cell)
-        var out = Set<Bond>()
-        for p in 0..<list.pairCount {
-            let (i, j) = (list.first[p], list.second[p])
-            let d = (r[p, 0] * r[p, 0] + r[p, 1] * r[p, 1] + r[p, 2] * r[p, 2]).squareRoot()
-            if d < scale * (radii[i] + radii[j]) {
-                out.insert(Bond(i: i, j: j, shift: Array(list.shifts[(3 * p)..<(3 * p + 3)])))
-            }
-        }
-        return out
+        Set(BondGraph.bonds(structure, positions: positions, scale: scale).map { Bond(i: $0.i, j: $0.j, shift: $0.shift) })
     }
 
     /// Compares the bond graphs of `positions` and `reference` (same atoms, cell and pbc as `structure`). The

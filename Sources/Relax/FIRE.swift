@@ -15,21 +15,27 @@ import Tape
 /// `dt` (initial time step), `dtmax`, `maxstep`, `astart`; `finc`, `fdec`, `fa` too.
 public struct FIRE: Relaxer {
     public var name: String { "fire" }
-    public var hyperparameters = OrderedDictionary<Double>()
+    public var hyperparameters: Hyper<Double>
     /// N_min: positive steps before dt may grow.
     public var nmin: Int
 
+    /// dt (initial time step, ASE time units), maxstep (Å), dtmax, finc, fdec, astart, fa.
+    public struct Hyper<T> {
+        public var dt, maxstep, dtmax, finc, fdec, astart, fa: T
+
+        public func map<U>(_ f: (String, T) -> U) -> Hyper<U> {
+            Hyper<U>(dt: f("dt", dt), maxstep: f("maxstep", maxstep), dtmax: f("dtmax", dtmax), finc: f("finc", finc),
+                     fdec: f("fdec", fdec), astart: f("astart", astart), fa: f("fa", fa))
+        }
+    }
+
     public init(dt: Double = 0.1, maxstep: Double = 0.2, dtmax: Double = 1.0, nmin: Int = 5, finc: Double = 1.1,
                 fdec: Double = 0.5, astart: Double = 0.1, fa: Double = 0.99) {
-        hyperparameters["dt"] = dt
-        hyperparameters["maxstep"] = maxstep
-        hyperparameters["dtmax"] = dtmax
-        hyperparameters["finc"] = finc
-        hyperparameters["fdec"] = fdec
-        hyperparameters["astart"] = astart
-        hyperparameters["fa"] = fa
+        hyperparameters = Hyper(dt: dt, maxstep: maxstep, dtmax: dtmax, finc: finc, fdec: fdec, astart: astart, fa: fa)
         self.nmin = nmin
     }
+
+    public func inputs(_ variable: (String, Double) -> Variable) -> Hyper<Variable> { hyperparameters.map(variable) }
 
     public struct State: RelaxerState {
         public var positions: Variable
@@ -49,15 +55,14 @@ public struct FIRE: Relaxer {
         }
     }
 
-    public func start(positions: Variable, hyper: [String: Variable], evaluate: ForceFunction) -> State {
+    public func start(positions: Variable, hyper: Hyper<Variable>, evaluate: ForceFunction) -> State {
         // ASE starts with a = its `a` argument, which defaults to astart's value.
-        State(positions: positions, velocity: Variable(constant: Tensor.zeros(positions.shape)), dt: hyper["dt"]!, a: hyper["astart"]!)
+        State(positions: positions, velocity: Variable(constant: Tensor.zeros(positions.shape)), dt: hyper.dt, a: hyper.astart)
     }
 
-    public func step(_ s: State, hyper h: [String: Variable], evaluate: ForceFunction) -> State {
+    public func step(_ s: State, hyper h: Hyper<Variable>, evaluate: ForceFunction) -> State {
         var s = s
-        let f: Variable
-        if let cached = s.forces { f = cached } else { (s.energy, f) = evaluate(s.positions); s.forces = f }
+        let f = s.currentForces(evaluate)
         var v: Variable
         if s.started {
             let vel = s.velocity
@@ -67,15 +72,15 @@ public struct FIRE: Relaxer {
                 v = vel * (1 - s.a) + f * s.a / fnorm * vnorm
                 if s.downhillSteps > nmin {
                     // min(dt·finc, dtmax): the branch is taken on values, the chosen expression is differentiated.
-                    let grown = s.dt * h["finc"]!
-                    s.dt = grown.scalar <= h["dtmax"]!.scalar ? grown : h["dtmax"]!
-                    s.a = s.a * h["fa"]!
+                    let grown = s.dt * h.finc
+                    s.dt = grown.scalar <= h.dtmax.scalar ? grown : h.dtmax
+                    s.a = s.a * h.fa
                 }
                 s.downhillSteps += 1
             } else {
                 v = vel * 0
-                s.a = h["astart"]!
-                s.dt = s.dt * h["fdec"]!
+                s.a = h.astart
+                s.dt = s.dt * h.fdec
                 s.downhillSteps = 0
             }
         } else {
@@ -85,8 +90,8 @@ public struct FIRE: Relaxer {
         v = v + f * s.dt
         var dr = v * s.dt
         let normdr = (dr * dr).sum().sqrt()
-        if normdr.scalar > h["maxstep"]!.scalar {
-            dr = dr * h["maxstep"]! / normdr
+        if normdr.scalar > h.maxstep.scalar {
+            dr = dr * h.maxstep / normdr
         }
         s.velocity = v
         s.positions = s.positions + dr
@@ -101,12 +106,19 @@ public struct FIRE: Relaxer {
 /// `eta` (Å²/eV) and `maxstep` (Å; ≤ 0 disables the clamp).
 public struct ForceFollowing: Relaxer {
     public var name: String { "frame" }
-    public var hyperparameters = OrderedDictionary<Double>()
+    public var hyperparameters: Hyper<Double>
+
+    public struct Hyper<T> {
+        public var eta, maxstep: T
+
+        public func map<U>(_ f: (String, T) -> U) -> Hyper<U> { Hyper<U>(eta: f("eta", eta), maxstep: f("maxstep", maxstep)) }
+    }
 
     public init(eta: Double = 0.01, maxstep: Double = 0) {
-        hyperparameters["eta"] = eta
-        hyperparameters["maxstep"] = maxstep
+        hyperparameters = Hyper(eta: eta, maxstep: maxstep)
     }
+
+    public func inputs(_ variable: (String, Double) -> Variable) -> Hyper<Variable> { hyperparameters.map(variable) }
 
     public struct State: RelaxerState {
         public var positions: Variable
@@ -118,18 +130,16 @@ public struct ForceFollowing: Relaxer {
         }
     }
 
-    public func start(positions: Variable, hyper: [String: Variable], evaluate: ForceFunction) -> State {
+    public func start(positions: Variable, hyper: Hyper<Variable>, evaluate: ForceFunction) -> State {
         State(positions: positions)
     }
 
-    public func step(_ s: State, hyper h: [String: Variable], evaluate: ForceFunction) -> State {
+    public func step(_ s: State, hyper h: Hyper<Variable>, evaluate: ForceFunction) -> State {
         var s = s
-        let f: Variable
-        if let cached = s.forces { f = cached } else { (s.energy, f) = evaluate(s.positions); s.forces = f }
-        var dr = f * h["eta"]!
-        let maxstep = h["maxstep"]!
-        if maxstep.scalar > 0 {
-            dr = clampLongestStep(dr, maxstep: maxstep)
+        let f = s.currentForces(evaluate)
+        var dr = f * h.eta
+        if h.maxstep.scalar > 0 {
+            dr = clampLongestStep(dr, maxstep: h.maxstep)
         }
         s.positions = s.positions + dr
         s.energy = nil
@@ -147,4 +157,15 @@ func clampLongestStep(_ dr: Variable, maxstep: Variable) -> Variable {
         return dr * (maxstep / longest)
     }
     return dr
+}
+
+extension FIRE.Hyper: Equatable where T: Equatable {}
+extension FIRE.Hyper: Sendable where T: Sendable {}
+extension FIRE.Hyper: RelaxerHyperparameters where T == Double {
+    public func mapValues(_ f: (String, Double) -> Double) -> Self { map(f) }
+}
+extension ForceFollowing.Hyper: Equatable where T: Equatable {}
+extension ForceFollowing.Hyper: Sendable where T: Sendable {}
+extension ForceFollowing.Hyper: RelaxerHyperparameters where T == Double {
+    public func mapValues(_ f: (String, Double) -> Double) -> Self { map(f) }
 }

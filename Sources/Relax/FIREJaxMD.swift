@@ -14,22 +14,29 @@ import Tape
 /// that rounding exactly (rounding is not differentiated), for step-by-step agreement with JAX-MD.
 public struct FIREJaxMD: Relaxer {
     public var name: String { "fire-jaxmd" }
-    public var hyperparameters = OrderedDictionary<Double>()
+    public var hyperparameters: Hyper<Double>
     public var nmin: Int
     public var float16: Bool
+
+    /// JAX-MD's names: dt_start, dt_max, f_inc, f_dec, alpha_start, f_alpha.
+    public struct Hyper<T> {
+        public var dtStart, dtMax, fInc, fDec, alphaStart, fAlpha: T
+
+        public func map<U>(_ f: (String, T) -> U) -> Hyper<U> {
+            Hyper<U>(dtStart: f("dt_start", dtStart), dtMax: f("dt_max", dtMax), fInc: f("f_inc", fInc), fDec: f("f_dec", fDec),
+                     alphaStart: f("alpha_start", alphaStart), fAlpha: f("f_alpha", fAlpha))
+        }
+    }
 
     public init(dtStart: Double = 0.1, dtMax: Double = 0.4, nmin: Int = 5, fInc: Double = 1.1, fDec: Double = 0.5,
                 alphaStart: Double = 0.1, fAlpha: Double = 0.99, float16: Bool = false) {
         func r(_ x: Double) -> Double { float16 ? Double(Float16(x)) : x }
-        hyperparameters["dt_start"] = r(dtStart)
-        hyperparameters["dt_max"] = r(dtMax)
-        hyperparameters["f_inc"] = r(fInc)
-        hyperparameters["f_dec"] = r(fDec)
-        hyperparameters["alpha_start"] = r(alphaStart)
-        hyperparameters["f_alpha"] = r(fAlpha)
+        hyperparameters = Hyper(dtStart: r(dtStart), dtMax: r(dtMax), fInc: r(fInc), fDec: r(fDec), alphaStart: r(alphaStart), fAlpha: r(fAlpha))
         self.nmin = nmin
         self.float16 = float16
     }
+
+    public func inputs(_ variable: (String, Double) -> Variable) -> Hyper<Variable> { hyperparameters.map(variable) }
 
     public struct State: RelaxerState {
         public var positions: Variable
@@ -55,15 +62,15 @@ public struct FIREJaxMD: Relaxer {
         return v + (Double(Float16(v.scalar)) - v.scalar)
     }
 
-    public func start(positions: Variable, hyper: [String: Variable], evaluate: ForceFunction) -> State {
+    public func start(positions: Variable, hyper: Hyper<Variable>, evaluate: ForceFunction) -> State {
         let (e, f) = evaluate(positions)
         var s = State(positions: positions, momentum: Variable(constant: Tensor.zeros(positions.shape)), force: f,
-                      dt: hyper["dt_start"]!, alpha: hyper["alpha_start"]!)
+                      dt: hyper.dtStart, alpha: hyper.alphaStart)
         s.energy = e
         return s
     }
 
-    public func step(_ s: State, hyper h: [String: Variable], evaluate: ForceFunction) -> State {
+    public func step(_ s: State, hyper h: Hyper<Variable>, evaluate: ForceFunction) -> State {
         var s = s
         let halfDt = s.dt * 0.5
         var p = s.momentum + s.force * halfDt
@@ -78,16 +85,22 @@ public struct FIREJaxMD: Relaxer {
         p = p + (f * pNorm / fNorm - p) * s.alpha
         s.positiveSteps = fp >= 0 ? s.positiveSteps + 1 : 0
         if fp > 0 && s.positiveSteps > nmin {
-            let grown = round16(s.dt * h["f_inc"]!)
-            s.dt = grown.scalar <= h["dt_max"]!.scalar ? grown : h["dt_max"]!
-            s.alpha = round16(s.alpha * h["f_alpha"]!)
+            let grown = round16(s.dt * h.fInc)
+            s.dt = grown.scalar <= h.dtMax.scalar ? grown : h.dtMax
+            s.alpha = round16(s.alpha * h.fAlpha)
         }
         if fp < 0 {
-            s.dt = round16(s.dt * h["f_dec"]!)
-            s.alpha = h["alpha_start"]!
+            s.dt = round16(s.dt * h.fDec)
+            s.alpha = h.alphaStart
             p = p * 0
         }
         s.momentum = p
         return s
     }
+}
+
+extension FIREJaxMD.Hyper: Equatable where T: Equatable {}
+extension FIREJaxMD.Hyper: Sendable where T: Sendable {}
+extension FIREJaxMD.Hyper: RelaxerHyperparameters where T == Double {
+    public func mapValues(_ f: (String, Double) -> Double) -> Self { map(f) }
 }

@@ -77,24 +77,15 @@ public func relax<R: Relaxer>(_ structure: Structure, potential: any Potential, 
 
     let x0 = filter?.generalized(positions: structure.positions, cell: structure.cell) ?? structure.positions
     var state = relaxer.start(positions: Variable(constant: x0), hyper: hyper, evaluate: evaluate)
-    var step = 0
-    var converged = false
     var initialEnergy = 0.0
     var fmax = Double.infinity
-    while true {
-        if state.forces == nil || state.energy == nil {
-            let (e, f) = evaluate(state.positions)
-            state.energy = e
-            state.forces = f
-        }
-        fmax = maxRowNorm(state.forces!.value)
-        let energy = state.energy!.scalar
+    let outcome = unroll(relaxer, state: &state, hyper: hyper,
+                         control: UnrollControl(maxSteps: settings.maxSteps, stopFmax: settings.fmax, checkEveryState: true, checkFinalState: true),
+                         evaluate: evaluate) { s, step, m in
+        let energy = s.energy?.scalar ?? .nan
         if step == 0 { initialEnergy = energy }
-        onStep(RelaxationStep(step: step, energy: energy, fmax: fmax, positions: current.positions, cell: current.cell, forces: lastAtomForces))
-        if fmax < settings.fmax { converged = true; break }
-        if step >= settings.maxSteps { break }
-        state = relaxer.step(state, hyper: hyper, evaluate: evaluate)
-        step += 1
+        fmax = m
+        onStep(RelaxationStep(step: step, energy: energy, fmax: m, positions: current.positions, cell: current.cell, forces: lastAtomForces))
     }
     var final = structure
     final.removeCalculatorResults()  // the input's results (say, a stress) belong to the initial geometry
@@ -104,36 +95,7 @@ public func relax<R: Relaxer>(_ structure: Structure, potential: any Potential, 
     final.forces = lastAtomForces
     if let s = lastStress { final.stress = s }
     let disp = Structure.minimumImage(current.positions - structure.positions, cell: structure.cell, pbc: structure.pbc)
-    return RelaxationResult(structure: final, converged: converged, steps: step, initialEnergy: initialEnergy,
+    return RelaxationResult(structure: final, converged: outcome.stopped, steps: outcome.steps, initialEnergy: initialEnergy,
                             finalEnergy: state.energy!.scalar, fmax: fmax, maxDisplacement: maxRowNorm(disp),
                             forceCalls: evaluator.evaluations, seconds: Date().timeIntervalSince(t0))
-}
-
-/// Relaxer by command-line name with hyperparameter overrides (`name=value`).
-public enum RelaxerFactory {
-    public static let names = ["fire", "fire-jaxmd", "bfgs", "lbfgs", "frame"]
-
-    public struct UnknownRelaxer: Error, CustomStringConvertible {
-        public let message: String
-        public var description: String { message }
-    }
-
-    public static func make(_ name: String, overrides: [String: Double] = [:]) throws -> any Relaxer {
-        var r: any Relaxer
-        switch name {
-        case "fire": r = FIRE()
-        case "fire-jaxmd": r = FIREJaxMD()
-        case "bfgs": r = BFGS()
-        case "lbfgs": r = LBFGS()
-        case "frame": r = ForceFollowing()
-        default: throw UnknownRelaxer(message: "unknown relaxer '\(name)' (known: \(names.joined(separator: ", ")))")
-        }
-        for (k, v) in overrides {
-            guard r.hyperparameters[k] != nil else {
-                throw UnknownRelaxer(message: "relaxer \(name) has no hyperparameter '\(k)' (has: \(r.hyperparameters.keys.joined(separator: ", ")))")
-            }
-            r.hyperparameters[k] = v
-        }
-        return r
-    }
 }

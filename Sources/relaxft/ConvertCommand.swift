@@ -4,11 +4,14 @@ import Foundation
 let convertCommand = Command(
     spec: CommandSpec(
         name: "convert", summary: "convert structure files (extended XYZ, VASP POSCAR, CIF)",
-        usage: "IN OUT [--from FMT] [--to FMT] [--frames SLICE] [--species 'A B …'] [--direct]",
+        usage: "IN (OUT | -o OUT) [--from FMT] [--to FMT] [--frames SLICE] [--species 'A B …'] [--direct] [--json] [--quiet]",
         options: [
-            OptionSpec("--from", value: "FMT", help: "format of IN: extxyz, vasp or cif (default: from the file name)"),
-            OptionSpec("--to", value: "FMT", help: "format of OUT: extxyz or vasp (default: from the file name)"),
-            OptionSpec("--frames", value: "SLICE", help: "frames to keep, a Python index or slice: 3, -1, 0:10:2, ::-1 (default: all)"),
+            Vocabulary.from,
+            Vocabulary.to,
+            Vocabulary.frames.detail("the frames to keep"),
+            Vocabulary.out.detail("the converted file (or give it as the second argument)"),
+            Vocabulary.json.detail("what was converted, as one object"),
+            Vocabulary.quiet.detail("no summary line"),
             OptionSpec("--species", value: "'A B …'", help: "element symbols of the atom groups of a VASP 4 POSCAR (no species line)"),
             OptionSpec("--direct", help: "write POSCAR coordinates as Direct (fractional) rather than Cartesian"),
         ],
@@ -22,10 +25,12 @@ let convertCommand = Command(
     run: runConvert)
 
 func runConvert(_ args: ParsedArguments) throws -> Int32 {
-    guard args.positionals.count == 2 else {
-        throw UsageError(command: "convert", message: "expects IN and OUT, got \(args.positionals.count) argument(s)")
+    var names = args.positionals
+    if let o = args.string("out") { names.append(o) }
+    guard names.count == 2 else {
+        throw UsageError(command: "convert", message: "expects IN and OUT (or IN and -o OUT), got \(names.count) file name(s)")
     }
-    let (input, output) = (args.positionals[0], args.positionals[1])
+    let (input, output) = (names[0], names[1])
     func format(_ option: String) throws -> StructureFormat? {
         guard let name = args.string(option) else { return nil }
         guard let f = StructureFormat(name: name) else {
@@ -35,13 +40,7 @@ func runConvert(_ args: ParsedArguments) throws -> Int32 {
     }
     let from = try format("from"), to = try format("to")
     if to == .cif { throw UsageError(command: "convert", message: "--to cif: CIF is read only (write extxyz or vasp)") }
-    var selection = FrameSelection.all
-    if let text = args.string("frames") {
-        guard let s = FrameSelection(text) else {
-            throw UsageError(command: "convert", message: "--frames expects an index or a slice such as 3, -1 or 0:10:2, got '\(text)'")
-        }
-        selection = s
-    }
+    let selection = try frameSelection(args)
     guard let outFormat = to ?? StructureFormat(path: output) else {
         throw UsageError(command: "convert", message: "cannot tell the format of '\(output)' from its name; use --to extxyz or --to vasp")
     }
@@ -58,6 +57,13 @@ func runConvert(_ args: ParsedArguments) throws -> Int32 {
     let sizes = Set(chosen.map(\.count))
     let atoms = sizes.count == 1 ? "\(sizes.first ?? 0) atoms" : "\(sizes.min() ?? 0)–\(sizes.max() ?? 0) atoms"
     let inFormat = from ?? StructureFormat(path: input)
-    printError("relaxft convert: \(chosen.count) of \(structures.count) frame(s), \(atoms), \(input) (\(inFormat?.rawValue ?? "?")) -> \(output) (\(outFormat.rawValue))")
+    if args.has("json") {
+        print(jsonObject([("input", jsonString(input)), ("output", jsonString(output)), ("from", jsonString(inFormat?.rawValue ?? "?")),
+                          ("to", jsonString(outFormat.rawValue)), ("frames", "\(chosen.count)"), ("frames_in_input", "\(structures.count)"),
+                          ("atoms", "[" + chosen.map { "\($0.count)" }.joined(separator: ", ") + "]")]))
+    }
+    if !args.has("quiet") {
+        printError("relaxft convert: \(chosen.count) of \(structures.count) frame(s), \(atoms), \(input) (\(inFormat?.rawValue ?? "?")) -> \(output) (\(outFormat.rawValue))")
+    }
     return 0
 }

@@ -8,33 +8,47 @@ import Relax
 let evaluateCommand = Command(
     spec: CommandSpec(
         name: "evaluate",
-        summary: "relax reference structures with a model and report the final-structure error (ΔQ)",
-        usage: "--model MODEL [--model MODEL2 …] (--data DATA.xyz | --initial A --target B) [options]",
+        summary: "score models on data: relax structures and report the final-structure error (ΔQ), and energy, force and stress errors on labelled frames",
+        usage: "--potential MODEL [--potential MODEL2 …] (--data DATA.xyz | --initial A --target B) [options]",
         options: [
-            OptionSpec("--model", value: "MODEL", help: "potential (as --pretrained of finetune); repeat to compare models (the first is the baseline of the improvement figures)"),
-            OptionSpec("--label", value: "NAME", help: "name of the corresponding --model in the CSV and JSON (repeatable; default: the model spec)"),
-            OptionSpec("--data", value: "FILE", help: "extended XYZ with initial positions and pos_relaxed (repeatable)"),
-            OptionSpec("--initial", value: "FILE", help: "initial structures (with --target)"),
-            OptionSpec("--target", value: "FILE", help: "reference relaxed structures"),
-            OptionSpec("--relaxer", value: "NAME", help: "relaxer (default: the model's training settings, else fire)"),
-            OptionSpec("--relaxer-param", value: "K=V,…", help: "relaxer hyperparameters"),
-            OptionSpec("--steps", value: "N", help: "maximum relaxation steps (default: the model's, else 1000)"),
-            OptionSpec("--fmax", value: "F", help: "stop below this fmax, eV/Å (default: the model's, else 0.01)"),
+            Vocabulary.potential.detail("repeat to compare models (the first is the baseline of the improvement figures)"),
+            OptionSpec("--label", value: "NAME", help: "name of the corresponding --potential in the tables, CSV and JSON (repeatable; default: the model spec)"),
+            Vocabulary.data.detail("structures with the reference-relaxed positions in pos_relaxed (relaxed and scored by ΔQ), or frames with energy, forces or stress (scored as they are)"),
+            Vocabulary.initial,
+            Vocabulary.target,
+            Vocabulary.frames.detail("of --data, --initial and --target"),
+            Vocabulary.skipUnknownElements,
+            Vocabulary.relaxer.detail("with --protocol own, for models without a stored protocol"),
+            Vocabulary.relaxerParam,
+            Vocabulary.steps.detail("at most N relaxer steps per structure"),
+            Vocabulary.fmax,
+            OptionSpec("--protocol", value: "WHICH", default: "common",
+                       help: "common: every model relaxes to --fmax with --relaxer (a fair comparison); own: each model file that stores the relaxation it was fine-tuned with uses that one (T steps, its relaxer settings); a model file: every model uses the protocol stored in it"),
             OptionSpec("--threshold", value: "Q", help: "ΔQ thresholds for the fraction-below rows (default 0.1,0.3)"),
             OptionSpec("--basin-dq", value: "Q", default: "1.0", help: "same basin as the reference: ΔQ below Q (amu^½·Å) and the same bonds"),
             OptionSpec("--bond-scale", value: "S", default: "1.2", help: "bonded when closer than S × (sum of covalent radii)"),
-            OptionSpec("--threads", value: "N", help: "structures relaxed in parallel (default: number of cores)"),
-            OptionSpec("--csv", value: "FILE", help: "write per-structure results as CSV"),
-            OptionSpec("--json", help: "print one JSON object on stdout"),
+            Vocabulary.threads,
+            Vocabulary.out.detail("a CSV file, one row per structure (per frame when only labelled frames are given)").alias("--csv"),
+            Vocabulary.json.detail("one object"),
+            Vocabulary.quiet.detail("no protocol lines and no progress"),
         ],
         details: """
-            ΔQ = sqrt(Σ m_j |x_j − x*_j|²) in amu^½·Å (minimum image). A relaxation counts as converged when its final fmax is
-            below --fmax (or 0.05 eV/Å when relaxations run a fixed number of steps). Same basin: ΔQ < --basin-dq and the
-            same bond graph as the reference (pairs closer than --bond-scale × the sum of Cordero's covalent radii; Si–Si
-            2.66 Å). Energy errors: |E_model(final) − E_ref(relaxed)| per atom, meaningful only when model and data share an
-            energy zero, and the relaxation-energy error (E_final − E_initial)_model − (E_relaxed − E_initial)_ref in eV,
-            which needs energy_initial and energy_relaxed in the data and is independent of the energy zero. With several
-            models, the per-structure relative improvement 1 − ΔQ_k/ΔQ_1 of each model against the first is reported.
+            Each --data file is read as relaxation data when every frame has pos_relaxed, else as labelled frames.
+
+            Relaxations: every model relaxes every structure under the protocol printed first (by default FIRE to
+            fmax 0.01 eV/Å, at most 500 steps, the same for every model). ΔQ = sqrt(Σ m_j |x_j − x*_j|²) in
+            amu^½·Å (minimum image). A relaxation counts as converged when its final fmax is below --fmax (or 0.05
+            eV/Å when relaxations run a fixed number of steps). Same basin: ΔQ < --basin-dq and the same bond graph
+            as the reference (pairs closer than --bond-scale × the sum of Cordero's covalent radii; Si–Si 2.66 Å).
+            Energy errors: |E_model(final) − E_ref(relaxed)| per atom, meaningful only when model and data share an
+            energy zero, and the relaxation-energy error (E_final − E_initial)_model − (E_relaxed − E_initial)_ref in
+            eV, which needs energy_initial and energy_relaxed in the data and is independent of the energy zero. With
+            several models, the per-structure relative improvement 1 − ΔQ_k/ΔQ_1 of each model against the first is
+            reported.
+
+            Labelled frames (as mace_eval_configs and nequip-evaluate score them): energy MAE and RMSE per atom
+            (meV/atom), force MAE and RMSE per component (eV/Å), stress MAE and RMSE per component (meV/Å³, frames
+            with a stress), over all frames and per configuration type (info config_type, else defect or kind).
             """),
     run: runEvaluate)
 
@@ -75,63 +89,160 @@ struct ModelReport: Encodable {
     }
 }
 
-/// Atomic numbers of the elements a model file declares (neural models list them; nil: no restriction known).
-func declaredElements(_ potential: any Potential) -> Set<Int>? {
-    guard let list = potential.metadata["elements"] else { return nil }
-    let zs = list.split(separator: ",").compactMap { Elements.symbols.firstIndex(of: String($0).trimmingCharacters(in: .whitespaces)) }
-    return zs.isEmpty ? nil : Set(zs)
-}
 
-/// A usage error instead of a crash when the data holds elements a model does not know.
-func checkElements(_ potential: any Potential, spec: String, numbers: [[Int]], names: [String], command: String) throws {
-    guard let known = declaredElements(potential) else { return }
-    for (z, name) in zip(numbers, names) {
-        let missing = Set(z).subtracting(known)
-        if !missing.isEmpty {
-            let m = missing.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
-            let k = known.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
-            throw UsageError(command: command, message: "\(name) contains \(m), which \(spec) does not know (its elements: \(k)); leave such structures out of the data")
+/// The models, protocols and data of an `evaluate` run, read and checked before any relaxation.
+struct EvaluateJob {
+    var specs: [String]
+    var labels: [String]
+    var potentials: [any Potential]
+    /// The relaxation protocol of each model.
+    var protocols: [RelaxationProtocol]
+    /// Relaxation data (pos_relaxed) and labelled frames, each with the files they came from.
+    var examples: [RelaxationExample] = []
+    var relaxationFiles: [String] = []
+    var labelled: [Structure] = []
+    var labelledFiles: [String] = []
+    var thresholds: [Double]
+    var basin: BasinCriterion
+    var threads: Int
+    var notes: [String] = []
+
+    init(_ a: ParsedArguments) throws {
+        let cmd = "evaluate"
+        specs = a.strings("potential")
+        guard !specs.isEmpty else { throw UsageError(command: cmd, message: "--potential MODEL is required") }
+        labels = a.strings("label")
+        guard labels.count <= specs.count else { throw UsageError(command: cmd, message: "more --label than --potential options") }
+        labels += specs.dropFirst(labels.count)
+        thresholds = try parseList(a.string("threshold") ?? "0.1,0.3").map { s -> Double in
+            guard let v = Double(s), v > 0 else { throw UsageError(command: cmd, message: "--threshold expects positive numbers, got '\(s)'") }
+            return v
+        }
+        basin = BasinCriterion(deltaQ: try a.positiveDouble("basin-dq")!, bondScale: try a.positiveDouble("bond-scale")!)
+        threads = try a.positiveInt("threads") ?? defaultThreadCount
+        potentials = try specs.map { try parsePotential($0, command: cmd) }
+        protocols = try Self.protocols(a, specs: specs)
+        for (spec, p) in zip(specs, potentials) { try readData(a, potential: p, name: spec) }
+        guard !examples.isEmpty || !labelled.isEmpty else { throw UsageError(command: cmd, message: "give --data FILE (or --initial and --target)") }
+    }
+
+    /// Reads the data, once per model so that each model's unknown elements are checked (the data are the
+    /// same for every model: the first model's reading is kept, the others must agree).
+    mutating func readData(_ a: ParsedArguments, potential: any Potential, name: String) throws {
+        let reader = try DataReader(command: "evaluate", frames: a.string("frames"), skipUnknownElements: a.has("skip-unknown-elements"),
+                                    potential: potential, potentialName: name)
+        var examples: [RelaxationExample] = [], labelled: [Structure] = [], relaxationFiles: [String] = [], labelledFiles: [String] = []
+        if let i = a.string("initial") {
+            examples = try reader.examples(data: [], initial: i, target: a.string("target"))
+            relaxationFiles = [i]
+        }
+        for path in a.strings("data") {
+            let frames = try reader.frames(path, option: "--data")
+            if frames.allSatisfy({ $0.arrays["pos_relaxed"] != nil }) {
+                examples += try reader.keepKnown(try RelaxationDataset.examples(from: frames, source: path), structure: \.initial, name: \.name, file: path)
+                relaxationFiles.append(path)
+            } else if frames.allSatisfy({ $0.energy != nil || $0.forces != nil || $0.stress != nil }) {
+                labelled += try reader.keepKnown(Array(frames.enumerated()), structure: \.element, name: { "\(path) frame \($0.offset)" }, file: path).map(\.element)
+                labelledFiles.append(path)
+            } else {
+                throw UsageError(command: "evaluate", message: "\(path): neither relaxation data (pos_relaxed in every frame) nor labelled frames (energy, forces or stress in every frame)")
+            }
+        }
+        if self.examples.isEmpty && self.labelled.isEmpty {
+            (self.examples, self.labelled, self.relaxationFiles, self.labelledFiles) = (examples, labelled, relaxationFiles, labelledFiles)
+        } else if examples.count != self.examples.count || labelled.count != self.labelled.count {
+            throw UsageError(command: "evaluate", message: "\(name) and \(specs[0]) know different elements, so --skip-unknown-elements would score them on different structures")
+        }
+        for n in reader.notes where !notes.contains(n) { notes.append(n) }
+    }
+
+    /// The relaxation protocol of each model: the common one (--relaxer, --fmax, --steps), or with
+    /// --protocol own the one a model file stores from its fine-tuning.
+    static func protocols(_ a: ParsedArguments, specs: [String]) throws -> [RelaxationProtocol] {
+        var common = RelaxationProtocol(relaxer: try parseRelaxer(a, command: "evaluate"), steps: try a.positiveInt("steps")!,
+                                        stopFmax: try a.positiveDouble("fmax")!)
+        common.convergedFmax = common.stopFmax!
+        switch a.string("protocol")! {
+        case "common": return specs.map { _ in common }
+        case "own":
+            return try specs.map { spec in
+                guard let path = try? resolveModelPath(spec, command: "evaluate"), var own = RelaxationProtocol.fromMetadata(try ModelFile.load(path).metadata) else {
+                    return common
+                }
+                own.convergedFmax = own.stopFmax ?? 0.05
+                return own
+            }
+        case let model:
+            // A model file's stored protocol for every model (a fine-tuned model's T-step relaxation, also for
+            // the model it started from).
+            guard let path = try? resolveModelPath(model, command: "evaluate") else {
+                throw UsageError(command: "evaluate", message: "--protocol expects common, own or a fine-tuned model file (or name), got '\(model)'")
+            }
+            guard var p = RelaxationProtocol.fromMetadata(try ModelFile.load(path).metadata) else {
+                throw UsageError(command: "evaluate", message: "--protocol \(model): the model file stores no relaxation protocol (expected common, own or a fine-tuned model file)")
+            }
+            p.convergedFmax = p.stopFmax ?? 0.05
+            return specs.map { _ in p }
         }
     }
 }
 
 func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
-    let cmd = "evaluate"
-    let models = a.strings("model")
-    guard !models.isEmpty else { throw UsageError(command: cmd, message: "--model MODEL is required") }
-    var labels = a.strings("label")
-    guard labels.count <= models.count else { throw UsageError(command: cmd, message: "more --label than --model options") }
-    labels += models.dropFirst(labels.count)
-    let examples = try loadExamples(data: a.strings("data"), initial: a.string("initial"), target: a.string("target"), command: cmd)
-    let thresholds = try parseList(a.string("threshold") ?? "0.1,0.3").map { s -> Double in
-        guard let v = Double(s), v > 0 else { throw UsageError(command: cmd, message: "--threshold expects positive numbers, got '\(s)'") }
-        return v
+    let job = try EvaluateJob(a)
+    let json = a.has("json"), quiet = a.has("quiet")
+    let terminal = Terminal(handle: json ? FileHandle.standardError : FileHandle.standardOutput)
+    for n in job.notes { printError("relaxft evaluate: \(n)") }
+    if !quiet {
+        for k in job.specs.indices {
+            terminal.line("model \(k + 1) (\(job.labels[k])): \(job.specs[k])" + (job.examples.isEmpty ? "" : "; relaxations: \(job.protocols[k])"))
+        }
     }
-    let basin = BasinCriterion(deltaQ: try a.positiveDouble("basin-dq")!, bondScale: try a.positiveDouble("bond-scale")!)
-    let threads = try a.positiveInt("threads") ?? defaultThreadCount
-    let overrides = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
-    // One relaxation protocol for every model, so that a comparison is fair: the last model file's training
-    // settings when it has them (the fine-tuned model in a before/after comparison), else FIRE to fmax 0.01;
-    // options override.
-    let potentials = try models.map { try PotentialSpec.parse($0) }
-    for (spec, p) in zip(models, potentials) {
-        try checkElements(p, spec: spec, numbers: examples.map(\.initial.numbers), names: examples.map(\.name), command: cmd)
+    let progress = ProgressLine(enabled: !quiet)
+    var reports: [ModelReport] = [], perStructure: [[ExampleEvaluation]] = []
+    if !job.examples.isEmpty {
+        (reports, perStructure) = relaxationReports(job, progress: progress)
     }
-    var proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 1000, stopFmax: 0.01)
-    for spec in models where spec.hasSuffix(".safetensors") {
-        if let p = RelaxationProtocol.fromMetadata(try ModelFile.load(spec).metadata) { proto = p }
+    var labelled: [LabelledReport] = []
+    if !job.labelled.isEmpty {
+        labelled = labelledReports(job, progress: progress)
     }
-    if let r = a.string("relaxer") { proto.relaxer = r; proto.hyperparameters = [:] }
-    for (k, v) in overrides { proto.hyperparameters[k] = v }
-    if let s = try a.positiveInt("steps") { proto.steps = s }
-    if let f = try a.positiveDouble("fmax") { proto.stopFmax = f }
-    proto.convergedFmax = proto.stopFmax ?? 0.05
-    _ = try proto.makeRelaxer()
-    var reports: [ModelReport] = []
-    var perStructure: [[ExampleEvaluation]] = []
-    for (k, (spec, potential)) in zip(models, potentials).enumerated() {
+    if let path = a.string("out") {
+        let text = job.examples.isEmpty ? labelledCSV(job, labelled) : relaxationCSV(job, reports: reports, perStructure: perStructure)
+        try AtomicFile.write(text, to: path)
+    }
+    if json {
+        print(try evaluationJSON(job, reports: reports, labelled: labelled))
+        return 0
+    }
+    if !reports.isEmpty { printRelaxationTable(job, reports: reports) }
+    if !labelled.isEmpty {
+        if !reports.isEmpty { print("") }
+        printLabelledTable(job, labelled)
+    }
+    return 0
+}
+
+/// Relaxes every structure with every model; the summaries and the per-structure results, model by model.
+func relaxationReports(_ job: EvaluateJob, progress: ProgressLine) -> ([ModelReport], [[ExampleEvaluation]]) {
+    var reports: [ModelReport] = [], perStructure: [[ExampleEvaluation]] = []
+    for (k, potential) in job.potentials.enumerated() {
         let t0 = Date()
-        let evals = try evaluateRelaxations(examples, potential: potential, protocol: proto, threads: threads, basin: basin)
+        let n = job.examples.count
+        let evals = evaluateRelaxations(job.examples, potential: potential, protocol: job.protocols[k], threads: job.threads, basin: job.basin) { done in
+            let eta = Date().timeIntervalSince(t0) / Double(done) * Double(n - done)
+            progress.update("model \(k + 1)/\(job.specs.count): relaxed \(done)/\(n) structures  ETA \(formatDuration(eta))", final: done == n)
+        }
+        let first = perStructure.first.map { $0.map(\.deltaQ) }
+        reports.append(ModelReport(label: job.labels[k], spec: job.specs[k], evals: evals, thresholds: job.thresholds, firstModel: first,
+                                   relaxation: job.protocols[k], seconds: Date().timeIntervalSince(t0)))
+        perStructure.append(evals)
+    }
+    return (reports, perStructure)
+}
+
+extension ModelReport {
+    /// The summary of one model's relaxations (`firstModel`: the first model's ΔQ per structure, for the improvement).
+    init(label: String, spec: String, evals: [ExampleEvaluation], thresholds: [Double], firstModel: [Double]?, relaxation: RelaxationProtocol, seconds: Double) {
         let dq = ErrorSummary(evals.map(\.deltaQ), thresholds: thresholds)
         let n = Double(max(evals.count, 1))
         func meanAbs(_ xs: [Double]) -> Double? { xs.isEmpty ? nil : xs.map { abs($0) }.reduce(0, +) / Double(xs.count) }
@@ -139,92 +250,38 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
         for g in Set(evals.compactMap(\.group)) {
             let e = evals.filter { $0.group == g }
             let s = ErrorSummary(e.map(\.deltaQ))
-            groups[g] = GroupReport(n: e.count, dq_mean: s.mean, dq_median: s.median,
-                                    same_basin_fraction: Double(e.filter(\.sameBasin).count) / Double(e.count))
+            groups[g] = GroupReport(n: e.count, dq_mean: s.mean, dq_median: s.median, same_basin_fraction: Double(e.filter(\.sameBasin).count) / Double(e.count))
         }
-        var imp: (values: [Double], mean: Double, median: Double)? = nil
-        if k > 0 { imp = ErrorSummary.relativeImprovement(before: perStructure[0].map(\.deltaQ), after: evals.map(\.deltaQ)) }
-        reports.append(ModelReport(label: labels[k], model: spec, n: dq.n, dq_mean: dq.mean, dq_median: dq.median, dq_max: dq.max,
-                                   dq_fraction_below: dq.fractionBelow, rmsd_mean: ErrorSummary(evals.map(\.rmsd)).mean,
-                                   converged_fraction: Double(evals.filter(\.converged).count) / n,
-                                   same_topology_fraction: Double(evals.filter { $0.differingBonds == 0 }.count) / n,
-                                   same_basin_fraction: Double(evals.filter(\.sameBasin).count) / n,
-                                   initial_dq_mean: ErrorSummary(evals.map(\.initialDeltaQ)).mean,
-                                   energy_error_mean_abs_per_atom: meanAbs(evals.compactMap(\.energyErrorPerAtom)),
-                                   relax_energy_error_mean_abs: meanAbs(evals.compactMap(\.relaxationEnergyError)),
-                                   improvement_mean: imp?.mean, improvement_median: imp?.median, by_group: groups,
-                                   relaxation: proto, seconds: Date().timeIntervalSince(t0), improvementValues: imp?.values ?? []))
-        perStructure.append(evals)
+        let imp = firstModel.map { ErrorSummary.relativeImprovement(before: $0, after: evals.map(\.deltaQ)) }
+        self.init(label: label, model: spec, n: dq.n, dq_mean: dq.mean, dq_median: dq.median, dq_max: dq.max,
+                  dq_fraction_below: dq.fractionBelow, rmsd_mean: ErrorSummary(evals.map(\.rmsd)).mean,
+                  converged_fraction: Double(evals.filter(\.converged).count) / n,
+                  same_topology_fraction: Double(evals.filter { $0.differingBonds == 0 }.count) / n,
+                  same_basin_fraction: Double(evals.filter(\.sameBasin).count) / n,
+                  initial_dq_mean: ErrorSummary(evals.map(\.initialDeltaQ)).mean,
+                  energy_error_mean_abs_per_atom: meanAbs(evals.compactMap(\.energyErrorPerAtom)),
+                  relax_energy_error_mean_abs: meanAbs(evals.compactMap(\.relaxationEnergyError)),
+                  improvement_mean: imp?.mean, improvement_median: imp?.median, by_group: groups,
+                  relaxation: relaxation, seconds: seconds, improvementValues: imp?.values ?? [])
     }
-    if let csv = a.string("csv") {
-        // Per model k: ΔQ, RMSD, convergence, energy errors, topology, basin, and (k ≥ 2) the relative improvement
-        // against model 1. Empty cells where a quantity is unknown.
-        func f(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
-        func field(_ s: String) -> String { s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
-        var header = "structure,group,atoms,initial_dq"
-        for k in models.indices {
-            let i = k + 1
-            header += ",dq_\(i),rmsd_\(i),converged_\(i),fmax_\(i),steps_\(i),energy_error_per_atom_\(i),relax_energy_error_\(i),differing_bonds_\(i),same_basin_\(i)"
-            if k > 0 { header += ",improvement_\(i)" }
+}
+
+/// One model's errors on the labelled frames, with its predictions (frame i → prediction i).
+struct LabelledReport {
+    var overall: ForceFieldMetrics
+    var byConfigType: [String: ForceFieldMetrics]
+    var predictions: [FramePrediction]
+}
+
+func labelledReports(_ job: EvaluateJob, progress: ProgressLine) -> [LabelledReport] {
+    job.potentials.enumerated().map { k, potential in
+        let t0 = Date()
+        let n = job.labelled.count
+        let predictions = predictFrames(job.labelled, potential: potential, threads: job.threads, stress: true) { done in
+            let eta = Date().timeIntervalSince(t0) / Double(done) * Double(n - done)
+            progress.update("model \(k + 1)/\(job.specs.count): \(done)/\(n) labelled frames  ETA \(formatDuration(eta))", final: done == n)
         }
-        var lines = ["# models: " + zip(models.indices, labels).map { "\($0 + 1)=\($1)" }.joined(separator: " "), header]
-        for (i, ex) in examples.enumerated() {
-            var row = "\(field(ex.name)),\(field(ex.group ?? "")),\(ex.initial.count),\(perStructure[0][i].initialDeltaQ)"
-            for (k, p) in perStructure.enumerated() {
-                let e = p[i]
-                row += ",\(e.deltaQ),\(e.rmsd),\(e.converged),\(e.fmax),\(e.steps),\(f(e.energyErrorPerAtom)),\(f(e.relaxationEnergyError)),\(e.differingBonds),\(e.sameBasin)"
-                if k > 0 { row += ",\(reports[k].improvementValues[i])" }
-            }
-            lines.append(row)
-        }
-        try AtomicFile.write(lines.joined(separator: "\n") + "\n", to: csv)
+        let (overall, byType) = ForceFieldMetrics.score(job.labelled, predictions: predictions)
+        return LabelledReport(overall: overall, byConfigType: byType, predictions: predictions)
     }
-    if a.has("json") {
-        var obj: [String: Any] = [:]
-        let r = reports.last!
-        obj["n"] = r.n
-        obj["dq_mean"] = r.dq_mean
-        obj["dq_median"] = r.dq_median
-        obj["converged_fraction"] = r.converged_fraction
-        obj["same_basin_fraction"] = r.same_basin_fraction
-        obj["basin_criterion"] = ["dq_below": basin.deltaQ, "bond_scale": basin.bondScale]
-        obj["models"] = try reports.map { try JSONSerialization.jsonObject(with: JSONEncoder.pretty.encode($0)) }
-        if let m = r.improvement_mean, let md = r.improvement_median {
-            obj["relative_improvement_mean"] = m
-            obj["relative_improvement_median"] = md
-        }
-        let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-        print(String(decoding: data, as: UTF8.self))
-        return 0
-    }
-    func row(_ label: String, _ values: [String]) -> String {
-        label.padding(toLength: 34, withPad: " ", startingAt: 0) + values.map { $0.padding(toLength: 16, withPad: " ", startingAt: 0) }.joined()
-    }
-    func opt(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "–" }
-    print("\(examples.count) structures; ΔQ in amu^½·Å")
-    if models.count > 1 { for (k, l) in labels.enumerated() { print("model \(k + 1): \(l)") } }
-    print(row("", reports.indices.map { models.count > 1 ? "model \($0 + 1)" : "model" }))
-    print(row("relaxation", reports.map { "\($0.relaxation.relaxer)≤\($0.relaxation.steps)" }))
-    print(row("ΔQ mean", reports.map { String(format: "%.4f", $0.dq_mean) }))
-    print(row("ΔQ median", reports.map { String(format: "%.4f", $0.dq_median) }))
-    print(row("ΔQ max", reports.map { String(format: "%.4f", $0.dq_max) }))
-    for t in thresholds {
-        print(row("fraction ΔQ < \(t)", reports.map { String(format: "%.3f", $0.dq_fraction_below["\(t)"] ?? .nan) }))
-    }
-    print(row("RMSD mean (Å)", reports.map { String(format: "%.4f", $0.rmsd_mean) }))
-    print(row("converged fraction", reports.map { String(format: "%.3f", $0.converged_fraction) }))
-    print(row("same bonds as reference", reports.map { String(format: "%.3f", $0.same_topology_fraction) }))
-    print(row("same basin (ΔQ < \(basin.deltaQ), same bonds)", reports.map { String(format: "%.3f", $0.same_basin_fraction) }))
-    print(row("initial ΔQ mean (do nothing)", reports.map { String(format: "%.4f", $0.initial_dq_mean) }))
-    if reports.contains(where: { $0.energy_error_mean_abs_per_atom != nil }) {
-        print(row("|E − E_ref| per atom (eV)", reports.map { opt($0.energy_error_mean_abs_per_atom, "%.4f") }))
-    }
-    if reports.contains(where: { $0.relax_energy_error_mean_abs != nil }) {
-        print(row("|ΔE_relax − ΔE_relax,ref| (eV)", reports.map { opt($0.relax_energy_error_mean_abs, "%.4f") }))
-    }
-    if models.count > 1 {
-        print(row("improvement vs model 1, mean", reports.map { opt($0.improvement_mean.map { 100 * $0 }, "%.1f %%") }))
-        print(row("improvement vs model 1, median", reports.map { opt($0.improvement_median.map { 100 * $0 }, "%.1f %%") }))
-    }
-    return 0
 }

@@ -9,194 +9,164 @@ let finetuneCommand = Command(
     spec: CommandSpec(
         name: "finetune",
         summary: "fine-tune a potential by backpropagation through relaxations (BPTT)",
-        usage: "--pretrained MODEL (--data DATA.xyz | --initial A.xyz --target B.xyz) [options]",
+        usage: "--potential MODEL (--data DATA.xyz | --initial A.xyz --target B.xyz) -o RUN_DIR [options]\n       relaxft finetune --resume RUN_DIR [--epochs N]",
         options: [
-            OptionSpec("--pretrained", value: "MODEL", help: "starting potential: sw, lj, sw:sigma=…,lambda=…, a .safetensors model file or a pulled model name"),
-            OptionSpec("--data", value: "FILE", help: "extended XYZ with initial positions and per-atom pos_relaxed (repeatable)"),
-            OptionSpec("--initial", value: "FILE", help: "initial structures (with --target, matched frame by frame)"),
-            OptionSpec("--target", value: "FILE", help: "reference relaxed structures"),
-            OptionSpec("--relaxer", value: "NAME", default: "frame", help: "frame, fire, fire-jaxmd, bfgs or lbfgs"),
-            OptionSpec("--relaxer-param", value: "K=V,…", help: "relaxer hyperparameters, e.g. eta=0.01 or dt=0.05,maxstep=0.1"),
-            OptionSpec("--steps", value: "T", default: "50", help: "relaxation steps unrolled per structure"),
-            OptionSpec("--stop-fmax", value: "F", help: "stop a relaxation early below this fmax (eV/Å; not differentiated)"),
-            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K or implicit"),
+            Vocabulary.potential.detail("the starting point"),
+            Vocabulary.data.detail("initial structures with the reference-relaxed positions in the per-atom column pos_relaxed"),
+            Vocabulary.initial,
+            Vocabulary.target,
+            Vocabulary.frames.detail("of --data, --initial and --target (--val and --force-data are read whole)"),
+            Vocabulary.skipUnknownElements,
+            Vocabulary.val,
+            Vocabulary.valFraction.detail("structures, so 0.2 keeps a few even in small sets"),
+            Vocabulary.relaxer,
+            Vocabulary.relaxerParam,
+            Vocabulary.steps.detail("relaxer steps unrolled per structure (T)").withDefault("50", reason: "the unrolled length T, whose memory and time grow with it"),
+            Vocabulary.fmax.detail("not differentiated").describedDefault("none", reason: "every relaxation runs T steps, so each gradient sees the same unroll")
+                .alias("--stop-fmax"),
+            OptionSpec("--grad", value: "MODE", default: "checkpoint", help: "full, checkpoint[:K] (K = ⌈√T⌉ by default), truncated:K, implicit, or guided:K[:W] (K recorded steps, then implicit at the minimum; loss W·ΔQ(x_K) + (1 − W)·ΔQ(x*), W = 0.5 by default)"),
             OptionSpec("--train-relaxer", value: "NAMES", help: "relaxer hyperparameters to train, e.g. eta or dt,dtmax"),
-            OptionSpec("--train-params", value: "NAMES", help: "potential parameters to train (default: all)"),
-            OptionSpec("--energy-weight", value: "W", default: "0", help: "add W·|E − E_ref|/N (eV/atom) at the relaxed structure to the loss (needs energy_relaxed)"),
+            Vocabulary.trainParams.detail("default: all"),
+            Vocabulary.energyWeight.detail("W·|E − E_ref|/N (eV/atom) at the relaxed structure, added to ΔQ (needs energy_relaxed)"),
             OptionSpec("--force-data", value: "FILE", help: "frames with DFT forces (e.g. the training relaxations' ionic steps; repeatable) for --force-weight"),
-            OptionSpec("--force-weight", value: "W", default: "0", help: "add W·mean|F − F_ref|² ((eV/Å)²) on --force-frames random --force-data frames to every step's loss"),
+            Vocabulary.forceWeight.detail("W·mean|F − F_ref|² ((eV/Å)²) on --force-frames random --force-data frames, added to every step's loss"),
             OptionSpec("--force-frames", value: "K", default: "8", help: "frames drawn per optimizer step for the force term"),
-            OptionSpec("--epochs", value: "N", default: "30", help: "training epochs"),
-            OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
+            Vocabulary.epochs.withDefault("30", reason: "an epoch relaxes every training structure, far more work than an epoch of energy/force matching"),
+            Vocabulary.lr,
             OptionSpec("--relaxer-lr", value: "RATE", help: "learning rate of relaxer hyperparameters (default: --lr)"),
             OptionSpec("--relative-lr", help: "learning rate relative to each parameter's initial magnitude (for classical potentials)"),
-            OptionSpec("--schedule", value: "NAME", default: "constant", help: "constant, cosine or plateau"),
-            OptionSpec("--batch", value: "N", default: "4", help: "structures per optimizer step"),
-            OptionSpec("--clip", value: "NORM", default: "0", help: "clip the gradient's global norm (0: off)"),
+            Vocabulary.schedule,
+            Vocabulary.batch,
+            Vocabulary.clip,
             OptionSpec("--weight-decay", value: "W", default: "0", help: "AdamW decoupled weight decay"),
-            OptionSpec("--patience", value: "N", default: "0", help: "stop after N epochs without validation improvement (0: never)"),
-            OptionSpec("--val", value: "FILE", help: "validation structures (extended XYZ with pos_relaxed; repeatable) instead of --val-fraction"),
-            OptionSpec("--val-fraction", value: "F", default: "0.2", help: "fraction of structures held out for validation"),
-            OptionSpec("--seed", value: "N", default: "0", help: "seed of the split and the batch order"),
-            OptionSpec("--threads", value: "N", help: "structures relaxed in parallel (default: number of cores)"),
-            OptionSpec("--out", value: "RUN_DIR", help: "run directory (created; must be empty)"),
-            OptionSpec("--resume", value: "RUN_DIR", help: "continue an interrupted run exactly"),
-            OptionSpec("--json", help: "print a JSON summary on stdout (progress goes to stderr)"),
-            OptionSpec("--quiet", help: "no progress lines"),
+            Vocabulary.patience,
+            Vocabulary.seed.detail("of the split and the batch order"),
+            Vocabulary.threads,
+            Vocabulary.out.detail("the run directory (created; must be empty)"),
+            Vocabulary.resume.detail("--epochs sets a new budget; --threads, --json, --quiet apply; other options are refused"),
+            Vocabulary.json.detail("a summary at the end"),
+            Vocabulary.quiet,
         ],
         details: """
             The loss is the mass-weighted ΔQ = sqrt(Σ m_j |x_j − x*_j|²) (amu^½·Å, minimum image) between the structure after
             T relaxer steps and the reference relaxed structure, averaged over a batch. RUN_DIR receives best.safetensors
-            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv and
-            state.json (for --resume); at the end summary.json (ΔQ before/after, best epoch, training cost: wall and CPU
-            seconds and peak resident memory of the process). --force-weight mixes force matching on DFT frames into every
+            (lowest validation ΔQ; its relaxer settings in the metadata), last.safetensors, config.json, metrics.csv,
+            checkpoint.safetensors (for --resume) and cost.json; at the end summary.json (ΔQ before/after, best epoch,
+            training cost: wall and CPU seconds, peak resident memory and processes, summed over resumes). --force-weight mixes force matching on DFT frames into every
             step (a regulariser against forgetting, as StABlE mixes in its QM loss); metrics.csv then has train_force_rmse.
             """),
     run: runFinetune)
 
-func parseList(_ s: String?) -> [String] {
-    (s ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-}
-
-func parseAssignments(_ s: String?, command: String, option: String) throws -> [String: Double] {
-    var d: [String: Double] = [:]
-    for item in parseList(s) {
-        let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
-        guard kv.count == 2, let v = Double(kv[1]), v.isFinite else {
-            throw UsageError(command: command, message: "--\(option) expects name=value pairs, got '\(item)'")
-        }
-        d[kv[0]] = v
+/// The configuration of a new fine-tuning run from the options.
+func fineTuneConfig(_ a: ParsedArguments) throws -> (config: FineTuneConfig, runDirectory: String) {
+    let cmd = "finetune"
+    guard let pre = a.string("potential") else { throw UsageError(command: cmd, message: "--potential MODEL is required") }
+    guard let out = a.string("out") else { throw UsageError(command: cmd, message: "-o/--out RUN_DIR is required") }
+    var config = FineTuneConfig(pretrained: pre)
+    config.data = a.strings("data")
+    config.frames = a.string("frames")
+    config.skipUnknownElements = a.has("skip-unknown-elements")
+    config.initial = a.string("initial")
+    config.target = a.string("target")
+    config.relaxer = try parseRelaxer(a, command: cmd)
+    config.steps = try a.positiveInt("steps")!
+    config.stopFmax = try a.positiveDouble("fmax")
+    do { config.gradient = try GradientMode.parse(a.string("grad")!) } catch let e as GradientMode.ParseError {
+        throw UsageError(command: cmd, message: "--grad: \(e.message)")
     }
-    return d
-}
-
-/// Examples from --data files or an --initial/--target pair.
-func loadExamples(data: [String], initial: String?, target: String?, command: String) throws -> [RelaxationExample] {
-    if let i = initial {
-        guard let t = target else { throw UsageError(command: command, message: "--initial needs --target") }
-        return try RelaxationDataset.examples(initial: try StructureIO.read(i), target: try StructureIO.read(t), initialSource: i, targetSource: t)
+    config.trainRelaxer = parseList(a.string("train-relaxer"))
+    let tp = parseList(a.string("train-params"))
+    config.trainParameters = tp.isEmpty ? nil : tp
+    config.energyWeight = try a.double("energy-weight")!
+    guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
+    if config.energyWeight > 0 && config.gradient.differentiatesMinimum {
+        throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad \(config.gradient)")
     }
-    guard !data.isEmpty else { throw UsageError(command: command, message: "give --data FILE (or --initial and --target)") }
-    return try data.flatMap { try RelaxationDataset.examples(from: try StructureIO.read($0), source: $0) }
+    let forceData = a.strings("force-data")
+    let forceWeight = try a.double("force-weight")!
+    guard forceWeight >= 0 else { throw UsageError(command: cmd, message: "--force-weight must be ≥ 0") }
+    if forceWeight > 0 && forceData.isEmpty { throw UsageError(command: cmd, message: "--force-weight needs --force-data FILE") }
+    if forceWeight > 0 {
+        config.forceData = forceData
+        config.forceWeight = forceWeight
+        config.forceFrames = try a.positiveInt("force-frames")!
+    }
+    config.epochs = try a.positiveInt("epochs")!
+    config.learningRate = try a.positiveDouble("lr")!
+    config.relaxerLearningRate = try a.positiveDouble("relaxer-lr")
+    config.relativeLearningRate = a.has("relative-lr")
+    config.schedule = a.string("schedule")!
+    config.batchSize = try a.positiveInt("batch")!
+    config.clipNorm = try a.double("clip")!
+    config.weightDecay = try a.double("weight-decay")!
+    config.patience = try a.int("patience")!
+    config.validationFraction = try a.double("val-fraction")!
+    let val = a.strings("val")
+    config.validationData = val.isEmpty ? nil : val
+    guard (0..<1).contains(config.validationFraction) else { throw UsageError(command: cmd, message: "--val-fraction must be in [0, 1)") }
+    config.seed = try seedOption(a)
+    config.threads = try a.positiveInt("threads") ?? defaultThreadCount
+    let fm = FileManager.default
+    if fm.fileExists(atPath: out), let items = try? fm.contentsOfDirectory(atPath: out), !items.isEmpty {
+        throw UsageError(command: cmd, message: "run directory '\(out)' exists and is not empty (use a new --out, or --resume \(out))")
+    }
+    return (config, out)
 }
 
-func formatDuration(_ s: Double) -> String {
-    if s < 60 { return String(format: "%.0fs", s) }
-    if s < 3600 { return String(format: "%dm%02ds", Int(s) / 60, Int(s) % 60) }
-    return String(format: "%dh%02dm", Int(s) / 3600, (Int(s) % 3600) / 60)
+/// --seed as a non-negative integer.
+func seedOption(_ a: ParsedArguments) throws -> UInt64 {
+    guard let text = a.string("seed"), let seed = UInt64(text) else {
+        throw UsageError(command: a.command, message: "--seed expects a non-negative integer, got '\(a.string("seed") ?? "")'")
+    }
+    return seed
+}
+
+/// The trainer of a fine-tuning run with its data read (training, validation and force frames).
+func fineTuneTrainer(_ config: FineTuneConfig, runDirectory: String, quiet: Bool) throws -> FineTuneTrainer {
+    let cmd = "finetune"
+    let potential = try parsePotential(config.pretrained, command: cmd)
+    let reader = try DataReader(command: cmd, frames: config.frames, skipUnknownElements: config.skipUnknownElements,
+                                potential: potential, potentialName: config.pretrained)
+    let examples = try reader.examples(data: config.data, initial: config.initial, target: config.target)
+    let validation = try config.validationData.map { try reader.examples(data: $0, initial: nil, target: nil, option: "--val", select: false) }
+    let forceFrames = try reader.labelledFrames(config.forceData ?? [], option: "--force-data", select: false, requireForces: true)
+    for note in reader.notes { printError("relaxft finetune: \(note)") }
+    return try FineTuneTrainer(config: config, potential: potential, examples: examples, validationExamples: validation,
+                         forceFrames: forceFrames, runDirectory: runDirectory)
 }
 
 func runFinetune(_ a: ParsedArguments) throws -> Int32 {
-    let cmd = "finetune"
-    let started = Date()
     var config: FineTuneConfig
     let runDir: String
-    let resuming = a.string("resume") != nil
     if let r = a.string("resume") {
+        try a.refuseOnResume(allowed: ["epochs", "threads", "json", "quiet"])
         runDir = r
-        let data = try Data(contentsOf: URL(fileURLWithPath: r + "/config.json"))
-        config = try JSONDecoder().decode(FineTuneConfig.self, from: data)
+        config = try RunDirectory.resume(r, as: FineTuneConfig.self, epochs: try a.givenPositiveInt("epochs")).config
+        // The thread count changes no result (structures are relaxed independently and reduced in order).
+        if let t = try a.positiveInt("threads") { config.threads = t }
     } else {
-        guard let pre = a.string("pretrained") else { throw UsageError(command: cmd, message: "--pretrained MODEL is required") }
-        guard let out = a.string("out") else { throw UsageError(command: cmd, message: "--out RUN_DIR is required") }
-        runDir = out
-        config = FineTuneConfig(pretrained: pre)
-        config.data = a.strings("data")
-        config.initial = a.string("initial")
-        config.target = a.string("target")
-        config.relaxer = a.string("relaxer")!
-        config.relaxerParameters = try parseAssignments(a.string("relaxer-param"), command: cmd, option: "relaxer-param")
-        config.steps = try a.positiveInt("steps")!
-        config.stopFmax = try a.positiveDouble("stop-fmax")
-        config.gradient = a.string("grad")!
-        _ = try GradientMode.parse(config.gradient)
-        config.trainRelaxer = parseList(a.string("train-relaxer"))
-        let tp = parseList(a.string("train-params"))
-        config.trainParameters = tp.isEmpty ? nil : tp
-        config.energyWeight = try a.double("energy-weight")!
-        guard config.energyWeight >= 0 else { throw UsageError(command: cmd, message: "--energy-weight must be ≥ 0") }
-        if config.energyWeight > 0 && config.gradient == "implicit" {
-            throw UsageError(command: cmd, message: "--energy-weight is not supported with --grad implicit")
-        }
-        let forceData = a.strings("force-data")
-        let forceWeight = try a.double("force-weight")!
-        guard forceWeight >= 0 else { throw UsageError(command: cmd, message: "--force-weight must be ≥ 0") }
-        if forceWeight > 0 && forceData.isEmpty { throw UsageError(command: cmd, message: "--force-weight needs --force-data FILE") }
-        if forceWeight > 0 {
-            config.forceData = forceData
-            config.forceWeight = forceWeight
-            config.forceFrames = try a.positiveInt("force-frames")!
-        }
-        config.epochs = try a.positiveInt("epochs")!
-        config.learningRate = try a.positiveDouble("lr")!
-        config.relaxerLearningRate = try a.positiveDouble("relaxer-lr")
-        config.relativeLearningRate = a.has("relative-lr")
-        config.schedule = a.string("schedule")!
-        config.batchSize = try a.positiveInt("batch")!
-        config.clipNorm = try a.double("clip")!
-        config.weightDecay = try a.double("weight-decay")!
-        config.patience = try a.int("patience")!
-        config.validationFraction = try a.double("val-fraction")!
-        let val = a.strings("val")
-        config.validationData = val.isEmpty ? nil : val
-        guard (0..<1).contains(config.validationFraction) else { throw UsageError(command: cmd, message: "--val-fraction must be in [0, 1)") }
-        config.seed = UInt64(try a.int("seed")!)
-        config.threads = try a.positiveInt("threads") ?? defaultThreadCount
-        let fm = FileManager.default
-        if fm.fileExists(atPath: out), let items = try? fm.contentsOfDirectory(atPath: out), !items.isEmpty {
-            throw UsageError(command: cmd, message: "run directory '\(out)' exists and is not empty (use a new --out, or --resume \(out))")
-        }
+        (config, runDir) = try fineTuneConfig(a)
     }
-    let potential = try PotentialSpec.parse(config.pretrained)
-    let examples = try loadExamples(data: config.data, initial: config.initial, target: config.target, command: cmd)
-    try checkElements(potential, spec: config.pretrained, numbers: examples.map(\.initial.numbers), names: examples.map(\.name), command: cmd)
-    let validation = try config.validationData.map { try loadExamples(data: $0, initial: nil, target: nil, command: cmd) }
-    if let v = validation {
-        try checkElements(potential, spec: config.pretrained, numbers: v.map(\.initial.numbers), names: v.map(\.name), command: cmd)
-    }
-    var forceFrames: [Structure] = []
-    for path in config.forceData ?? [] {
-        let frames = try StructureIO.read(path)
-        if let k = frames.firstIndex(where: { $0.forces == nil }) {
-            throw UsageError(command: cmd, message: "\(path): frame \(k + 1) has no forces (--force-data needs per-atom forces)")
-        }
-        forceFrames += frames
-    }
-    if !forceFrames.isEmpty {
-        try checkElements(potential, spec: config.pretrained, numbers: forceFrames.map(\.numbers), names: forceFrames.indices.map { "force frame \($0 + 1)" }, command: cmd)
-    }
-    let trainer = try FineTuner(config: config, potential: potential, examples: examples, validationExamples: validation,
-                                forceFrames: forceFrames, runDirectory: runDir)
-    if resuming {
-        try trainer.resume()
-    } else {
-        // Created only now that every input has been read, so that bad input leaves nothing behind.
-        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
-        try AtomicFile.write(try JSONEncoder.pretty.encode(config), to: runDir + "/config.json")
-    }
-    let quiet = a.has("quiet")
-    let log: (String) -> Void = a.has("json") ? { printError($0) } : { print($0) }
+    let quiet = a.has("quiet"), json = a.has("json")
+    let trainer = try fineTuneTrainer(config, runDirectory: runDir, quiet: quiet)
+    // A new run's directory is created by the trainer, now that every input has been read, so that bad input
+    // leaves nothing behind.
+    if a.has("resume") { try trainer.resume() }
+    let log: (String) -> Void = { emit($0, toStandardError: json) }
     if !quiet {
-        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer) × \(config.steps) steps, gradient \(config.gradient), \(potential.kind) with \(potential.parameterCount) parameters")
+        log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer.name) × \(config.steps) steps, "
+            + "gradient \(config.gradient), \(trainer.potential.kind) with \(trainer.potential.parameterCount) parameters")
     }
-    var summary = try trainer.run { m, eta in
-        guard !quiet else { return }
-        var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, config.epochs, m.trainDQMean, m.trainDQMedian)
-        if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
-        line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
-        for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
-        if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
-        if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
-        line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
-        log(line)
+    let progress = ProgressLine(enabled: !quiet)
+    let summary = try trainer.run { event in
+        if case .epoch = event { progress.clear() }
+        switch fineTuneEventLine(event, config: trainer.config) {
+        case .progress(let text, let final)?: progress.update(text, final: final)
+        case .log(let text)? where !quiet: log(text)
+        default: break
+        }
     }
-    // Training cost beside the results, for reports and sweep tables (this process: a resumed run counts its
-    // last session here; `seconds` sums the epochs of all sessions).
-    summary.wall_seconds = Date().timeIntervalSince(started)
-    summary.cpu_seconds = processCPUSeconds()
-    summary.peak_rss_mb = peakResidentMegabytes()
-    try AtomicFile.write(try JSONEncoder.pretty.encode(summary), to: runDir + "/summary.json")
-    if a.has("json") {
+    if json {
         print(String(decoding: try JSONEncoder.pretty.encode(summary), as: UTF8.self))
     } else if !quiet {
         var s = String(format: "done: train ΔQ %.4g → %.4g", summary.train_dq_mean_before, summary.train_dq_mean_after)
@@ -208,6 +178,32 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
         }
     }
     return 0
+}
+
+/// A line for the progress display or the log.
+enum EventLine {
+    case progress(String, final: Bool)
+    case log(String)
+}
+
+/// How `finetune` shows a trainer event.
+func fineTuneEventLine(_ event: FineTuneEvent, config: FineTuneConfig) -> EventLine? {
+    switch event {
+    case .initialEvaluation(let done, let total, let eta):
+        return .progress("relaxing the \(total) training and validation structures with the starting model: \(done)/\(total)  ETA \(formatDuration(eta))",
+                         final: done == total)
+    case .batch(let epoch, let done, let total, let eta):
+        return .progress("epoch \(epoch)/\(config.epochs)  structures \(done)/\(total)  ETA (epoch) \(formatDuration(eta))", final: false)
+    case .epoch(let m, let eta):
+        var line = String(format: "epoch %d/%d  train ΔQ %.4g (median %.4g)", m.epoch, config.epochs, m.trainDQMean, m.trainDQMedian)
+        if let v = m.valDQMean { line += String(format: "  val ΔQ %.4g (median %.4g)", v, m.valDQMedian!) }
+        line += String(format: "  |g| %.3g  lr %.3g", m.gradientNorm, m.learningRate)
+        for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
+        if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
+        if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
+        line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
+        return .log(line)
+    }
 }
 
 extension JSONEncoder {

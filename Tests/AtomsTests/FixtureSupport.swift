@@ -5,7 +5,7 @@ import Testing
 
 /// Paths inside the repository, found from this file's location (the tests need no working directory).
 enum Repo {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let root = repoRoot
     static let structures = root.appendingPathComponent("Fixtures/structures")
     static let malformed = root.appendingPathComponent("Tests/AtomsTests/Malformed")
 
@@ -30,11 +30,6 @@ extension JSONValue {
     var bools: [Bool] { array.compactMap { if case .bool(let b) = $0 { return b } else { return nil } } }
     var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
     var members: [(String, JSONValue)] { if case .object(let m) = self { return m } else { return [] } }
-}
-
-/// Bitwise equality of two arrays of doubles (NaN-safe, and -0.0 ≠ 0.0).
-func bitwiseEqual(_ a: [Double], _ b: [Double]) -> Bool {
-    a.count == b.count && zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern }
 }
 
 /// An expected `{"t": type, "v": value}` entry of expected.json as an InfoValue.

@@ -3,43 +3,6 @@ import Testing
 import Atoms
 import Potentials
 
-/// Runs an executable (relaxft, or python3 scripts) in `dir` with a given PATH; output goes through files, since a
-/// pipe could fill up and block.
-func runTool(_ executable: String, _ args: [String], in dir: URL, path: String = "/usr/bin:/bin", environment: [String: String] = [:]) throws -> CLIRun {
-    let outputs = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-tool-out-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: outputs) }
-    let (o, e) = (outputs.appendingPathComponent("stdout"), outputs.appendingPathComponent("stderr"))
-    _ = FileManager.default.createFile(atPath: o.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: e.path, contents: nil)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = args
-    process.currentDirectoryURL = dir
-    process.environment = ["OPENBLAS_NUM_THREADS": "1", "PATH": path].merging(environment) { $1 }
-    process.standardOutput = try FileHandle(forWritingTo: o)
-    process.standardError = try FileHandle(forWritingTo: e)
-    try process.run()
-    process.waitUntilExit()
-    return CLIRun(status: process.terminationStatus, stdout: try String(contentsOf: o, encoding: .utf8),
-                  stderr: try String(contentsOf: e, encoding: .utf8))
-}
-
-func readCSV(_ path: String) throws -> (header: [String], rows: [[String: String]]) {
-    let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }
-    // No quoted commas in the columns these tests read; fields with commas are quoted and sit elsewhere.
-    let header = lines[0].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-    let rows = lines.dropFirst().map { line -> [String: String] in
-        var fields: [String] = [], cur = "", quoted = false
-        for ch in line {
-            if ch == "\"" { quoted.toggle() } else if ch == "," && !quoted { fields.append(cur); cur = "" } else { cur.append(ch) }
-        }
-        fields.append(cur)
-        return Dictionary(zip(header, fields), uniquingKeysWith: { a, _ in a })
-    }
-    return (header, rows)
-}
-
 let perturbedSW = "sw:sigma=2.157953,lambda=18.9"
 
 /// Evaluation metrics, training summaries, conventional fine-tuning, reports and sweeps (issue 9's tooling).
@@ -130,6 +93,14 @@ struct ExperimentToolsTests {
         #expect(!FileManager.default.fileExists(atPath: dir.path("f1")) && !FileManager.default.fileExists(atPath: dir.path("f2")))
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("run/summary.json")))) as? [String: Any])
         for k in ["wall_seconds", "cpu_seconds", "peak_rss_mb", "train_dq_mean_before", "train_dq_mean_after"] { #expect(summary[k] != nil, "\(k)") }
+        // On --resume the stored configuration is used: a new --epochs budget is applied, other options are refused.
+        let refused = try dir.run(["finetune", "--resume", "run", "--lr", "0.1", "--quiet"])
+        #expect(refused.status == 2 && refused.stderr.contains("--lr cannot be changed when resuming"), "\(refused.stderr)")
+        let more = try dir.run(["finetune", "--resume", "run", "--epochs", "3", "--quiet", "--json"])
+        #expect(more.status == 0, "\(more.stderr)")
+        let resumed = try #require(try JSONSerialization.jsonObject(with: Data(more.stdout.utf8)) as? [String: Any])
+        #expect(resumed["epochs"] as? Int == 3 && resumed["sessions"] as? Int == 2, "\(resumed)")
+        #expect(try String(contentsOfFile: dir.path("run/config.json"), encoding: .utf8).contains("\"epochs\" : 3"))
         let ev = try dir.run(["evaluate", "--model", perturbedSW, "--model", "run/best.safetensors", "--data", "test.extxyz",
                               "--relaxer", "fire", "--steps", "100", "--csv", "run/eval.csv"])
         #expect(ev.status == 0, "\(ev.stderr)")

@@ -5,62 +5,6 @@ import Potentials
 import Relax
 import Tape
 
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-/// The relaxft binary, built next to the test executable (.build/<config>/; on macOS the test executable sits
-/// inside the .xctest bundle, so parent directories are searched too).
-let relaxftBinary: String = {
-    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-    var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("relaxft").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return "relaxft-not-found-next-to-\(exe)"
-}()
-
-struct CLIRun {
-    let status: Int32
-    let stdout: String
-    let stderr: String
-
-    /// The JSON objects of stdout, one per line.
-    var json: [[String: Any]] {
-        stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-    }
-
-    /// A number of the first JSON line read from its text: Foundation's JSON reader on Linux is not correctly
-    /// rounded (off by an ulp at times), Double(String) is, so this checks that no digit was lost.
-    func number(_ key: String) -> Double? {
-        guard let line = stdout.split(separator: "\n").first, let r = line.range(of: "\"\(key)\": ") else { return nil }
-        return Double(line[r.upperBound...].prefix { $0 != "," && $0 != "}" })
-    }
-}
-
-/// A scratch directory with copies of fixture files; removed by `remove()`.
-struct Scratch {
-    let url: URL
-
-    init(copying fixtures: [String] = []) throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        for f in fixtures {
-            let source = repoRoot.appendingPathComponent(f)
-            try FileManager.default.copyItem(at: source, to: url.appendingPathComponent(source.lastPathComponent))
-        }
-    }
-
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-    func files() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []).sorted() }
-    func remove() { try? FileManager.default.removeItem(at: url) }
-
-    /// Runs `relaxft args…` in this directory (output through files: a pipe could fill up and block).
-    func run(_ args: [String]) throws -> CLIRun {
-        try runTool(relaxftBinary, args, in: url)
-    }
-}
-
 func settings(fmax: Double, steps: Int = 500) -> RelaxationSettings {
     var s = RelaxationSettings()
     s.fmax = fmax
@@ -219,6 +163,19 @@ struct RelaxCommandTests {
         #expect(try StructureIO.read(dir.path("out.xyz"))[0].positions == input.positions)
     }
 
+    /// A structure with an element a model file does not declare: exit 2 with the element named, nothing
+    /// written (not a crash in the model's species lookup).
+    @Test func unknownElementForAModelIsAUsageError() throws {
+        let dir = try Scratch(copying: ["Fixtures/models/si-so3krates-pretrained.safetensors"])
+        defer { dir.remove() }
+        try "2\nLattice=\"6 0 0 0 6 0 0 0 6\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\nGe 0 0 0\nSi 1.4 1.4 1.4\n"
+            .write(toFile: dir.path("sige.xyz"), atomically: true, encoding: .utf8)
+        let run = try dir.run(["relax", "sige.xyz", "--potential", "si-so3krates-pretrained.safetensors"])
+        #expect(run.status == 2)
+        #expect(run.stderr.contains("contains Ge, which si-so3krates-pretrained.safetensors does not know"), "\(run.stderr)")
+        #expect(!dir.files().contains("sige-relaxed.xyz"))
+    }
+
     /// POSCAR in, POSCAR out next to it; without --json the log and summary go to stdout; fixed atoms stay.
     @Test func poscarInput() throws {
         let dir = try Scratch(copying: ["Fixtures/structures/si_vacancy_fixed.vasp"])
@@ -263,7 +220,9 @@ struct RelaxCommandTests {
         ErrorCase(si, ["--potential", "sw:beta=1"], "--potential: sw has no parameter 'beta'"),
         ErrorCase(ethanol, ["--potential", "lj", "--relax-cell"],
                   "--relax-cell needs a structure periodic along all three axes; ethanol.extxyz has pbc F F F"),
-        ErrorCase(ethanol, [], "Stillinger-Weber here has one set of parameters (silicon's) for every atom; ethanol.extxyz has C, O, H"),
+        ErrorCase(ethanol, ["--potential", "sw"], "Stillinger-Weber here has one set of parameters (silicon's) for every atom; ethanol.extxyz has C, O, H"),
+        // Without --potential only silicon defaults to sw; anything else must name its potential.
+        ErrorCase(ethanol, [], "--potential MODEL is required: ethanol.extxyz contains H, C, O"),
         ErrorCase(si, ["-o", "./si_vacancy.extxyz"], "would overwrite the input"),
         ErrorCase(cual, ["--potential", "lj", "-o", "POSCAR"], "a POSCAR holds one structure and 3 frames are selected"),
         ErrorCase(ethanol, ["--potential", "lj", "-o", "ethanol.vasp"], "a POSCAR needs a cell and ethanol.extxyz has none"),

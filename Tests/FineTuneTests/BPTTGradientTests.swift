@@ -54,6 +54,14 @@ func setup(_ c: GradCase) -> (RelaxationExample, any Potential, BPTTSettings) {
     return (example(s, targetPotential: target), pot, settings)
 }
 
+/// The loss and gradient with the potential's parameters and the relaxer's hyperparameters set to `p` and `h`.
+func lossAndGradient(_ ex: RelaxationExample, _ pot: any Potential, _ p: [String: Tensor], _ h: [String: Double], _ settings: BPTTSettings) -> BPTTResult {
+    var pot = pot, s = settings
+    for (k, v) in p { pot.parameters[k] = v }
+    try! s.relaxer.set(h)
+    return relaxationLossAndGradient(ex, potential: pot, settings: s)
+}
+
 @Suite("BPTT gradients against finite differences of the unrolled loss")
 struct BPTTGradientTests {
     static let cases: [GradCase] = [
@@ -72,10 +80,10 @@ struct BPTTGradientTests {
     func fullGradientMatchesFiniteDifferences(_ c: GradCase) {
         let (ex, pot, settings) = setup(c)
         let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let r = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: settings)
+        let hyper = settings.relaxer.hyperparameters.dictionary
+        let r = relaxationLossAndGradient(ex, potential: pot, settings: settings)
         func loss(_ p: [String: Tensor], _ h: [String: Double]) -> Double {
-            relaxationLossAndGradient(ex, potential: pot, parameters: p, hyper: h, settings: settings).loss
+            lossAndGradient(ex, pot, p, h, settings).loss
         }
         // Five-point central differences: truncation error O(h⁴), so a step large enough to keep round-off
         // small still resolves parameters whose gradient is 10⁶ times smaller than the largest.
@@ -105,13 +113,11 @@ struct BPTTGradientTests {
     @Test(arguments: cases)
     func checkpointEqualsFullBitForBit(_ c: GradCase) {
         let (ex, pot, base) = setup(c)
-        let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: base.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let full = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: base)
+        let full = relaxationLossAndGradient(ex, potential: pot, settings: base)
         for k in [nil, 1, 4, 7] as [Int?] {
             var s = base
             s.mode = .checkpoint(every: k)
-            let ck = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: s)
+            let ck = relaxationLossAndGradient(ex, potential: pot, settings: s)
             #expect(ck.loss.bitPattern == full.loss.bitPattern, "\(c) k=\(String(describing: k)): loss")
             for (name, g) in full.gradients { #expect(ck.gradients[name]!.bitwiseEqual(g), "\(c) k=\(String(describing: k)): ∂L/∂\(name)") }
             for (name, g) in full.hyperGradients { #expect(ck.hyperGradients[name]!.bitPattern == g.bitPattern, "\(c) k=\(String(describing: k)): ∂L/∂\(name)") }
@@ -123,13 +129,11 @@ struct BPTTGradientTests {
         var (ex, pot, base) = setup(GradCase(relaxer: "fire", potential: "sw", trainable: ["dt"]))
         base.steps = 200
         base.stopFmax = 0.05
-        let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: base.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let full = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: base)
+        let full = relaxationLossAndGradient(ex, potential: pot, settings: base)
         #expect(full.steps < 200)
         var s = base
         s.mode = .checkpoint(every: 6)
-        let ck = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: s)
+        let ck = relaxationLossAndGradient(ex, potential: pot, settings: s)
         #expect(ck.steps == full.steps)
         for (name, g) in full.gradients { #expect(ck.gradients[name]!.bitwiseEqual(g), "∂L/∂\(name)") }
         #expect(ck.hyperGradients["dt"]!.bitPattern == full.hyperGradients["dt"]!.bitPattern)
@@ -139,15 +143,13 @@ struct BPTTGradientTests {
         // With truncation, the gradient is that of the last K steps with the state at T − K held fixed;
         // truncating at K = T reproduces the full gradient.
         let (ex, pot, base) = setup(GradCase(relaxer: "frame", potential: "sw", trainable: ["eta"], overrides: ["eta": 0.02]))
-        let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: base.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let full = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: base)
+        let full = relaxationLossAndGradient(ex, potential: pot, settings: base)
         var s = base
         s.mode = .truncated(last: base.steps)
-        let t = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: s)
+        let t = relaxationLossAndGradient(ex, potential: pot, settings: s)
         for (name, g) in full.gradients { #expect(t.gradients[name]!.bitwiseEqual(g)) }
         s.mode = .truncated(last: 5)
-        let t5 = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: s)
+        let t5 = relaxationLossAndGradient(ex, potential: pot, settings: s)
         #expect(t5.loss.bitPattern == full.loss.bitPattern)
         #expect(t5.gradients["sigma"]!.scalar != full.gradients["sigma"]!.scalar)
     }
@@ -178,7 +180,7 @@ struct BPTTGradientTests {
         s.mode = .implicit
         s.implicitFmax = 1e-7
         let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let r = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: [:], settings: s)
+        let r = relaxationLossAndGradient(ex, potential: pot, settings: s)
         #expect(r.fmax! < 1e-6)
         #expect(r.loss > 0.01, "the target must differ from the model's minimum")
         // Finite differences of the converged-relaxation loss.
@@ -218,17 +220,17 @@ struct BPTTGradientTests {
         settings.mode = .checkpoint(every: 3)
         settings.energyWeight = 2
         let params = Dictionary(uniqueKeysWithValues: pot.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let r = relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: settings)
+        let hyper = settings.relaxer.hyperparameters.dictionary
+        let r = relaxationLossAndGradient(ex, potential: pot, settings: settings)
         var noEnergy = settings
         noEnergy.energyWeight = 0
-        #expect(relaxationLossAndGradient(ex, potential: pot, parameters: params, hyper: hyper, settings: noEnergy).loss < r.loss)
+        #expect(relaxationLossAndGradient(ex, potential: pot, settings: noEnergy).loss < r.loss)
         for name in ["sigma", "epsilon"] {
             let v = params[name]!.scalar, h = 1e-5 * v
             func f(_ d: Double) -> Double {
                 var p = params
                 p[name] = Tensor(scalar: v + d)
-                return relaxationLossAndGradient(ex, potential: pot, parameters: p, hyper: hyper, settings: settings).loss
+                return lossAndGradient(ex, pot, p, hyper, settings).loss
             }
             let fd = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
             let a = r.gradients[name]!.scalar

@@ -17,44 +17,7 @@ import Loss
     /// derivatives), against five-point differences of the unrolled loss for randomly chosen weights.
     @Test(.enabled(if: model != nil, skipMessage))
     func tenFIREStepsGradientMatchesFiniteDifferences() throws {
-        let model = Self.model!
-        // 8-atom Si cell rattled by 0.1 Å; the target is the start moved by a further random 0.05 Å.
-        let s = rattledSilicon(repeats: 1, vacancy: false, rattle: 0.1, seed: 21)
-        var rng = SeededGenerator(seed: 5)
-        let example = RelaxationExample(name: "si8", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
-        var settings = BPTTSettings(relaxer: FIRE(), steps: 10)
-        settings.mode = .full
-        let params = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.key, $0.value) })
-        let hyper = Dictionary(uniqueKeysWithValues: settings.relaxer.hyperparameters.map { ($0.key, $0.value) })
-        let r = relaxationLossAndGradient(example, potential: model, parameters: params, hyper: hyper, settings: settings)
-        #expect(r.steps == 10)
-        // The unrolled loss on values: exactly 10 FIRE steps, then ΔQ against the target.
-        var rs = RelaxationSettings()
-        rs.fmax = 0
-        rs.maxSteps = 10
-        func loss(_ p: [String: Tensor]) -> Double {
-            var m = model
-            for (k, v) in p { m.parameters[k] = v }
-            let x = relax(s, potential: m, relaxer: FIRE(), settings: rs).structure.positions
-            return StructureLoss.deltaQ(Variable(constant: x), target: example.target, masses: s.masses, cell: s.cell, pbc: s.pbc).scalar
-        }
-        #expect(abs(loss(params) - r.loss) <= 1e-14 * r.loss)
-        // Random weights among those the loss depends on.
-        var candidates: [(String, Int)] = []
-        let scale = r.gradients.values.map(\.maxAbs).max()!
-        for name in params.keys.sorted() {
-            let g = r.gradients[name]!
-            for k in 0..<g.count where abs(g[flat: k]) > 1e-3 * scale { candidates.append((name, k)) }
-        }
-        for _ in 0..<3 {
-            let (name, k) = candidates[rng.int(below: candidates.count)]
-            let v = params[name]![flat: k], h = 1e-3 * max(1, abs(v))
-            func at(_ d: Double) -> Double { var p = params; p[name]![flat: k] = v + d; return loss(p) }
-            let fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
-            let tape = r.gradients[name]![flat: k]
-            print("CHGNet BPTT (10 FIRE steps) ∂L/∂\(name)[\(k)]: tape \(tape), five-point FD \(fd)")
-            #expect(abs(tape - fd) <= 1e-5 * max(abs(tape), abs(fd)) + 1e-6 * scale, "∂L/∂\(name)[\(k)]: \(tape) vs \(fd)")
-        }
+        checkTenFIREStepsGradient(Self.model!, label: "CHGNet")
     }
 
     /// Checkpointed BPTT through CHGNet gives the bits of full BPTT, loss and every gradient: a checkpoint's first,

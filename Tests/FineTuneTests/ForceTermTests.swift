@@ -3,6 +3,7 @@ import Testing
 import Tape
 import Atoms
 import Potentials
+import Relax
 @testable import FineTune
 
 /// Frames of the recovery set's initial structures labelled with a Stillinger–Weber potential `spec`.
@@ -60,7 +61,7 @@ struct ForceTermTests {
 
     func config(forceWeight: Double?) -> FineTuneConfig {
         var c = FineTuneConfig(pretrained: "sw:sigma=2.157953,lambda=18.9")
-        c.relaxer = "fire"
+        c.relaxer = FIRE()
         c.steps = 20
         c.trainParameters = ["sigma"]
         c.epochs = 3
@@ -85,7 +86,7 @@ struct ForceTermTests {
             let dir = try temporaryDirectory("force-term")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let c = config(forceWeight: w)
-            let t = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples,
+            let t = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples,
                                   forceFrames: w == nil ? [] : frames, runDirectory: dir)
             _ = try t.run()
             sigma.append(t.potential.parameters["sigma"]!.scalar)
@@ -105,11 +106,11 @@ struct ForceTermTests {
         let c = config(forceWeight: 10)
         let a = try temporaryDirectory("force-a"), b = try temporaryDirectory("force-b")
         defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
-        let straight = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: a)
+        let straight = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: a)
         _ = try straight.run()
-        let first = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
+        let first = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
         _ = try first.run(stopAfterEpoch: 1)
-        let resumed = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
+        let resumed = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, forceFrames: frames, runDirectory: b)
         try resumed.resume()
         _ = try resumed.run()
         #expect(resumed.potential.parameters == straight.potential.parameters)
@@ -121,7 +122,7 @@ struct ForceTermTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let c = config(forceWeight: 1)
         #expect(throws: DatasetError.self) {
-            _ = try FineTuner(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: try recoveryExamples("train"), runDirectory: dir)
+            _ = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: try recoveryExamples("train"), runDirectory: dir)
         }
     }
 }

@@ -24,14 +24,10 @@ func writeSyntheticSet(_ path: String, frames: Int, seed: UInt64) throws {
     try text.write(toFile: path, atomically: true, encoding: .utf8)
 }
 
-func tempDir(_ name: String) -> String {
-    let d = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-    try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-    return d
-}
+func tempDir(_ name: String) -> String { try! temporaryDirectory(name) }
 
-func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
-    var o = PretrainOptions()
+func tinyOptions(_ dir: String, model: String) -> PretrainConfig {
+    var o = PretrainConfig()
     o.model = model
     o.features = 12
     o.layers = 1
@@ -54,7 +50,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try writeSyntheticSet(dir + "/train.extxyz", frames: 6, seed: 1)
         try writeSyntheticSet(dir + "/val.extxyz", frames: 2, seed: 2)
-        let t = try Pretrainer(options: tinyOptions(dir, model: model), runDirectory: dir + "/run")
+        let t = try PretrainTrainer(config: tinyOptions(dir, model: model), runDirectory: dir + "/run")
         let (initial, _) = t.validate()
         let rows = try t.run()
         #expect(rows.count == 4)
@@ -68,7 +64,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         #expect(meta["training_data"]?.hasSuffix("train.extxyz") == true)
         #expect(meta["training_best_epoch"] == "\(t.bestEpoch)")
         // Reference energy: least squares over the training frames (one element: Σ E_s n_s / Σ n_s²).
-        let frames = try Pretrainer.loadFrames([dir + "/train.extxyz"])
+        let frames = try PretrainTrainer.loadFrames([dir + "/train.extxyz"])
         let lsq = frames.map { $0.energy! * 8 }.reduce(0, +) / Double(frames.count * 64)
         #expect(abs(best.parameters["atomic_energies"]![flat: 0] - lsq) < 1e-12 * abs(lsq))
     }
@@ -83,13 +79,13 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         o.valFiles = []
         o.valFraction = 0.3
         o.dataFiles = [dir + "/train.extxyz", dir + "/val.extxyz"]
-        let straight = try Pretrainer(options: o, runDirectory: dir + "/a")
+        let straight = try PretrainTrainer(config: o, runDirectory: dir + "/a")
         try straight.run()
-        let first = try Pretrainer(options: o, runDirectory: dir + "/b")
+        let first = try PretrainTrainer(config: o, runDirectory: dir + "/b")
         try first.run(maxEpochsThisCall: 2)
         #expect(first.completedEpochs == 2)
         // A fresh process would do exactly this: read the run directory back.
-        let resumed = try Pretrainer.resume(runDirectory: dir + "/b")
+        let resumed = try PretrainTrainer.resume(runDirectory: dir + "/b")
         #expect(resumed.completedEpochs == 2)
         try resumed.run()
         #expect(resumed.completedEpochs == 4)
@@ -105,7 +101,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         }
         #expect(try rows(dir + "/a") == rows(dir + "/b"))
         // Starting a new run over an existing one is refused.
-        #expect(throws: PretrainError.self) { _ = try Pretrainer(options: o, runDirectory: dir + "/a") }
+        #expect(throws: PretrainError.self) { _ = try PretrainTrainer(config: o, runDirectory: dir + "/a") }
     }
 
     @Test func extxyzErrorsNameFileAndLine() throws {
@@ -114,7 +110,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         let path = dir + "/bad.extxyz"
         try "2\nLattice=\"5 0 0 0 5 0 0 0 5\" Properties=species:S:1:pos:R:3:forces:R:3 energy=-1.0\nSi 0 0 0 0 0 0\nSi 1 1 x 0 0 0\n".write(toFile: path, atomically: true, encoding: .utf8)
         do {
-            _ = try Pretrainer.loadFrames([path])
+            _ = try PretrainTrainer.loadFrames([path])
             Issue.record("no error")
         } catch let e as StructureFileError {
             #expect(e.line == 4 && e.description.contains("bad.extxyz:4"), "\(e)")
@@ -122,7 +118,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         // Frames without energies are refused with the file and frame named.
         try "1\nLattice=\"5 0 0 0 5 0 0 0 5\" Properties=species:S:1:pos:R:3\nSi 0 0 0\n".write(toFile: path, atomically: true, encoding: .utf8)
         do {
-            _ = try Pretrainer.loadFrames([path])
+            _ = try PretrainTrainer.loadFrames([path])
             Issue.record("no error")
         } catch let e as PretrainError {
             #expect(e.message.contains("frame 0 has no energy"), "\(e)")
@@ -133,7 +129,7 @@ func tinyOptions(_ dir: String, model: String) -> PretrainOptions {
         let dir = tempDir("metrics")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try writeSyntheticSet(dir + "/f.extxyz", frames: 5, seed: 4)
-        let frames = try Pretrainer.loadFrames([dir + "/f.extxyz"])
+        let frames = try PretrainTrainer.loadFrames([dir + "/f.extxyz"])
         let exact = ForceFieldMetrics.compute(potential: StillingerWeber(), frames: frames, batch: 2)
         #expect(exact.frames == 5 && exact.atoms == 40 && exact.forceComponents == 120)
         #expect(exact.energyMAE < 1e-9 && exact.forceMAE < 1e-12)

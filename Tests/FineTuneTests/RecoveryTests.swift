@@ -7,10 +7,8 @@ import Relax
 import Loss
 @testable import FineTune
 
-let fineTuneRepoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
 func recoveryExamples(_ split: String) throws -> [RelaxationExample] {
-    let path = fineTuneRepoRoot.appendingPathComponent("Fixtures/data/sw-recovery/\(split).extxyz").path
+    let path = repoRoot.appendingPathComponent("Fixtures/data/sw-recovery/\(split).extxyz").path
     return try RelaxationDataset.examples(from: try StructureIO.read(path), source: path)
 }
 
@@ -20,9 +18,9 @@ struct RecoveryTests {
         let train = try recoveryExamples("train"), test = try recoveryExamples("test")
         let pretrained = try PotentialSpec.parse("sw:sigma=2.157953,lambda=18.9")
         var config = FineTuneConfig(pretrained: "sw:sigma=2.157953,lambda=18.9")
-        config.relaxer = "fire"
+        config.relaxer = FIRE()
         config.steps = 60
-        config.gradient = "checkpoint"
+        config.gradient = .checkpoint(every: nil)
         config.trainParameters = ["sigma", "lambda"]
         config.epochs = Int(ProcessInfo.processInfo.environment["RECOVERY_EPOCHS"] ?? "12")!
         config.learningRate = 0.01
@@ -34,12 +32,14 @@ struct RecoveryTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-recovery-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let trainer = try FineTuner(config: config, potential: pretrained, examples: train, runDirectory: dir)
-        let summary = try trainer.run { m, _ in print("EPOCH", m.epoch, m.trainDQMean, m.valDQMean ?? -1, m.seconds) }
+        let trainer = try FineTuneTrainer(config: config, potential: pretrained, examples: train, runDirectory: dir)
+        let summary = try trainer.run { event in
+            if case .epoch(let m, _) = event { print("EPOCH", m.epoch, m.trainDQMean, m.valDQMean ?? -1, m.seconds) }
+        }
         let (best, meta) = try ModelFile.load(trainer.bestModelPath)
         let proto = RelaxationProtocol.fromMetadata(meta)!
-        let before = try evaluateRelaxations(test, potential: pretrained, protocol: proto).map(\.deltaQ)
-        let after = try evaluateRelaxations(test, potential: best, protocol: proto).map(\.deltaQ)
+        let before = evaluateRelaxations(test, potential: pretrained, protocol: proto).map(\.deltaQ)
+        let after = evaluateRelaxations(test, potential: best, protocol: proto).map(\.deltaQ)
         let cut = 1 - ErrorSummary(after).mean / ErrorSummary(before).mean
         print("RECOVERY before", ErrorSummary(before).mean, "after", ErrorSummary(after).mean, "cut", cut,
               "sigma", best.parameters["sigma"]!.scalar, "lambda", best.parameters["lambda"]!.scalar, summary.seconds)

@@ -7,7 +7,7 @@ import Relax
 
 /// The committed GPAW data (Fixtures/data/si-defects): every file read with relaxft's own reader.
 @Suite struct SiDefectDataTests {
-    static let dir = fineTuneRepoRoot.appendingPathComponent("Fixtures/data/si-defects").path
+    static let dir = repoRoot.appendingPathComponent("Fixtures/data/si-defects").path
 
     static var splits: [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [])

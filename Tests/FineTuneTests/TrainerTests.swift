@@ -6,18 +6,11 @@ import Potentials
 import Relax
 @testable import FineTune
 
-func temporaryDirectory(_ tag: String) throws -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("relaxft-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    return dir
-}
-
 @Suite("Training loop")
 struct TrainerTests {
     func config() -> FineTuneConfig {
         var c = FineTuneConfig(pretrained: "sw:sigma=2.157953,lambda=18.9")
-        c.relaxer = "frame"
-        c.relaxerParameters = ["eta": 0.01, "maxstep": 0.1]
+        c.relaxer = ForceFollowing(eta: 0.01, maxstep: 0.1)
         c.steps = 8
         c.trainRelaxer = ["eta"]
         c.epochs = 4
@@ -35,23 +28,27 @@ struct TrainerTests {
         let examples = Array(try recoveryExamples("train").prefix(5))
         let a = try temporaryDirectory("resume-a"), b = try temporaryDirectory("resume-b")
         defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
-        let straight = try FineTuner(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: a)
-        _ = try straight.run()
-        let first = try FineTuner(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: b)
+        let straight = try FineTuneTrainer(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: a)
+        let straightSummary = try straight.run()
+        let first = try FineTuneTrainer(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: b)
         _ = try first.run(stopAfterEpoch: 2)
-        let resumed = try FineTuner(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: b)
+        let resumed = try FineTuneTrainer(config: config(), potential: try PotentialSpec.parse(config().pretrained), examples: examples, runDirectory: b)
         try resumed.resume()
         #expect(resumed.state.nextEpoch == 2)
-        _ = try resumed.run()
+        let summary = try resumed.run()
+        // The cost is summed over the processes that worked on the run.
+        #expect(straightSummary.sessions == 1 && summary.sessions == 2, "sessions \(String(describing: summary.sessions))")
+        #expect((summary.cpu_seconds ?? 0) > (straightSummary.cpu_seconds ?? 0) * 0.1)
         #expect(resumed.potential.parameters == straight.potential.parameters)
-        #expect(resumed.state.hyper == straight.state.hyper)
+        #expect(resumed.state.relaxer.hyperparameters.dictionary == straight.state.relaxer.hyperparameters.dictionary)
+        #expect(RelaxerFactory.equal(resumed.state.relaxer, straight.state.relaxer))
         #expect(resumed.state.history.map(\.trainDQMean) == straight.state.history.map(\.trainDQMean))
         let m1 = try String(contentsOfFile: a + "/metrics.csv", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",").dropLast().joined(separator: ",") }
         let m2 = try String(contentsOfFile: b + "/metrics.csv", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",").dropLast().joined(separator: ",") }
         #expect(m1 == m2, "metrics except timings")
         // The relaxer's step size was trained and stored with the model.
         let (_, meta) = try ModelFile.load(resumed.bestModelPath)
-        #expect(RelaxationProtocol.fromMetadata(meta)!.relaxer == "frame")
+        #expect(RelaxationProtocol.fromMetadata(meta)!.relaxer.name == "frame")
     }
 
     /// E = √p · Σ|x|²: with p < 0 every energy, force and gradient is NaN.
@@ -74,12 +71,64 @@ struct TrainerTests {
         let dir = try temporaryDirectory("nan")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let examples = Array(try recoveryExamples("train").prefix(2))
-        let t = try FineTuner(config: c, potential: NaNPotential(), examples: examples, runDirectory: dir)
+        let t = try FineTuneTrainer(config: c, potential: NaNPotential(), examples: examples, runDirectory: dir)
         let before = t.potential.parameters
         // The run ends with an error when it reloads the best model: this test potential has no model-file kind.
         _ = try? t.run()
         #expect(t.state.skippedSteps >= 1)
         #expect(t.potential.parameters == before)
+    }
+
+    /// The run directory holds a checkpoint before the first relaxation: a run stopped right after its initial
+    /// evaluation (or killed during it) resumes to the same end.
+    @Test func resumeFromTheStartingCheckpointIsExact() throws {
+        let examples = Array(try recoveryExamples("train").prefix(4))
+        var c = config()
+        c.epochs = 2
+        let a = try temporaryDirectory("start-a"), b = try temporaryDirectory("start-b")
+        defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
+        let straight = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: a)
+        _ = try straight.run()
+        let first = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b)
+        _ = try first.run(stopAfterEpoch: 0)
+        #expect(FileManager.default.fileExists(atPath: b + "/checkpoint.safetensors") && first.state.history.isEmpty)
+        let resumed = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b)
+        try resumed.resume()
+        _ = try resumed.run()
+        #expect(resumed.potential.parameters == straight.potential.parameters)
+        #expect(resumed.state.history.map(\.trainDQMean) == straight.state.history.map(\.trainDQMean))
+        // A new run over it is refused.
+        #expect(throws: RunDirectoryError.self) { _ = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b).run() }
+    }
+
+    /// A checkpoint written before the relaxer was stored typed (only its hyperparameters, "hyper") resumes to the
+    /// same result: the run's configured relaxer gives the kind.
+    @Test func checkpointWithUntypedRelaxerResumes() throws {
+        let examples = Array(try recoveryExamples("train").prefix(4))
+        var c = config()
+        c.epochs = 3
+        let a = try temporaryDirectory("typed-a"), b = try temporaryDirectory("typed-b")
+        defer { try? FileManager.default.removeItem(atPath: a); try? FileManager.default.removeItem(atPath: b) }
+        let straight = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: a)
+        _ = try straight.run()
+        _ = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b).run(stopAfterEpoch: 1)
+        let path = b + "/checkpoint.safetensors"
+        var (tensors, meta) = try SafeTensors.read(path)
+        // Edited as text: a JSON parser that is not correctly rounded would change the other numbers of the state.
+        let text = try #require(meta["finetune_state"])
+        let start = try #require(text.range(of: "\"relaxer\":{\"hyperparameters\":"))
+        let hyperEnd = try #require(text[start.upperBound...].firstIndex(of: "}"))
+        let hyper = text[start.upperBound...hyperEnd]
+        let rest = text[text.index(after: hyperEnd)...]
+        #expect(rest.hasPrefix(",\"relaxer\":\"frame\"}"))
+        meta["finetune_state"] = text[..<start.lowerBound] + "\"hyper\":" + hyper + rest.dropFirst(",\"relaxer\":\"frame\"}".count)
+        try SafeTensors.write(tensors, metadata: meta, to: path)
+        tensors = []
+        let resumed = try FineTuneTrainer(config: c, potential: try PotentialSpec.parse(c.pretrained), examples: examples, runDirectory: b)
+        try resumed.resume()
+        _ = try resumed.run()
+        #expect(resumed.potential.parameters == straight.potential.parameters)
+        #expect(resumed.state.relaxer.hyperparameters.dictionary == straight.state.relaxer.hyperparameters.dictionary)
     }
 
     @Test func splitIsReproducibleAndDisjoint() {
@@ -91,7 +140,7 @@ struct TrainerTests {
     }
 
     @Test func mismatchedPairsAreClearErrors() throws {
-        let dir = fineTuneRepoRoot.appendingPathComponent("Fixtures/data/sw-recovery").path
+        let dir = repoRoot.appendingPathComponent("Fixtures/data/sw-recovery").path
         let train = try StructureIO.read(dir + "/train.extxyz"), test = try StructureIO.read(dir + "/test.extxyz")
         #expect(throws: DatasetError.self) { try RelaxationDataset.examples(initial: train, target: test, initialSource: "a", targetSource: "b") }
         var other = Array(train.prefix(2))

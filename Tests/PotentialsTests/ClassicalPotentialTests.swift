@@ -4,7 +4,6 @@ import Tape
 import Atoms
 @testable import Potentials
 
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 /// Cases of Fixtures/potentials/reference.json (ASE LJ and the peers' numpy SW).
 func referenceCases() -> [String: (Structure, [String: Any])] {

@@ -5,7 +5,6 @@ import Atoms
 import Potentials
 @testable import Relax
 
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 /// A stored ASE trajectory (Fixtures/relax, see its README).
 struct ReferenceTrajectory {

@@ -61,15 +61,15 @@ train() {  # train NAME ARGS...
   echo "== $name" >&2
   "$@" --out "$out/$name" > "$out/$name.log" 2>&1
 }
-train ef $bin pretrain --init "$pre" --refit-reference-energies --data "$out/traj-train.extxyz" --val-fraction 0.1 \
+train ef $bin pretrain --potential "$pre" --refit-reference-energies --data "$out/traj-train.extxyz" --val-fraction 0.1 \
   --epochs "$EF_EPOCHS" --lr 3e-4 --batch 4 --schedule cosine --patience 1000 --seed 0
-train bptt-fire $bin finetune --pretrained "$pre" "${common[@]}" --lr 3e-4
-train bptt-fire-forces $bin finetune --pretrained "$pre" "${common[@]}" --lr 3e-4 --force-data "$out/traj-train.extxyz" --force-weight "$FORCE_WEIGHT"
-train ef-then-bptt $bin finetune --pretrained "$out/ef/best.safetensors" "${common[@]}" --lr 1e-4
+train bptt-fire $bin finetune --potential "$pre" "${common[@]}" --lr 3e-4
+train bptt-fire-forces $bin finetune --potential "$pre" "${common[@]}" --lr 3e-4 --force-data "$out/traj-train.extxyz" --force-weight "$FORCE_WEIGHT"
+train ef-then-bptt $bin finetune --potential "$out/ef/best.safetensors" "${common[@]}" --lr 1e-4
 for split in test unseen; do
-  $bin evaluate --model "$pre" --label pretrained --model "$out/ef/best.safetensors" --label ef \
-    --model "$out/bptt-fire/best.safetensors" --label bptt-fire --model "$out/bptt-fire-forces/best.safetensors" --label bptt-fire-forces \
-    --model "$out/ef-then-bptt/best.safetensors" --label ef-then-bptt \
+  $bin evaluate --potential "$pre" --label pretrained --potential "$out/ef/best.safetensors" --label ef \
+    --potential "$out/bptt-fire/best.safetensors" --label bptt-fire --potential "$out/bptt-fire-forces/best.safetensors" --label bptt-fire-forces \
+    --potential "$out/ef-then-bptt/best.safetensors" --label ef-then-bptt \
     --data "$out/$split.extxyz" --relaxer fire --fmax 0.01 --steps 500 --threads 1 --csv "$out/eval-$split.csv" > /dev/null
 done
 python3 - "$out" <<'EOF'

@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
-"""Merge the evaluations and training summaries of scripts/experiments/reproduce.sh into one table.
+"""Tables of scripts/experiments/reproduce.sh: per-structure results and the results document.
 
-    results.py OUT [--settings TEXT] [--models "so3krates schnet"] [--markdown docs/results.md [--figures DIR]
-               [--memory MEMORY.json] [--sweep SWEEP.csv]]
+    results.py OUT [--markdown FILE.md [--figures DIR] [--binary RELAXFT]] [--memory MEMORY.json]
 
-Reads OUT/eval/<model>-<split>-common.csv and <model>-<split>-own-<method>.csv (per-structure CSVs of
-`relaxft evaluate`) and OUT/train/<model>-<method>/summary.json; writes OUT/results.csv with one row per
-model, method, protocol, split and structure (per-structure ΔQ kept), and with --markdown the tables of
-docs/results.md (figures: the SVG files in --figures, linked relative to the Markdown file; --memory: the JSON of
-`BENCH_JSON=… relaxft-bench memory`; --sweep: the table of `scripts/sweep collect`).
-Python 3 standard library only.
+Reads OUT/plan.json, OUT/settings/*.env, OUT/eval/<model>/<split>/<label>.csv (per-structure CSVs of
+`relaxft evaluate`, one model each; label `pretrained` or `<method>-s<seed>`) with their `.time` files, and
+OUT/train/<model>-<method>-s<seed>/summary.json; writes OUT/results.csv (one row per model, method, seed, split and
+structure) and, with --markdown, the results document: every table, figures from `relaxft report` (--binary) in
+--figures, the memory table of `BENCH_JSON=… scripts/bench memory` (--memory). What the plan holds and the run
+has not finished yet is listed, and the document is marked partial. Python 3 standard library only.
 """
 import argparse
 import csv
@@ -22,36 +21,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-FIELDS = ['model', 'method', 'protocol', 'split', 'structure', 'group', 'atoms', 'initial_dq', 'dq', 'dq_pretrained', 'improvement',
-          'rmsd', 'converged', 'steps', 'fmax', 'relax_energy_error', 'energy_error_per_atom', 'differing_bonds', 'same_basin',
-          'train_epochs', 'train_wall_seconds', 'train_cpu_seconds', 'train_peak_rss_mb']
-METHOD_NOTES = {
+FIELDS = ['model', 'method', 'seed', 'split', 'structure', 'group', 'atoms', 'initial_dq', 'dq', 'dq_pretrained', 'improvement',
+          'rmsd', 'converged', 'steps', 'fmax', 'relax_energy_error', 'energy_error_per_atom', 'differing_bonds', 'same_basin']
+METHODS = {
     'pretrained': 'no fine-tuning',
-    'bptt-frame-ckpt': 'BPTT, frame relaxer (x ← x + ηF), checkpointed gradients',
-    'bptt-fire-ckpt': 'BPTT, FIRE, checkpointed gradients',
-    'bptt-fire-implicit': 'implicit differentiation at the FIRE minimum',
-    'bptt-frame-eta': 'BPTT, frame relaxer, η trained too',
-    'bptt-fire-forces': 'BPTT, FIRE, checkpointed, plus force matching on the training DFT frames in every step',
-    'ef': 'conventional: energy/force matching on the DFT relaxation frames',
-    'ef-then-bptt': 'energy/force matching, then BPTT (FIRE, checkpointed) from that model',
+    'bptt': 'BPTT through T FIRE steps, checkpointed gradients',
+    'implicit': 'implicit differentiation at the FIRE minimum (fmax 1e-6 eV/Å)',
+    'guided': 'guided: a recorded K-step FIRE window, then the implicit gradient at the minimum of the same relaxation; '
+              'loss W·ΔQ(x_K) + (1 − W)·ΔQ(x*)',
+    'ef': 'energy/force matching on the DFT relaxation frames of the training structures',
+    'ef-then-bptt': 'energy/force matching, then BPTT (as `bptt`) from that model',
 }
-
-
-def read_eval(path):
-    labels, rows, header = {}, [], None
-    with open(path) as f:
-        for line in f:
-            if line.startswith('#'):
-                if line[1:].strip().startswith('models:'):
-                    for part in line.split(':', 1)[1].split():
-                        k, _, v = part.partition('=')
-                        labels[int(k)] = v
-                continue
-            if header is None:
-                header = next(csv.reader([line]))
-                continue
-            rows.append(dict(zip(header, next(csv.reader([line])))))
-    return labels, rows
+BPTT_LIKE = ['bptt', 'implicit', 'guided']
+SPLITS = {'test': 'Test split', 'unseen': 'Unseen defect kind', 'val': 'Validation split (not held out)'}
+MODEL_ORDER = ['so3krates', 'schnet', 'chgnet']
 
 
 def num(x):
@@ -61,44 +44,73 @@ def num(x):
         return float('nan')
 
 
-def summary(out, model, method):
-    s = Path(out) / 'train' / f'{model}-{method}' / 'summary.json'
+def read_eval(path):
+    """The rows of a one-model evaluate CSV (column suffix _1)."""
+    rows, header = [], None
+    with open(path) as f:
+        for line in f:
+            if line.startswith('#'):
+                continue
+            if header is None:
+                header = next(csv.reader([line]))
+                continue
+            rows.append(dict(zip(header, next(csv.reader([line])))))
+    return rows
+
+
+def parse_label(label):
+    if label == 'pretrained':
+        return 'pretrained', ''
+    m = re.fullmatch(r'(.+)-s(\d+)', label)
+    return (m.group(1), m.group(2)) if m else (label, '')
+
+
+def read_env(path):
     try:
-        return json.loads(s.read_text())
+        return dict(line.split('=', 1) for line in Path(path).read_text().split() if '=' in line)
+    except OSError:
+        return {}
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
 
 
+def read_time(path):
+    """CPU seconds and peak RSS (MB) of an evaluation, from its /usr/bin/time file."""
+    try:
+        t = dict(kv.split('=', 1) for kv in Path(path).read_text().split())
+        cpu = sum(num(x) for x in t['cpu_seconds'].split('+'))
+        return cpu, num(t['max_rss_kb']) / 1024
+    except (OSError, KeyError, ValueError):
+        return float('nan'), float('nan')
+
+
 def collect(out):
     rows = []
-    for path in sorted((Path(out) / 'eval').glob('*.csv')):
-        stem = path.stem
-        if '-common' in stem:
-            model, split = stem[:stem.index('-common')].split('-', 1)
-            protocol = 'common'
-        elif '-own-' in stem:
-            head, meth = stem.split('-own-', 1)
-            model, split = head.split('-', 1)
-            protocol = 'own:' + meth
-        else:
-            continue
-        labels, table = read_eval(path)
-        for k, method in sorted(labels.items()):
-            s = summary(out, model, method) if method != 'pretrained' else {}
-            for r in table:
-                dq, dq1 = num(r.get(f'dq_{k}')), num(r.get('dq_1'))
-                rows.append({
-                    'model': model, 'method': method, 'protocol': protocol, 'split': split,
-                    'structure': r['structure'], 'group': r.get('group', ''), 'atoms': r.get('atoms', ''),
-                    'initial_dq': r.get('initial_dq', ''), 'dq': r.get(f'dq_{k}', ''), 'dq_pretrained': r.get('dq_1', ''),
-                    'improvement': '' if k == 1 else (1 - dq / dq1 if dq1 > 0 else 0.0),
-                    'rmsd': r.get(f'rmsd_{k}', ''), 'converged': r.get(f'converged_{k}', ''), 'steps': r.get(f'steps_{k}', ''),
-                    'fmax': r.get(f'fmax_{k}', ''), 'relax_energy_error': r.get(f'relax_energy_error_{k}', ''),
-                    'energy_error_per_atom': r.get(f'energy_error_per_atom_{k}', ''),
-                    'differing_bonds': r.get(f'differing_bonds_{k}', ''), 'same_basin': r.get(f'same_basin_{k}', ''),
-                    'train_epochs': s.get('epochs', ''), 'train_wall_seconds': s.get('wall_seconds', ''),
-                    'train_cpu_seconds': s.get('cpu_seconds', ''), 'train_peak_rss_mb': s.get('peak_rss_mb', ''),
-                })
+    for model_dir in sorted((Path(out) / 'eval').iterdir() if (Path(out) / 'eval').is_dir() else []):
+        for split_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+            pre_path = split_dir / 'pretrained.csv'
+            pre = {r['structure']: r for r in read_eval(pre_path)} if pre_path.is_file() else {}
+            for path in sorted(split_dir.glob('*.csv')):
+                method, seed = parse_label(path.stem)
+                for r in read_eval(path):
+                    dq = num(r.get('dq_1'))
+                    p = pre.get(r['structure'], {})
+                    dq1 = num(p.get('dq_1'))
+                    rows.append({
+                        'model': model_dir.name, 'method': method, 'seed': seed, 'split': split_dir.name,
+                        'structure': r['structure'], 'group': r.get('group', ''), 'atoms': r.get('atoms', ''),
+                        'initial_dq': r.get('initial_dq', ''), 'dq': r.get('dq_1', ''), 'dq_pretrained': p.get('dq_1', ''),
+                        'improvement': '' if method == 'pretrained' or not dq1 > 0 else 1 - dq / dq1,
+                        'rmsd': r.get('rmsd_1', ''), 'converged': r.get('converged_1', ''), 'steps': r.get('steps_1', ''),
+                        'fmax': r.get('fmax_1', ''), 'relax_energy_error': r.get('relax_energy_error_1', ''),
+                        'energy_error_per_atom': r.get('energy_error_per_atom_1', ''),
+                        'differing_bonds': r.get('differing_bonds_1', ''), 'same_basin': r.get('same_basin_1', ''),
+                    })
     return rows
 
 
@@ -111,10 +123,11 @@ def pct(x):
 
 
 def stats(rows):
+    """Metrics of one model file on one split."""
     dq = [num(r['dq']) for r in rows]
     pre = [num(r['dq_pretrained']) for r in rows]
-    imp = [num(r['improvement']) for r in rows if r['improvement'] != '']
     ere = [abs(num(r['relax_energy_error'])) for r in rows if r['relax_energy_error'] not in ('', None)]
+    imp = [num(r['improvement']) for r in rows if r['improvement'] != '']
     n = len(dq)
     mean_pre = statistics.mean(pre) if pre else float('nan')
     return {
@@ -124,128 +137,158 @@ def stats(rows):
         'conv': sum(r['converged'] == 'true' for r in rows) / n,
         'ere': statistics.mean(ere) if ere else float('nan'),
         'cut': 1 - statistics.mean(dq) / mean_pre if mean_pre > 0 else float('nan'),
-        'imp_mean': statistics.mean(imp) if imp else float('nan'),
-        'imp_median': statistics.median(imp) if imp else float('nan'),
+        'imp': statistics.median(imp) if imp else float('nan'),
     }
 
 
-def summary_section(w, rows, models):
-    """Per model: the best BPTT variant's cut in mean test ΔQ, energy/force matching's, and the unseen kind."""
-    present = [m for m in models.split() if any(r['model'] == m for r in rows)] if models else sorted({r['model'] for r in rows})
-    common = [r for r in rows if r['protocol'] == 'common']
+def over_seeds(per_seed, key):
+    """Mean and sample standard deviation over seeds (sd nan for one seed)."""
+    v = [s[key] for s in per_seed if s[key] == s[key]]
+    if not v:
+        return float('nan'), float('nan')
+    return statistics.mean(v), statistics.stdev(v) if len(v) > 1 else float('nan')
+
+
+def pm(mean, sd, fmt=f3):
+    if fmt is pct:  # a spread of percentages in points
+        return pct(mean) + ('' if sd != sd else f' ± {100 * sd:.0f}')
+    return fmt(mean) + ('' if sd != sd else f' ± {fmt(sd)}')
+
+
+def frac(x):
+    return '–' if x != x else f'{x:.2f}'
+
+
+def pctpt(x):
+    return '–' if x != x else f'{100 * x:.0f}'
+
+
+class Results:
+    def __init__(self, out, rows):
+        self.out = Path(out)
+        self.rows = rows
+        self.plan = read_json(self.out / 'plan.json')
+        present = {r['model'] for r in rows}
+        planned = self.plan.get('models', '').split()
+        self.models = [m for m in MODEL_ORDER if m in present or m in planned] + sorted(present - set(MODEL_ORDER))
+        self.methods = self.plan.get('methods', ' '.join(k for k in METHODS if k != 'pretrained')).split()
+        self.seeds = self.plan.get('seeds', '0 1 2').split()
+
+    def select(self, model, method, split, seed=None):
+        return [r for r in self.rows if r['model'] == model and r['method'] == method and r['split'] == split
+                and (seed is None or r['seed'] == seed)]
+
+    def per_seed(self, model, method, split):
+        """Stats of each seed's model on a split (one entry for the pretrained model)."""
+        seeds = sorted({r['seed'] for r in self.select(model, method, split)}, key=lambda s: int(s) if s else -1)
+        return [stats(self.select(model, method, split, s)) for s in seeds]
+
+    def mean_dq(self, model, method, split):
+        return over_seeds(self.per_seed(model, method, split), 'mean')
+
+    def summary(self, model, method):
+        return [read_json(self.out / 'train' / f'{model}-{method}-s{s}' / 'summary.json') for s in self.seeds]
+
+    def missing(self):
+        """Planned trainings and evaluations that do not exist yet, as text lines."""
+        lines = []
+        for m in self.models:
+            if not any(r['model'] == m for r in self.rows):
+                lines.append(f'{m}: not started')
+                continue
+            todo = []
+            for meth in self.methods:
+                for s in self.seeds:
+                    run = self.out / 'train' / f'{m}-{meth}-s{s}'
+                    if (run / 'summary.json').is_file():
+                        if not self.select(m, meth, 'test', s):
+                            todo.append(f'{meth} s{s} (trained, not evaluated)')
+                    elif (run / 'checkpoint.safetensors').is_file():
+                        todo.append(f'{meth} s{s} (under way or interrupted)')
+                    else:
+                        todo.append(f'{meth} s{s}')
+            if todo:
+                lines.append(f'{m}: ' + ', '.join(todo))
+        return lines
+
+
+def criteria(w, R):
+    """The issue's done-when criteria, checked on the test split (means over seeds)."""
+    def pct(x):  # one decimal, so that a verdict never contradicts its rounded figure
+        return '–' if x != x else f'{100 * x:+.1f} %'
+    out = []
+    pre = R.mean_dq('so3krates', 'pretrained', 'test')[0]
+    b, bsd = R.mean_dq('so3krates', 'bptt', 'test')
+    ef, efsd = R.mean_dq('so3krates', 'ef', 'test')
+    efb, efbsd = R.mean_dq('so3krates', 'ef-then-bptt', 'test')
+    if pre == pre and b == b:
+        cut = 1 - b / pre
+        out.append(f'- SO3krates, pure BPTT cuts test ΔQ by ≥ 50 %: {pct(cut)} ({f3(pre)} → {pm(b, bsd)}) — **{"met" if cut >= 0.5 else "not met"}**')
+    if ef == ef and efb == efb:
+        out.append(f'- SO3krates, EF → BPTT beats EF alone: {pm(efb, efbsd)} vs {pm(ef, efsd)} — **{"met" if efb < ef else "not met"}**')
+    cpre = R.mean_dq('chgnet', 'pretrained', 'test')[0]
+    if cpre == cpre:
+        basin_pre = over_seeds(R.per_seed('chgnet', 'pretrained', 'test'), 'basin')[0]
+        for meth in R.methods:
+            c, csd = R.mean_dq('chgnet', meth, 'test')
+            if c != c:
+                continue
+            basin = over_seeds(R.per_seed('chgnet', meth, 'test'), 'basin')[0]
+            ok = 1 - c / cpre >= 0.4 and basin > basin_pre
+            out.append(f'- CHGNet `{meth}`: cut ≥ 40 % and more structures in the DFT basin: {pct(1 - c / cpre)} ({f3(cpre)} → {pm(c, csd)}), '
+                       f'same basin {frac(basin_pre)} → {frac(basin)} — **{"met" if ok else "not met"}**')
+    if out:
+        w("The issue's criteria on the test split (means over the seeds finished):\n")
+        w('\n'.join(out) + '\n')
+
+
+def summary_section(w, R):
     lines = []
-    for m in present:
-        def mean_dq(meth, split):
-            sel = [num(r['dq']) for r in common if r['model'] == m and r['method'] == meth and r['split'] == split]
-            return (statistics.mean(sel), len(sel)) if sel else (float('nan'), 0)
-        pre, n = mean_dq('pretrained', 'test')
-        if not n:
+    for m in R.models:
+        pre, _ = R.mean_dq(m, 'pretrained', 'test')
+        if pre != pre:
             continue
-        # The variant to report is chosen on the validation split when there is one (choosing it by its test score
-        # would flatter it).
-        variants = [k for k in METHOD_NOTES if k.startswith('bptt') and mean_dq(k, 'test')[1]]
-        by_val = [(mean_dq(k, 'val')[0], k) for k in variants if mean_dq(k, 'val')[1]]
-        chosen_on = 'validation' if by_val else 'test'
-        pick = min(by_val) if by_val else min(((mean_dq(k, 'test')[0], k) for k in variants), default=(float('nan'), '–'))
-        best = (mean_dq(pick[1], 'test')[0], pick[1])
-        ef = mean_dq('ef', 'test')[0]
-        verdict = ('beats' if best[0] < ef else 'does not beat') if ef == ef and best[0] == best[0] else 'cannot be compared with'
-        un_pre, un_n = mean_dq('pretrained', 'unseen')
-        un = ''
-        if un_n:
-            un_b = mean_dq(best[1], 'unseen')[0]
-            un = (f"; on the unseen kind ({un_n} structure{'s' if un_n != 1 else ''}) the same variant goes from {f3(un_pre)} to {f3(un_b)}, "
-                  f"energy/force matching to {f3(mean_dq('ef', 'unseen')[0])}")
-        seq = ''
-        efb = mean_dq('ef-then-bptt', 'test')[0]
-        if efb == efb and ef == ef:
-            seq = (f" Energy/force matching followed by BPTT: {f3(efb)} (cut {pct(1 - efb / pre)}; "
-                   f"{pct(1 - efb / ef)} relative to energy/force matching alone).")
-        initial = [num(r['initial_dq']) for r in common if r['model'] == m and r['method'] == 'pretrained' and r['split'] == 'test']
-        lines.append(f"- **{m}** (test, {n} structures; unrelaxed initial structures {f3(statistics.mean(initial))}): pretrained mean ΔQ {f3(pre)}; "
-                     f"best BPTT variant on the {chosen_on} split, `{best[1]}`: {f3(best[0])} "
-                     f"(cut {pct(1 - best[0] / pre)}); energy/force matching {f3(ef)} (cut {pct(1 - ef / pre)}): BPTT {verdict} "
-                     f"energy/force matching here{un}.{seq}")
+        initial = [num(r['initial_dq']) for r in R.select(m, 'pretrained', 'test')]
+        parts = []
+        for meth in R.methods:
+            v, sd = R.mean_dq(m, meth, 'test')
+            if v == v:
+                k = len(R.per_seed(m, meth, 'test'))
+                parts.append(f'`{meth}` {pm(v, sd)} ({pct(1 - v / pre)}, {k} seed{"s" if k != 1 else ""})')
+        # The fine-tuned model to keep: the lowest validation ΔQ over every method and seed (never the test split).
+        best = None
+        for meth in R.methods:
+            for s in R.seeds:
+                val = R.select(m, meth, 'val', s)
+                if val:
+                    v = stats(val)['mean']
+                    if best is None or v < best[0]:
+                        best = (v, meth, s)
+        pick = ''
+        if best:
+            t = R.select(m, best[1], 'test', best[2])
+            pick = (f' Chosen on validation: `{best[1]}` seed {best[2]} (validation ΔQ {f3(best[0])}; '
+                    f'test {f3(stats(t)["mean"]) if t else "–"}).')
+        lines.append(f"- **{m}** (test, {len(initial)} structures; unrelaxed {f3(statistics.mean(initial))}): pretrained {f3(pre)}; "
+                     + ('; '.join(parts) if parts else 'no fine-tuned model evaluated yet') + '.' + pick)
     if lines:
         w('## Summary (computed from the tables below)\n')
-        w('\n'.join(lines))
-        w('')
-
-
-def memory_section(w, path):
-    try:
-        rows = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return
-    if not rows:
-        return
-    r0 = rows[0]
-    w('## Memory and cost of the gradient modes (64-site cell)\n')
-    w(f"`scripts/bench memory`: one gradient of ΔQ through T = {r0['T']} FIRE steps (dt 0.1) of the committed SO3krates "
-      f"model on a {r0['atoms']}-atom Si vacancy cell (2×2×2 diamond at a = 5.4912 Å, one atom removed, rattled by 0.1 Å rms), "
-      'each mode in its own process, one thread. Peak RSS is the VmHWM of the gradient call; "above start" subtracts '
-      'the resident memory before it (the loaded model and data). T is the unroll length of the full run\'s BPTT '
-      'trainings (`STEPS`). Implicit mode relaxes to fmax 1e-6 eV/Å first and then solves one Hessian system by CG, so '
-      'its loss is that of the converged minimum, not of the T-step relaxation.\n')
-    w('| mode | peak RSS (MiB) | above start (MiB) | live heap peak (MiB) | wall s | CPU s | relaxer steps | tape nodes | loss (ΔQ) | max\\|Δg\\|/max\\|g\\| vs full | cos vs full |')
-    w('|---|---|---|---|---|---|---|---|---|---|---|')
-    by = {r['mode']: r for r in rows}
-    for r in rows:
-        d = r.get('max_rel_grad_diff_vs_full')
-        ds = '–' if d is None else ('0 (bitwise equal)' if d == 0 else f'{d:.1e}')
-        c = r.get('cosine_vs_full')
-        w(f"| {r['mode']} | {r['peak_mib']:.0f} | {r['peak_delta_mib']:.0f} | {r.get('peak_in_use_mib', float('nan')):.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['steps']} | "
-          f"{r['tape_nodes']} | {r['loss']:.6g} | {ds} | {'–' if c is None else f'{c:.6f}'} |")
-    if 'full' in by and 'checkpoint' in by:
-        f, c = by['full'], by['checkpoint']
-        ratio = c['peak_delta_mib'] / f['peak_delta_mib'] if f['peak_delta_mib'] > 0 else float('nan')
-        whole = c['peak_mib'] / f['peak_mib']
-        w(f"\nCheckpointed / full BPTT: {ratio:.3f} of the memory above the start ({whole:.3f} of the whole process's peak); "
-          f"criterion ≤ 0.25: **{'met' if ratio <= 0.25 else 'not met'}**. Checkpointed time: "
-          f"{c['cpu_s'] / f['cpu_s']:.2f}× the full mode's CPU time.\n")
-    w('')
-
-
-def sweep_section(w, path, md_dir):
-    try:
-        with open(path) as f:
-            rows = [r for r in csv.DictReader(f) if r.get('status') == 'done']
-    except OSError:
-        return
-    if not rows:
-        return
-    axes = [k for k in ('relaxer', 'steps', 'lr', 'eta', 'dt', 'grad', 'seed') if k in rows[0] and len({r[k] for r in rows}) > 1]
-    after = [num(r.get('eval_dq_mean')) for r in rows]
-    base = [num(r.get('eval_baseline_dq_mean')) for r in rows]
-    cuts = [1 - a / b for a, b in zip(after, base) if a == a and b == b and b > 0]
-    w('## Robustness sweep\n')
-    w(f"`scripts/sweep` over {len(rows)} settings (axes: {', '.join(axes) or '–'}); every run evaluated on the test split "
-      'under one protocol (the `eval-args` of the spec), against the pretrained model under the same protocol.\n')
-    w('| run | ' + ' | '.join(axes) + ' | test ΔQ pretrained | test ΔQ fine-tuned | cut | same basin | train s | peak RSS (MB) |')
-    w('|---|' + '---|' * len(axes) + '---|---|---|---|---|---|')
-    for r in rows:
-        a, b = num(r.get('eval_dq_mean')), num(r.get('eval_baseline_dq_mean'))
-        w(f"| {r['run']} | " + ' | '.join(r[k] for k in axes) + f" | {f3(b)} | {f3(a)} | {pct(1 - a / b) if b > 0 else '–'} | "
-          f"{f3(num(r.get('eval_same_basin_fraction')))} | {f3(num(r.get('wall_seconds')))} | {f3(num(r.get('peak_rss_mb')))} |")
-    if cuts:
-        w(f"\nSpread of the cut in mean test ΔQ over the {len(cuts)} settings: mean {pct(statistics.mean(cuts))}, "
-          f"standard deviation {100 * (statistics.stdev(cuts) if len(cuts) > 1 else 0):.0f} points, median {pct(statistics.median(cuts))}, "
-          f"range {pct(min(cuts))} to {pct(max(cuts))}; {sum(c > 0 for c in cuts)} of {len(cuts)} settings improve on the pretrained model.\n")
-    w('')
+        w('Mean test ΔQ (amu^½·Å) over the seeds finished, ± the standard deviation across seeds, and the cut relative to '
+          'the pretrained model.\n')
+        w('\n'.join(lines) + '\n')
+        criteria(w, R)
 
 
 def data_section(w, out, data):
-    """Structures per split and defect kind, as the trainings and evaluations read them (OUT/data/<tag>/)."""
     tables = []
     for tag, who in (('si', 'Si-only (SO3krates, SchNet)'), ('all', 'all species (CHGNet)')):
         d = Path(out) / 'data' / tag
         row = {}
         for split in ('train', 'val', 'test', 'unseen'):
             try:
-                kinds = re.findall(r'\bdefect=(\S+)', (d / f'{split}.extxyz').read_text())
+                row[split] = re.findall(r'\bdefect=(\S+)', (d / f'{split}.extxyz').read_text())
             except OSError:
-                kinds = []
-            row[split] = kinds
+                row[split] = []
         frames = {}
         for t in ('traj-train', 'traj-val'):
             try:
@@ -257,10 +300,10 @@ def data_section(w, out, data):
     if not tables:
         return
     w('## Data\n')
-    w(f'GPAW-PBE relaxations of 62–65-atom Si defect cells from `{data}` (protocol and provenance: '
-      '`Fixtures/data/si-defects/README.md`), split by seed; the unseen split holds a defect kind that no training '
-      'split contains. Energy/force matching trains on every ionic step of the training structures\' relaxations '
-      '(its validation: those of the validation structures).\n')
+    w(f'GPAW-PBE relaxations of Si defect cells from `{data}` (protocol and provenance: its README.md), split by seed; the '
+      'unseen split holds a defect kind no training split contains. Models that know Si only get the structures '
+      'without carbon. Energy/force matching trains on every ionic step of the training structures\' relaxations and '
+      'selects its epoch on those of the validation structures.\n')
     w('| structures | train | val | test | unseen kind | DFT frames (train / val) |')
     w('|---|---|---|---|---|---|')
     for who, row, frames in tables:
@@ -268,18 +311,147 @@ def data_section(w, out, data):
             kinds = row[k]
             if not kinds:
                 return '0'
-            c = {x: kinds.count(x) for x in sorted(set(kinds))}
-            return f"{len(kinds)} (" + ', '.join(f'{x} {n}' for x, n in c.items()) + ')'
+            return f"{len(kinds)} (" + ', '.join(f'{x} {kinds.count(x)}' for x in sorted(set(kinds))) + ')'
         w(f"| {who} | {cell('train')} | {cell('val')} | {cell('test')} | {cell('unseen')} | {frames['traj-train']} / {frames['traj-val']} |")
     w('')
 
 
-def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=None):
+def split_table(w, R, split):
+    w(f'## {SPLITS[split]}: FIRE to the common fmax for every model\n')
+    if split == 'val':
+        w('The validation structures chose every training\'s best epoch and the model to keep, so these numbers are '
+          'optimistic.\n')
+    w('Each cell: mean over seeds ± standard deviation across seeds (one model per seed). Same basin: ΔQ < 1 amu^½·Å '
+      'and the DFT structure\'s bond graph. Cut: 1 − mean ΔQ / mean ΔQ of the pretrained model.\n')
+    w('| model | method | seeds | n | ΔQ mean | ΔQ median | < 0.1 (%) | < 0.3 (%) | same basin (%) | converged (%) | \\|ΔE_relax err\\| (eV) | cut | median per-structure improvement |')
+    w('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for m in R.models:
+        for meth in ['pretrained'] + R.methods:
+            ps = R.per_seed(m, meth, split)
+            if not ps:
+                continue
+            def c(key, fmt=f3):
+                return pm(*over_seeds(ps, key), fmt=fmt)
+            first = meth == 'pretrained'
+            w(f"| {m} | {meth} | {'–' if first else len(ps)} | {ps[0]['n']} | {c('mean')} | {c('median')} | {c('f01', pctpt)} | "
+              f"{c('f03', pctpt)} | {c('basin', pctpt)} | {c('conv', pctpt)} | {c('ere')} | {'–' if first else c('cut', pct)} | "
+              f"{'–' if first else c('imp', pct)} |")
+    w('')
+
+
+def cost_section(w, R):
+    w('## Cost\n')
+    w('CPU time (user + system) and peak resident memory of each training process, summed over the sessions that worked '
+      'on it (`summary.json`), and of the evaluations (`/usr/bin/time`); one thread per process on a shared 2-core '
+      'machine, so CPU time is the steadier figure.\n')
+    w('| model | method | trainings done | epochs | CPU h per training | CPU h (all seeds) | peak RSS training (MB) | CPU h evaluation |')
+    w('|---|---|---|---|---|---|---|---|')
+    total_train = total_eval = 0.0
+    for m in R.models:
+        for meth in ['pretrained'] + R.methods:
+            sums = [s for s in R.summary(m, meth) if s] if meth != 'pretrained' else []
+            cpu = [num(s.get('cpu_seconds')) / 3600 for s in sums]
+            rss = [num(s.get('peak_rss_mb')) for s in sums]
+            ev = 0.0
+            for split in SPLITS:
+                labels = ['pretrained'] if meth == 'pretrained' else [f'{meth}-s{s}' for s in R.seeds]
+                for lb in labels:
+                    c, _ = read_time(R.out / 'eval' / m / split / f'{lb}.time')
+                    ev += c / 3600 if c == c else 0
+            if not sums and ev == 0:
+                continue
+            total_train += sum(x for x in cpu if x == x)
+            total_eval += ev
+            epochs = sorted({str(s.get('epochs', '?')) for s in sums})
+            w(f"| {m} | {meth} | {len(sums) if meth != 'pretrained' else '–'} | {', '.join(epochs) or '–'} | "
+              f"{f3(statistics.mean(cpu)) if cpu else '–'} | {f3(sum(cpu)) if cpu else '–'} | {f3(max(rss)) if rss else '–'} | {f3(ev)} |")
+    w(f'\nTotal so far: {f3(total_train)} CPU hours of training and {f3(total_eval)} of evaluation.\n')
+
+
+def per_structure(w, R):
+    w('## Per structure (test split; mean ΔQ over seeds)\n')
+    meths = ['pretrained'] + R.methods
+    w('| model | structure | kind | ΔQ initial | ' + ' | '.join(f'`{m}`' for m in meths) + ' |')
+    w('|---|---|---|---|' + '---|' * len(meths))
+    for m in R.models:
+        structs = []
+        for r in R.rows:
+            if r['model'] == m and r['split'] == 'test' and r['method'] == 'pretrained' and r['structure'] not in structs:
+                structs.append(r['structure'])
+        for st in structs:
+            first = next(r for r in R.rows if r['model'] == m and r['split'] == 'test' and r['structure'] == st)
+            cells = []
+            for meth in meths:
+                v = [num(r['dq']) for r in R.select(m, meth, 'test') if r['structure'] == st]
+                cells.append(f3(statistics.mean(v)) if v else '–')
+            w(f"| {m} | {st} | {first['group']} | {f3(num(first['initial_dq']))} | " + ' | '.join(cells) + ' |')
+    w('')
+
+
+def memory_section(w, path):
+    rows = read_json(path) if path else []
+    if not rows:
+        return
+    r0 = rows[0]
+    w('## Memory and cost of the gradient modes (64-site cell)\n')
+    w(f"`BENCH_T={r0['T']} scripts/bench memory`: one gradient of ΔQ for a {r0['atoms']}-atom Si vacancy cell (2×2×2 diamond at "
+      'a = 5.4912 Å, one atom removed, rattled by 0.1 Å rms) with the committed SO3krates model and FIRE (dt 0.1), each '
+      'mode in its own process, one thread. Full and checkpoint unroll T steps; implicit relaxes to fmax 1e-6 eV/Å and '
+      'solves one Hessian system by CG; guided:K records K steps and continues that relaxation to the minimum (its '
+      'loss is W·ΔQ(x_K) + (1 − W)·ΔQ(x*), so losses and gradients differ from the T-step ones by design). Peak RSS: '
+      'VmHWM of the gradient call; "above start" subtracts the resident memory before it.\n')
+    w('| mode | peak RSS (MiB) | above start (MiB) | live heap peak (MiB) | wall s | CPU s | relaxer steps | tape nodes | loss | cos vs full |')
+    w('|---|---|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        c = r.get('cosine_vs_full')
+        w(f"| {r['mode']} | {r['peak_mib']:.0f} | {r['peak_delta_mib']:.0f} | {r.get('peak_in_use_mib', float('nan')):.0f} | "
+          f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['steps']} | {r['tape_nodes']} | {r['loss']:.6g} | {'–' if c is None else f'{c:.4f}'} |")
+    w('')
+
+
+def figures(out, rows, figdir, binary, md_dir):
+    """Combined evaluate-style CSVs (seed-mean ΔQ per structure) for `relaxft report`, and the SVGs it writes."""
+    if not binary or not figdir:
+        return []
+    fig_in = Path(out) / 'figures-data'
+    fig_in.mkdir(exist_ok=True)
+    inputs = [str(Path(out) / 'results.csv')]
+    for m in sorted({r['model'] for r in rows}):
+        sel = [r for r in rows if r['model'] == m and r['split'] == 'test']
+        meths = [k for k in METHODS if any(r['method'] == k for r in sel)]
+        if len(meths) < 2:
+            continue
+        structs = []
+        for r in sel:
+            if r['method'] == 'pretrained' and r['structure'] not in structs:
+                structs.append(r['structure'])
+        path = fig_in / f'{m}-test.csv'
+        with open(path, 'w') as f:
+            f.write('# models: ' + ' '.join(f'{i + 1}={m}:{k}' for i, k in enumerate(meths)) + '\n')
+            f.write('structure,initial_dq,' + ','.join(f'dq_{i + 1}' for i in range(len(meths))) + '\n')
+            for st in structs:
+                init = next(r['initial_dq'] for r in sel if r['structure'] == st)
+                vals = []
+                for k in meths:
+                    v = [num(r['dq']) for r in sel if r['method'] == k and r['structure'] == st]
+                    vals.append(repr(statistics.mean(v)) if v else '')
+                f.write(f'{st},{init},' + ','.join(vals) + '\n')
+        inputs.append(str(path))
+    figdir = Path(figdir)
+    if figdir.is_dir():
+        for p in figdir.glob('*.svg'):
+            p.unlink()
+    r = subprocess.run([binary, 'report', *inputs, '-o', str(Path(out) / 'report-figures.html'), '--svg-dir', str(figdir),
+                        '--title', 'relaxft: fine-tuning through relaxations'], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f'results.py: relaxft report failed: {r.stderr.strip()}', file=sys.stderr)
+        return []
+    return [os.path.relpath(p.resolve(), md_dir) for p in sorted(figdir.glob('*.svg'))]
+
+
+def markdown(R, md_path, figdir, binary, memory):
     md_dir = Path(md_path).resolve().parent
-    cfg = dict(kv.split('=', 1) for kv in settings.split()) if settings else {}
-    dataset = cfg.get('dataset', '?')
-    quick = cfg.get('quick', '0') == '1'
-    data = cfg.get('data', 'Fixtures/data/si-defects')
+    settings = {p.stem: read_env(p) for p in sorted((R.out / 'settings').glob('*.env'))}
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True).stdout.strip()
@@ -288,146 +460,68 @@ def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=N
         commit = '?'
     L = []
     w = L.append
-    large = '?'
-    try:
-        m = re.search(r'Large \(62–65-atom\) structures converged: (\d+) of (\d+)', (Path('Fixtures/data/si-defects/README.md')).read_text())
-        large = f'{m.group(1)} of {m.group(2)}' if m else '?'
-    except OSError:
-        pass
-    w('# Results: fine-tuning through relaxations (BPTT) against energy/force matching\n')
-    if dataset == 'tiny' or quick:
-        w('> **This is a tiny-set quick run, not the experiment of issue 9.** ' +
-          ('It uses the 12-structure tiny set (8-site cells, 2–3 test structures per split) because the 64-atom DFT '
-           'splits are still being computed; ' if dataset == 'tiny' else '') +
-          ('epochs and unroll lengths are cut to run in minutes (`--quick`). ' if quick else '') +
-          'The numbers show that the pipeline runs end to end and how to read its output; with so few structures '
-          'they say nothing reliable about whether BPTT beats energy/force matching. **The full run awaits the '
-          f'DFT data**: the committed data holds {large} planned 64-site defect relaxations '
-          '(`Fixtures/data/si-defects/README.md`; the DFT queue is still running); `scripts/experiments/reproduce.sh` without `--quick` stops with '
-          'a message naming the missing split files until they exist.\n')
-    w(f'Generated by `scripts/experiments/results.py` at the end of `scripts/experiments/reproduce.sh` '
-      f'({datetime.date.today().isoformat()}, commit {commit}). Settings: `{settings}`. Every row of every table comes '
-      f'from the per-structure file `results.csv` in the run directory (not committed; rebuild it with the command below).\n')
-    # Notes the experimenter left in the run directory (budgets changed between runs, interrupted trainings, …).
-    notes = Path(out) / 'notes.md'
+    missing = R.missing()
+    w('# Results: fine-tuning through relaxations against energy/force matching\n')
+    if missing:
+        w('> **Partial results.** The run has not finished: the tables hold what exists, with fewer seeds (the "seeds" '
+          'column) or models than planned, and will change. Not finished yet:\n>')
+        for line in missing:
+            w(f'> - {line}')
+        w('')
+    if R.plan.get('dataset') == 'tiny':
+        w('> **Tiny-set quick run** (8-site cells, 1–3 structures per split): it shows that the pipeline runs end to end, '
+          'nothing about the methods.\n')
+    w(f'Generated by `scripts/experiments/results.py` from `scripts/experiments/reproduce.sh` ({datetime.date.today().isoformat()}, '
+      f'commit {commit}). Every number comes from the per-structure file `results.csv` in the run directory (not committed; '
+      'the commands below rebuild it).\n')
+    notes = R.out / 'notes.md'
     if notes.is_file():
         w('## Notes on this run\n')
         w(notes.read_text().strip() + '\n')
-    summary_section(w, rows, models)
-    if dataset == 'large':
-        data_section(w, out, data)
+    summary_section(w, R)
+    data_section(w, R.out, R.plan.get('data', 'Fixtures/data/si-defects'))
     w('## What was run\n')
     w('| method | what |\n|---|---|')
-    for m, note in METHOD_NOTES.items():
-        w(f'| `{m}` | {note} |')
+    for k in ['pretrained'] + R.methods:
+        w(f'| `{k}` | {METHODS.get(k, "")} |')
     w('')
-    w('ΔQ = sqrt(Σ m_j |x_j − x*_j|²) in amu^½·Å between the model-relaxed and the DFT-relaxed structure. '
-      '"Same basin": ΔQ < 1 amu^½·Å and the same bond graph as the DFT structure (pairs closer than 1.2 × the sum '
-      'of covalent radii). |ΔE_relax err|: |(E_final − E_initial)_model − (E_relaxed − E_initial)_DFT|, which does not '
-      'depend on the energy zero (the pretrained models were trained on VASP data, the defect data is GPAW\'s). '
-      'Cut: 1 − mean ΔQ / mean ΔQ of the pretrained model; per-structure improvement: mean (median) of '
-      '1 − ΔQ/ΔQ_pretrained.\n')
-    present = [m for m in models.split() if any(r['model'] == m for r in rows)] if models else sorted({r['model'] for r in rows})
-    splits = [s for s in ('test', 'unseen', 'val') if any(r['split'] == s for r in rows)]
-    for split in splits:
-        title = {'test': 'Test split', 'unseen': 'Unseen defect kind',
-                 'val': 'Validation split (not held out)'}[split]
-        w(f'## {title}: common protocol (FIRE to the same fmax for every model)\n')
-        if split == 'val':
-            w('The validation structures picked each training\'s best epoch (and the summary\'s BPTT variant), so these '
-              'numbers are optimistic; they are shown because they add structures of every seen kind to the small test split.\n')
-        w('| model | method | n | ΔQ mean | ΔQ median | < 0.1 | < 0.3 | same basin | converged | \\|ΔE_relax err\\| (eV) | cut | per-structure improvement |')
-        w('|---|---|---|---|---|---|---|---|---|---|---|---|')
-        for m in present:
-            for meth in METHOD_NOTES:
-                sel = [r for r in rows if r['model'] == m and r['method'] == meth and r['split'] == split and r['protocol'] == 'common']
-                if not sel:
-                    continue
-                s = stats(sel)
-                imp = '–' if meth == 'pretrained' else f"{pct(s['imp_mean'])} ({pct(s['imp_median'])})"
-                w(f"| {m} | {meth} | {s['n']} | {f3(s['mean'])} | {f3(s['median'])} | {s['f01']:.2f} | {s['f03']:.2f} | "
-                  f"{s['basin']:.2f} | {s['conv']:.2f} | {f3(s['ere'])} | {'–' if meth == 'pretrained' else pct(s['cut'])} | {imp} |")
-        w('')
-    own = [r for r in rows if r['protocol'].startswith('own:')]
-    if own:
-        w('## BPTT models under their own training relaxation\n')
-        w('The relaxer and step count each model was trained with (stored in its metadata), the pretrained model '
-          'relaxed the same way beside it.\n')
-        w('| model | method | split | n | ΔQ pretrained | ΔQ fine-tuned | cut | same basin (pretrained → fine-tuned) |')
-        w('|---|---|---|---|---|---|---|---|')
-        for m in present:
-            for meth in METHOD_NOTES:
-                for split in splits:
-                    sel = [r for r in own if r['model'] == m and r['method'] == meth and r['split'] == split]
-                    base = [r for r in own if r['model'] == m and r['method'] == 'pretrained' and r['split'] == split and r['protocol'] == 'own:' + meth]
-                    if not sel or not base:
-                        continue
-                    s, b = stats(sel), stats(base)
-                    w(f"| {m} | {meth} | {split} | {s['n']} | {f3(b['mean'])} | {f3(s['mean'])} | {pct(s['cut'])} | {b['basin']:.2f} → {s['basin']:.2f} |")
-        w('')
-    w('## Training cost\n')
-    w('Wall and CPU seconds and peak resident memory of each training process (`summary.json`; the machine was shared, '
-      'so CPU time is the steadier figure).\n')
-    w('| model | method | epochs | wall s | CPU s | peak RSS (MB) |')
-    w('|---|---|---|---|---|---|')
-    for m in present:
-        for meth in METHOD_NOTES:
-            s = summary(out, m, meth)
-            if s:
-                w(f"| {m} | {meth} | {s.get('epochs', '–')} | {s.get('wall_seconds', 0):.0f} | {s.get('cpu_seconds', 0):.0f} | {s.get('peak_rss_mb', 0):.0f} |")
-    w('')
-    w('## Per structure (test split, common protocol)\n')
-    w('| model | structure | kind | ΔQ initial | ' + ' | '.join(f'`{m}`' for m in METHOD_NOTES) + ' |')
-    w('|---|---|---|---|' + '---|' * len(METHOD_NOTES))
-    for m in present:
-        structs = []
-        for r in rows:
-            if r['model'] == m and r['split'] == 'test' and r['protocol'] == 'common' and r['structure'] not in structs:
-                structs.append(r['structure'])
-        for st in structs:
-            cells = []
-            first = None
-            for meth in METHOD_NOTES:
-                r = next((r for r in rows if r['model'] == m and r['split'] == 'test' and r['protocol'] == 'common'
-                          and r['method'] == meth and r['structure'] == st), None)
-                first = first or r
-                cells.append(f3(num(r['dq'])) if r else '–')
-            w(f"| {m} | {st} | {first['group'] if first else ''} | {f3(num(first['initial_dq'])) if first else '–'} | " + ' | '.join(cells) + ' |')
-    w('')
-    if memory:
-        memory_section(w, memory)
-    if sweep:
-        sweep_section(w, sweep, md_dir)
-    if figures and Path(figures).is_dir():
-        svgs = sorted(Path(figures).glob('*.svg'))
-        if svgs:
-            w('## Figures\n')
-            w('From `relaxft report` on `results.csv` and the test-split evaluations (all figures of the run: '
-              '`report.html` in the run directory).\n')
-            for p in svgs:
-                rel = os.path.relpath(p.resolve(), md_dir)
-                w(f'![{p.stem}]({rel})\n')
+    for m in R.models:
+        try:
+            settings.setdefault(m, {})['code'] = (R.out / 'bin' / m / 'commit.txt').read_text().strip()
+        except OSError:
+            pass
+    if settings:
+        w('Settings (stored per model at its first start, with the commit of the relaxft it runs; `common` is the '
+          'evaluation protocol, FIRE for every model):\n')
+        w('| | ' + ' | '.join(settings) + ' |')
+        w('|---|' + '---|' * len(settings))
+        keys = []
+        for s in settings.values():
+            keys += [k for k in s if k not in keys]
+        for k in keys:
+            w(f'| {k} | ' + ' | '.join(s.get(k, '') for s in settings.values()) + ' |')
+        w(f"\nSeeds: {' '.join(R.seeds)} (batch order; one model per seed). BPTT-type trainings: one structure per step, "
+          'gradient norm clipped at 10, best epoch by validation ΔQ under the method\'s own relaxation (T FIRE steps for '
+          '`bptt`, FIRE to the common fmax for `implicit` and `guided`).\n')
+    for split in SPLITS:
+        if any(r['split'] == split for r in R.rows):
+            split_table(w, R, split)
+    cost_section(w, R)
+    per_structure(w, R)
+    memory_section(w, memory)
+    svgs = figures(R.out, R.rows, figdir, binary, md_dir)
+    if svgs:
+        w('## Figures\n')
+        w('From `relaxft report` on `results.csv` (ΔQ per structure, every seed) and the seed-mean test ΔQ per structure.\n')
+        for p in svgs:
+            w(f'![{Path(p).stem}]({p})\n')
     w('## Reproduce\n')
     w('```sh')
-    if dataset == 'large':
-        env = ' '.join(f'{k}={cfg[k]}' for k in ('BPTT_EPOCHS', 'STEPS', 'BATCH', 'BPTT_SCHEDULE', 'EF_EPOCHS', 'EF_BATCH') if k in cfg)
-        w(f'DATA={data} {env} \\\n  scripts/experiments/reproduce.sh          # everything below, resumable')
-    else:
-        w('scripts/experiments/reproduce.sh' + (' --quick' if quick else '') + '          # everything below, resumable')
-    w('# one model and method by hand, e.g. BPTT with FIRE and checkpointed gradients:')
-    w('relaxft finetune --pretrained Fixtures/models/si-so3krates-pretrained.safetensors --data OUT/data/si/train.extxyz \\')
-    w('  --relaxer fire --grad checkpoint --steps T --epochs N --lr 3e-4 --batch 4 --clip 10 --out OUT/train/so3krates-bptt-fire-ckpt')
-    w('relaxft pretrain --init Fixtures/models/si-so3krates-pretrained.safetensors --refit-reference-energies \\')
-    w('  --data OUT/data/si/traj-train.extxyz --val-fraction 0.1 --epochs N --lr 3e-4 --out OUT/train/so3krates-ef')
-    w('relaxft evaluate --model Fixtures/models/si-so3krates-pretrained.safetensors --label pretrained \\')
-    w('  --model OUT/train/so3krates-bptt-fire-ckpt/best.safetensors --label bptt-fire-ckpt \\')
-    w('  --data OUT/data/si/test.extxyz --relaxer fire --fmax 0.01 --steps 500 --csv test.csv')
-    w('relaxft report OUT/results.csv OUT/eval/*-common.csv OUT/train/*/ -o report.html && scripts/render_report report.html')
-    w('# memory of the gradient modes (63-atom cell, T = 60), then the robustness sweep:')
-    w('BENCH_T=60 BENCH_JSON=OUT/memory.json scripts/bench memory')
-    spec = 'sweep-full.txt' if dataset == 'large' else 'sweep-quick.txt'
-    w(f'scripts/sweep scripts/experiments/{spec} --out OUT/sweep --jobs 1          # writes OUT/sweep/sweep.csv')
-    w('scripts/experiments/reproduce.sh' + (' --quick' if quick else '') + '          # again: adds both tables here')
+    w('nice -n 15 env THREADS=1 scripts/experiments/reproduce.sh --models "so3krates schnet"   # resumable: run it again to continue')
+    w('scripts/experiments/reproduce.sh --status                                            # what is done, interrupted, missing')
+    w('nice -n 15 env THREADS=2 BPTT_EPOCHS=… EF_EPOCHS=… scripts/experiments/reproduce.sh --models chgnet')
+    w('BENCH_T=60 BENCH_JSON=runs/reproduce/memory.json scripts/bench memory                # the memory table')
+    w('scripts/experiments/reproduce.sh --report                                            # this document, from what exists')
     w('```\n')
     Path(md_path).parent.mkdir(parents=True, exist_ok=True)
     Path(md_path).write_text('\n'.join(L))
@@ -436,23 +530,21 @@ def markdown(rows, out, settings, models, md_path, figures, memory=None, sweep=N
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('out')
-    ap.add_argument('--settings', default='')
-    ap.add_argument('--models', default='')
     ap.add_argument('--markdown')
     ap.add_argument('--figures')
-    ap.add_argument('--memory', help='JSON written by BENCH_JSON=… relaxft-bench memory')
-    ap.add_argument('--sweep', help='sweep.csv of scripts/sweep collect')
+    ap.add_argument('--binary', help='relaxft executable (for the figures)')
+    ap.add_argument('--memory', help='JSON written by BENCH_JSON=… scripts/bench memory')
     a = ap.parse_args()
     rows = collect(a.out)
     if not rows:
-        sys.exit(f'results.py: no evaluations in {a.out}/eval')
+        sys.exit(f'results.py: no evaluations in {a.out}/eval yet')
     with open(Path(a.out) / 'results.csv', 'w', newline='') as f:
         wr = csv.DictWriter(f, fieldnames=FIELDS, lineterminator='\n')
         wr.writeheader()
         wr.writerows(rows)
     print(f'results.py: {len(rows)} rows → {a.out}/results.csv', file=sys.stderr)
     if a.markdown:
-        markdown(rows, a.out, a.settings, a.models, a.markdown, a.figures, a.memory, a.sweep)
+        markdown(Results(a.out, rows), a.markdown, a.figures, a.binary, a.memory)
         print(f'results.py: wrote {a.markdown}', file=sys.stderr)
 
 

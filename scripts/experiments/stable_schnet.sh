@@ -28,7 +28,7 @@ cat aimd300.extxyz elastic.extxyz > small.extxyz
 $R convert "$DATA/mlearn_train.extxyz" aimd1518.extxyz --frames 87:105 >/dev/null
 
 if [ ! -f pretrain/best.safetensors ]; then
-  $R pretrain --data small.extxyz --val-fraction 0.15 --model schnet --features 32 --layers 2 --epochs 40 --lr 0.003 \
+  $R pretrain --data small.extxyz --val-fraction 0.15 --architecture schnet --features 32 --layers 2 --epochs 40 --lr 0.003 \
     --schedule cosine --batch 4 --patience 100 --seed 1 --test "$DATA/mlearn_test.extxyz" --out pretrain | tail -3
 fi
 
@@ -36,7 +36,7 @@ MD="aimd1518.extxyz --temperature $T --timestep 1 --steps $EVAL_STEPS --replicas
 $R md $MD --potential pretrain/best.safetensors > md_before.json || true
 
 rm -rf run
-$R stable --pretrained pretrain/best.safetensors --data small.extxyz --test "$DATA/mlearn_test.extxyz" \
+$R stable --potential pretrain/best.safetensors --data small.extxyz --test "$DATA/mlearn_test.extxyz" \
   --reference-observable aimd1518.extxyz --temperature $T --replicas 8 --steps 300 --sample-interval 10 \
   --bond-threshold 100 --min-distance 1.7 --lambda 1 --lr 0.003 --epochs "$EPOCHS" --out run | tee stable.log
 

@@ -44,7 +44,7 @@ RDF="--temperature $T --steps 8000 --equilibrate 1000 --interval 50 --replicas 4
 [ -f rdf_before.csv ] || $R md liquid64.extxyz --potential "sw:sigma=$SIGMA0,lambda=$LAMBDA0" --seed 3 --rdf rdf_before.csv $RDF
 
 rm -rf run
-$R stable --pretrained "sw:sigma=$SIGMA0,lambda=$LAMBDA0" --train sigma,lambda --lambda 0 \
+$R stable --potential "sw:sigma=$SIGMA0,lambda=$LAMBDA0" --train-params sigma,lambda --lambda 0 \
   --reference-observable rdf_reference.csv --structure liquid64.extxyz --temperature $T \
   --replicas 4 --steps 500 --sample-interval 25 --discard 100 --equilibrate 500 --restart continue \
   --unstable-fraction 0 --bond-threshold 100 --min-distance 1.5 --lr 0.01 --monitor loss \

@@ -184,6 +184,9 @@ public enum Unpickler {
             return .call(CallBox(callable: callable, args: args))
         }
 
+        /// The virtual machine's loop: one case per opcode of the subset, each a few lines on the shared stack and
+        /// memo. It is long (about 100 lines) because the opcode table is; split apart, the cases would each need
+        /// the whole machine state passed around for no gain in clarity.
         mutating func run() throws -> PickleValue {
             while true {
                 let at = pos

@@ -3,7 +3,7 @@ import Foundation
 import Tape
 
 /// SO3krates-style equivariant transformer (Frank, Unke, Müller, Chmiela, Nat. Commun. 15, 6539 (2024);
-/// layer structure of the reference code `thorben-frank/mlff`, see research notes §3.2).
+/// layer structure of the authors' reference code, github.com/thorben-frank/mlff).
 ///
 /// State per atom: invariant features x_i ∈ ℝ^F and Euclidean variables χ_i (real spherical-harmonic
 /// coefficients of degrees 1…L, no l = 0, one copy per degree; initialised to zero as in the code, not

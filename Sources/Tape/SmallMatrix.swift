@@ -1,10 +1,42 @@
+import CLinalg
 import Foundation
 
-/// Small dense matrix functions for the cell filter (row-major n×n arrays): exponential, logarithm and the
+// Small dense matrices: a Cholesky factorisation (LAPACKE) for BFGS steps, and matrix functions on plain
+// arrays for the cell filter's deformation gradients.
+
+/// Cholesky factor of a symmetric positive-definite matrix (LAPACKE dpotrf), or nil when it is not.
+public struct CholeskyFactor: Sendable {
+    public let factor: Tensor
+    public let n: Int
+
+    public init?(_ a: Tensor) {
+        let dim = a.shape[0]
+        n = dim
+        var l = a
+        // Column-major lower = row-major upper for a symmetric matrix; column-major calls avoid LAPACKE's
+        // transposed copies of the whole matrix.
+        let info = l.withUnsafeMutableBufferPointer { p in LAPACKE_dpotrf(LAPACK_COL_MAJOR, 76 /* L */, Int32(dim), p.baseAddress, Int32(dim)) }
+        guard info == 0 else { return nil }
+        factor = l
+    }
+
+    public func solve(_ b: Tensor) -> Tensor {
+        var x = b.reshaped([n])
+        let info = x.withUnsafeMutableBufferPointer { px in
+            factor.withUnsafeBufferPointer { pf in
+                LAPACKE_dpotrs(LAPACK_COL_MAJOR, 76, Int32(n), 1, pf.baseAddress, Int32(n), px.baseAddress, Int32(n))
+            }
+        }
+        precondition(info == 0, "Cholesky solve failed (info \(info))")
+        return x
+    }
+}
+
+/// Small dense matrix functions (row-major n×n arrays), used by the cell filter: exponential, logarithm and the
 /// Fréchet derivative of the exponential. Deformation gradients are close to the identity, so plain
 /// scaling-and-squaring with long Taylor series is accurate to round-off here.
-enum MatrixFunctions {
-    static func multiply(_ a: [Double], _ b: [Double], _ n: Int) -> [Double] {
+public enum MatrixFunctions {
+    public static func multiply(_ a: [Double], _ b: [Double], _ n: Int) -> [Double] {
         var c = [Double](repeating: 0, count: n * n)
         for i in 0..<n { for k in 0..<n {
             let aik = a[i * n + k]
@@ -13,18 +45,18 @@ enum MatrixFunctions {
         return c
     }
 
-    static func identity(_ n: Int) -> [Double] {
+    public static func identity(_ n: Int) -> [Double] {
         var m = [Double](repeating: 0, count: n * n)
         for i in 0..<n { m[i * n + i] = 1 }
         return m
     }
 
-    static func norm1(_ a: [Double], _ n: Int) -> Double {
+    public static func norm1(_ a: [Double], _ n: Int) -> Double {
         (0..<n).map { j in (0..<n).reduce(0.0) { $0 + Swift.abs(a[$1 * n + j]) } }.max() ?? 0
     }
 
     /// exp(A): scale so that ‖A/2^s‖₁ ≤ 1/8, Taylor series to convergence, square s times.
-    static func exp(_ a: [Double], _ n: Int) -> [Double] {
+    public static func exp(_ a: [Double], _ n: Int) -> [Double] {
         let nrm = norm1(a, n)
         var s = 0
         while nrm / Foundation.pow(2, Double(s)) > 0.125 { s += 1 }
@@ -42,7 +74,7 @@ enum MatrixFunctions {
 
     /// Principal log(A) for A with eigenvalues near the positive real axis: inverse scaling and squaring
     /// (Denman–Beavers square roots until ‖A^(1/2^k) − I‖₁ ≤ 1/8), then the series of log(I + X).
-    static func log(_ a: [Double], _ n: Int) -> [Double] {
+    public static func log(_ a: [Double], _ n: Int) -> [Double] {
         var y = a
         var k = 0
         let eye = identity(n)
@@ -64,7 +96,7 @@ enum MatrixFunctions {
     }
 
     /// Principal square root by the Denman–Beavers iteration.
-    static func sqrt(_ a: [Double], _ n: Int) -> [Double] {
+    public static func sqrt(_ a: [Double], _ n: Int) -> [Double] {
         var y = a, z = identity(n)
         for _ in 0..<100 {
             guard let yi = inverse(y, n), let zi = inverse(z, n) else { break }
@@ -79,7 +111,7 @@ enum MatrixFunctions {
     }
 
     /// Gauss–Jordan inverse with partial pivoting.
-    static func inverse(_ a: [Double], _ n: Int) -> [Double]? {
+    public static func inverse(_ a: [Double], _ n: Int) -> [Double]? {
         var m = a, inv = identity(n)
         for c in 0..<n {
             var p = c
@@ -100,7 +132,7 @@ enum MatrixFunctions {
     }
 
     /// Fréchet derivative L(A, E) of exp at A in direction E: the upper-right block of exp([[A, E], [0, A]]).
-    static func expFrechet(_ a: [Double], _ e: [Double], _ n: Int) -> [Double] {
+    public static func expFrechet(_ a: [Double], _ e: [Double], _ n: Int) -> [Double] {
         let m = 2 * n
         var big = [Double](repeating: 0, count: m * m)
         for i in 0..<n { for j in 0..<n {
@@ -114,7 +146,7 @@ enum MatrixFunctions {
         return out
     }
 
-    static func transpose(_ a: [Double], _ n: Int) -> [Double] {
+    public static func transpose(_ a: [Double], _ n: Int) -> [Double] {
         var t = a
         for i in 0..<n { for j in 0..<n { t[j * n + i] = a[i * n + j] } }
         return t

@@ -1,11 +1,6 @@
-import Foundation
 import Testing
-import Tape
 import Atoms
 import Loss
-import Potentials
-import Relax
-@testable import FineTune
 
 /// The bond graph behind the "same basin" metric of relaxft evaluate.
 @Suite struct TopologyTests {
@@ -32,16 +27,5 @@ import Relax
         // (a/4, a/4, a/4), already bonded to atom 0: three bonds broken, three made.
         for c in 0..<3 { moved[0, c] += 5.431 / 2 }
         #expect(BondingTopology.differingBonds(si, positions: moved, reference: si.positions) == 6)
-    }
-
-    /// evaluateRelaxations: the exact potential reproduces the reference basin; a perturbed one may not.
-    @Test func sameBasinFromEvaluation() throws {
-        let examples = Array(try recoveryExamples("test").prefix(2))
-        let proto = RelaxationProtocol(relaxer: "fire", hyperparameters: [:], steps: 300, stopFmax: 0.01)
-        let exact = try evaluateRelaxations(examples, potential: StillingerWeber(), protocol: proto)
-        #expect(exact.allSatisfy { $0.sameBasin && $0.differingBonds == 0 && $0.deltaQ < 0.3 })
-        let loose = try evaluateRelaxations(examples, potential: StillingerWeber(), protocol: proto, basin: BasinCriterion(deltaQ: 1e-9))
-        #expect(loose.allSatisfy { !$0.sameBasin && $0.differingBonds == 0 }, "ΔQ threshold applies")
-        #expect(exact.allSatisfy { $0.relaxationEnergyError == nil }, "the SW data has no energy_initial")
     }
 }
