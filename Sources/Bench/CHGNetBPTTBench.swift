@@ -15,6 +15,10 @@ import Tape
 ///
 ///     scripts/bench chgnet-bptt [--T 10,30] [--modes full,checkpoint] [--torch float32,float64 | --torch none]
 ///                               [--rounds 3] [--warmup 1] [--repeats 1] [--threads 1] [--json FILE]
+///                               [--baseline BENCH_BINARY [--baseline-modes full,checkpoint]]
+///
+/// `--baseline` runs the same relaxft configurations with another build's relaxft-bench (an older commit) in the
+/// same interleaved rounds, so that a before/after comparison shares its load and its PyTorch figures.
 ///
 /// The PyTorch side needs RELAXFT_PEERS_PYTHON (a Python with torch and chgnet 0.4.2) and the script's location,
 /// RELAXFT_CHGNET_BPTT (the path of torch_bptt.py) or RELAXFT_PEERS (its folder holds chgnet_bptt/torch_bptt.py).
@@ -31,6 +35,8 @@ enum CHGNetBPTTBench {
         var repeats = 1
         var threads = 1
         var json: String? = nil
+        var baseline: String? = nil
+        var baselineModes: [String]? = nil
     }
 
     static func parse(_ args: [String]) -> Options {
@@ -65,7 +71,13 @@ enum CHGNetBPTTBench {
             case "--repeats": o.repeats = int(value(), "--repeats", min: 1)
             case "--threads": o.threads = int(value(), "--threads", min: 1)
             case "--json": o.json = value()
-            default: fail("unknown option \(args[i]) (--T, --modes, --torch, --rounds, --warmup, --repeats, --threads, --json)")
+            case "--baseline":
+                o.baseline = value()
+                guard FileManager.default.isExecutableFile(atPath: o.baseline!) else { fail("--baseline: '\(o.baseline!)' is not an executable file") }
+            case "--baseline-modes":
+                o.baselineModes = value().split(separator: ",").map(String.init)
+                for m in o.baselineModes! where (try? GradientMode.parse(m)) == nil { fail("--baseline-modes: unknown gradient mode '\(m)'") }
+            default: fail("unknown option \(args[i]) (--T, --modes, --torch, --rounds, --warmup, --repeats, --threads, --json, --baseline, --baseline-modes)")
             }
             i += 1
         }
@@ -134,9 +146,9 @@ enum CHGNetBPTTBench {
         var gradients: [Double]?
     }
 
-    static func runRelaxft(T: Int, mode: String, o: Options, tmp: URL) -> Run? {
-        let gfile = tmp.appendingPathComponent("\(mode)-\(T).bin").path
-        let out = runChild(CommandLine.arguments[0], ["chgnet-bptt-one", "\(T)", mode, "\(o.warmup)", "\(o.repeats)", "\(o.threads)", gfile], env: [:])
+    static func runRelaxft(T: Int, mode: String, o: Options, tmp: URL, binary: String? = nil) -> Run? {
+        let gfile = tmp.appendingPathComponent("\(binary == nil ? "" : "baseline-")\(mode)-\(T).bin").path
+        let out = runChild(binary ?? CommandLine.arguments[0], ["chgnet-bptt-one", "\(T)", mode, "\(o.warmup)", "\(o.repeats)", "\(o.threads)", gfile], env: [:])
         guard let j = out.first, let cpu = j["epoch_cpu_s"] as? [Double], let peak = j["peak_rss_mib"] as? Double,
               let fr = j["frames"] as? [[String: Any]] else { return nil }
         let g = (try? Data(contentsOf: URL(fileURLWithPath: gfile))).map { d in d.withUnsafeBytes { Array($0.bindMemory(to: Double.self)) } }
@@ -204,12 +216,15 @@ enum CHGNetBPTTBench {
         defer { try? FileManager.default.removeItem(at: tmp) }
         var report: [[String: Any]] = []
         for T in o.Ts {
-            let configs = dtypes.map { "torch " + $0 } + o.modes.map { "relaxft " + $0 }
+            let baselineModes = o.baseline == nil ? [] : (o.baselineModes ?? o.modes)
+            let configs = dtypes.map { "torch " + $0 } + baselineModes.map { "baseline " + $0 } + o.modes.map { "relaxft " + $0 }
             var runs: [String: [Run]] = [:]
             for round in 0..<o.rounds {
                 for c in configs {
                     let r: Run?
-                    if c.hasPrefix("torch ") { r = runTorch(T: T, dtype: String(c.dropFirst(6)), o: o) } else {
+                    if c.hasPrefix("torch ") { r = runTorch(T: T, dtype: String(c.dropFirst(6)), o: o) } else if c.hasPrefix("baseline ") {
+                        r = runRelaxft(T: T, mode: String(c.dropFirst(9)), o: o, tmp: tmp, binary: o.baseline)
+                    } else {
                         r = runRelaxft(T: T, mode: String(c.dropFirst(8)), o: o, tmp: tmp)
                     }
                     guard let r else { print("T = \(T), \(c), round \(round + 1): failed"); continue }
@@ -247,6 +262,11 @@ enum CHGNetBPTTBench {
                 let maxDiff = zip(f, c).map { abs($0 - $1) }.max() ?? 0, maxG = f.map(abs).max() ?? 1
                 print(same ? "checkpoint vs full: gradients bit-identical"
                       : String(format: "checkpoint vs full: gradients NOT bit-identical (max |Δg|/max |g| = %.2e)", maxDiff / maxG))
+            }
+            for m in o.modes {
+                guard let b = runs["baseline " + m]?.last?.gradients, let r = runs["relaxft " + m]?.last?.gradients, b.count == r.count else { continue }
+                let maxDiff = zip(b, r).map { abs($0 - $1) }.max() ?? 0, maxG = b.map(abs).max() ?? 1
+                print(String(format: "relaxft %@ vs baseline %@: max |Δg|/max |g| = %.2e", m, m, maxDiff / maxG))
             }
             let best = o.modes.compactMap { m in summary["relaxft " + m].map { (m, $0) } }.min { $0.1.cpu < $1.1.cpu }
             if let t32 = summary["torch float32"], let best {
