@@ -19,6 +19,8 @@ public struct FineTuneEpochMetrics: Codable, Sendable {
     public var seconds: Double
     /// RMS force error on the frames drawn for the force term during the epoch (eV/Å; nil without it).
     public var trainForceRMSE: Double? = nil
+    /// Implicit and guided modes: structures of the epoch whose implicit term was left out (no minimum reached).
+    public var fixedPointFailures: Int? = nil
 }
 
 /// Resumable state of a run (RUN_DIR/checkpoint.safetensors, with the weights).
@@ -143,6 +145,8 @@ public enum FineTuneEvent: Sendable {
 public struct BatchGradient: Sendable {
     public var losses: [Double]
     public var gradients: [String: Tensor]
+    /// Structures whose implicit-gradient term was left out (`BPTTResult.fixedPointFailure`).
+    public var fixedPointFailures = 0
 
     public var isFinite: Bool { gradients.values.allSatisfy(\.isFinite) && losses.allSatisfy(\.isFinite) }
 }
@@ -158,7 +162,7 @@ public func batchGradient(_ examples: [RelaxationExample], potential: any Potent
         for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(potential.parameters[name]!.shape)) + r.gradients[name]! * w }
         for name in settings.trainableHyper { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
     }
-    return BatchGradient(losses: results.map(\.loss), gradients: grads)
+    return BatchGradient(losses: results.map(\.loss), gradients: grads, fixedPointFailures: results.filter { $0.fixedPointFailure != nil }.count)
 }
 
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
@@ -382,6 +386,7 @@ public final class FineTuneTrainer {
         var losses: [Double] = []
         var forceSquares = 0.0, forceComponents = 0
         var lastNorm = 0.0
+        var fixedPointFailures = 0
         var b = 0
         while b < order.count {
             let batch = order[b..<Swift.min(b + config.batchSize, order.count)].map { train[$0] }
@@ -389,6 +394,7 @@ public final class FineTuneTrainer {
             // The relaxer as trained so far: its hyperparameters change with every step.
             var g = stepGradient(batch, settings: settings(), forceSquares: &forceSquares, forceComponents: &forceComponents)
             losses += g.losses
+            fixedPointFailures += g.fixedPointFailures
             let done = Swift.min(b, order.count)
             report(.batch(epoch: epoch + 1, done: done, total: order.count, eta: Date().timeIntervalSince(t0) / Double(done) * Double(order.count - done)))
             guard g.isFinite else {
@@ -403,6 +409,7 @@ public final class FineTuneTrainer {
                                    gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.relaxer.hyperparameters.dictionary,
                                    skippedSteps: state.skippedSteps, seconds: 0)
         if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
+        if config.gradient.differentiatesMinimum { metrics.fixedPointFailures = fixedPointFailures }
         var monitored = tr.mean
         if !validation.isEmpty {
             let va = ErrorSummary(evaluate(validation).map(\.deltaQ))
@@ -448,13 +455,14 @@ public final class FineTuneTrainer {
         let hyperNames = state.relaxer.hyperparameters.names.sorted()
         // The force term's column only when it is on, so that the file of a plain run keeps its layout.
         let withForces = (config.forceWeight ?? 0) > 0
+        let withFixedPoint = config.gradient.differentiatesMinimum
         var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")
-            + ",skipped_steps,seconds" + (withForces ? ",train_force_rmse" : "")]
+            + ",skipped_steps,seconds" + (withForces ? ",train_force_rmse" : "") + (withFixedPoint ? ",fixed_point_failures" : "")]
         func f(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
         for m in state.history {
             lines.append(["\(m.epoch)", f(m.trainDQMean), f(m.trainDQMedian), f(m.valDQMean), f(m.valDQMedian), f(m.gradientNorm), f(m.learningRate)]
                 .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),\(f(m.seconds))"
-                + (withForces ? "," + f(m.trainForceRMSE) : ""))
+                + (withForces ? "," + f(m.trainForceRMSE) : "") + (withFixedPoint ? "," + (m.fixedPointFailures.map { "\($0)" } ?? "") : ""))
         }
         try run.writeMetrics(lines)
     }
