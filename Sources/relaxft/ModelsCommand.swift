@@ -6,7 +6,7 @@ let modelsCommand = Command(
         name: "models", summary: "list the models usable by name, pull one (chgnet-0.3.0, sevennet-0), or store a fine-tuned one as a difference",
         usage: "list | pull NAME | delta MODEL --base NAME -o OUT [--json] [--quiet]",
         options: [
-            OptionSpec("--base", value: "NAME", help: "delta: the pulled model MODEL was fine-tuned from"),
+            OptionSpec("--base", value: "NAME", help: "the pulled model a fine-tuned model was trained from; delta: MODEL's"),
             Vocabulary.out.detail("delta: the difference file to write"),
             Vocabulary.json.detail("the list, or what was pulled or written, as one object"),
             Vocabulary.quiet.detail("no pip progress"),
