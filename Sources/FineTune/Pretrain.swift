@@ -478,16 +478,19 @@ public final class PretrainTrainer {
     }
 
     /// One pass over the shuffled training frames in mini-batches, an Adam step each; returns the mean loss and
-    /// the metrics accumulated with the weights before each update. `batchDone(b, batches, mean loss so far)`.
+    /// the metrics of the accepted batches, with the weights before each update. `batchDone(b, batches, mean loss
+    /// so far)`.
     func trainEpoch(report: (PretrainEvent) -> Void = { _ in }, batchDone: (Int, Int, Double) -> Void) throws -> (loss: Double, metrics: ForceFieldMetrics) {
         var order = state.trainIndices
         state.rng.shuffle(&order)
         var acc = ForceFieldMetrics.Accumulator()
-        var lossSum = 0.0
+        var lossSum = 0.0, accepted = 0
         let nb = (order.count + config.batch - 1) / config.batch
         state.adam.learningRate = state.schedule.rate
         for b in 0..<nb {
             let idx = Array(order[(b * config.batch)..<Swift.min((b + 1) * config.batch, order.count)])
+            // A rejected batch stays out of the epoch's loss and metrics (its predictions may be NaN).
+            let accBefore = acc
             let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
             var grads = grads0
             if config.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: config.clipNorm) }
@@ -501,6 +504,7 @@ public final class PretrainTrainer {
                 : !grads.values.allSatisfy(\.isFinite) ? "the gradient is not finite" : ParameterGuard.rejection(of: p, for: model)
             var r = state.rejections ?? UpdateRejections()
             if let why {
+                acc = accBefore
                 report(.rejectedStep(epoch: state.epoch + 1, reason: why))
                 defer { state.rejections = r }
                 try r.reject(why, limit: config.maxRejectedSteps ?? ParameterGuard.defaultMaxRejectedSteps,
@@ -510,11 +514,12 @@ public final class PretrainTrainer {
                 state.rejections = r
                 state.adam = adam
                 for (k, v) in p { model.parameters[k] = v }
+                lossSum += l * Double(idx.count)
+                accepted += idx.count
             }
-            lossSum += l * Double(idx.count)
-            batchDone(b + 1, nb, lossSum / Double(Swift.min((b + 1) * config.batch, order.count)))
+            batchDone(b + 1, nb, lossSum / Double(accepted))
         }
-        return (lossSum / Double(order.count), acc.metrics)
+        return (lossSum / Double(accepted), acc.metrics)
     }
 
     /// Weights and state in one atomic file, then the cost so far.

@@ -157,6 +157,9 @@ struct NaNInjectionTests {
         defer { dir.remove() }
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stderr.contains("epoch 2: optimizer step not taken"), "\(r.stderr)")
+        // The rejected batch stays out of epoch 2's training loss and errors.
+        let rows = try String(contentsOfFile: dir.path("run/metrics.csv"), encoding: .utf8).split(separator: "\n").dropFirst()
+        #expect(rows.count == 3 && rows.allSatisfy { $0.split(separator: ",").dropFirst(2).prefix(5).allSatisfy { Double($0)?.isFinite == true } }, "\(rows)")
         let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.path("run/summary.json")))) as? [String: Any]
         #expect(summary?["rejected_steps"] as? Int == 1 && summary?["epochs"] as? Int == 3, "\(String(describing: summary))")
         #expect(try Self.finiteModel(dir.path("run/last.safetensors")))
