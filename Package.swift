@@ -25,7 +25,7 @@ let package = Package(
         .target(name: "Relax", dependencies: ["Tape", "Atoms", "Potentials"]),
         .target(name: "Loss", dependencies: ["Tape", "Atoms"]),
         .target(name: "Dynamics", dependencies: ["Tape", "Atoms", "Potentials"]),
-        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "Dynamics"]),
+        .target(name: "FineTune", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "Dynamics", "Cluster"]),
         .executableTarget(name: "relaxft", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "Dynamics", "Cluster"]),
         .executableTarget(name: "relaxft-bench", dependencies: ["Tape", "Atoms", "Potentials", "Relax", "Loss", "FineTune", "CLinalg", "Cluster"], path: "Sources/Bench"),
         // Helpers every test target shares: repository paths, scratch directories, running the relaxft binary.
