@@ -144,6 +144,8 @@ public enum FineTuneEvent: Sendable {
 public struct BatchGradient: Sendable {
     public var losses: [Double]
     public var gradients: [String: Tensor]
+    /// Wall seconds this rank spent in the cross-rank sum and gather (waiting for other ranks included).
+    public var communicationSeconds = 0.0
 
     public var isFinite: Bool { gradients.values.allSatisfy(\.isFinite) && losses.allSatisfy(\.isFinite) }
 }
@@ -165,8 +167,10 @@ public func batchGradient(_ examples: [RelaxationExample], potential: any Potent
         for name in settings.trainableHyper { g["r/" + name] = Tensor(scalar: r.hyperGradients[name]!) }
         return layout.flatten(g, scale: w)
     }
+    let t0 = Date()
     let sum = comm.orderedSum(terms, count: examples.count, length: layout.length)
-    return BatchGradient(losses: comm.allgatherConcatenated(results.map(\.loss)), gradients: layout.unflatten(sum))
+    let losses = comm.allgatherConcatenated(results.map(\.loss))
+    return BatchGradient(losses: losses, gradients: layout.unflatten(sum), communicationSeconds: Date().timeIntervalSince(t0))
 }
 
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
