@@ -25,27 +25,16 @@ enum MPIEpochBench {
         }
         let structures = setting("BENCH_MPI_STRUCTURES", 8), batch = setting("BENCH_MPI_BATCH", 8), steps = setting("BENCH_MPI_STEPS", 30)
         print("")
-        print("(CPU/rank: median over \(setting("BENCH_MPI_EPOCHS", 3)) epochs; comm./step: the slowest rank's time in the ordered sum and the loss gather, waiting included)")
         print("== fine-tuning epoch, 1 vs 2 ranks: \(structures) Si defect cells (64 sites), batch \(batch), BPTT through \(steps) FIRE steps, "
               + "SO3krates (Fixtures), 1 thread per rank ==")
         print("load average before: \(MPIBench.loadAverage())")
+        print("(CPU/rank: median over \(setting("BENCH_MPI_EPOCHS", 3)) epochs; comm./step: the slowest rank's time in the ordered sum and the loss gather, waiting included)")
         var rows: [Int: [String: Any]] = [:]
         for ranks in [1, 2] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: ranks == 1 ? CommandLine.arguments[0] : mpirun)
-            p.arguments = (ranks == 1 ? [] : ["--oversubscribe", "-n", "\(ranks)", CommandLine.arguments[0]]) + ["mpi-epoch-one"]
-            var env = ProcessInfo.processInfo.environment
-            env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT"] ?? "1"
-            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] ?? "1"
-            p.environment = env
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            do { try p.run() } catch { print("mpi epoch: cannot start: \(error)"); return }
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0,
-                  let o = String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap({ try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }).last
-            else { print("mpi epoch: \(ranks) rank(s) failed with status \(p.terminationStatus)"); continue }
+            let args = (ranks == 1 ? [] : ["--oversubscribe", "-n", "\(ranks)", CommandLine.arguments[0]]) + ["mpi-epoch-one"]
+            guard let (status, output) = MPIBench.launch(ranks == 1 ? CommandLine.arguments[0] : mpirun, args) else { return }
+            guard status == 0, let o = output.split(separator: "\n").compactMap({ try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }).last
+            else { print("mpi epoch: \(ranks) rank(s) failed with status \(status)"); continue }
             rows[ranks] = o
         }
         print(pad("ranks", 7) + pad("epoch wall median", 19) + pad("epoch wall best", 17) + pad("CPU/rank/epoch", 17) + pad("comm./step (median, best)", 27)
