@@ -65,6 +65,8 @@ public struct NeighborList: Sendable {
 
     /// Builds the list. Along non-periodic axes the cell only sets the binning frame; with no usable cell
     /// (molecules) a Cartesian frame is used. Positions need not be wrapped.
+    /// Long on purpose: binning, image ranges and the pair sweep share their index arithmetic in one hot loop;
+    /// split into functions they would pass it back and forth (the bench's neighbour-list workload times it).
     public static func build(positions: Tensor, cell: Tensor, pbc: [Bool], cutoff: Double) -> NeighborList {
         let n = positions.shape[0]
         precondition(cutoff > 0 && cutoff.isFinite, "cutoff must be positive")

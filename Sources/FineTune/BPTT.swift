@@ -161,6 +161,11 @@ public struct BPTTResult: Sendable {
     public var fmax: Double?
     public var tapeNodes: Int
     public var cgIterations: Int = 0
+    /// Implicit and guided modes: why the implicit-function-theorem term was left out of `gradients` (nil when it
+    /// is in). It holds only at a minimum: a relaxation that stopped short of `implicitFmax`, or a Hessian on
+    /// which conjugate gradients fail (negative curvature: a saddle point; or no convergence), gives no gradient
+    /// rather than a wrong one.
+    public var fixedPointFailure: String? = nil
 }
 
 /// Mass-weighted ΔQ of the relaxed structure against the example's target, and its gradient with respect
@@ -369,13 +374,15 @@ func guidedGradient<R: Relaxer>(_ example: RelaxationExample, potential: any Pot
     }
     let xStar = state.positions.value
     let star = implicitAdjoint(example, potential: potential, at: xStar, settings: settings)
+    // Without a minimum only the window's term is kept.
+    let failure = fixedPointFailure(fmax: rest.fmax, steps: window.steps + rest.steps, cg: star.cgFailure, settings: settings)
     for (name, g) in star.gradients {
-        let scaled = w == 0 ? g : g * (1 - w)
+        let scaled = failure != nil ? Tensor.zeros(g.shape) : w == 0 ? g : g * (1 - w)
         grads[name] = grads[name].map { $0 + scaled } ?? scaled
     }
     return BPTTResult(loss: w * windowLoss.scalar + (1 - w) * star.loss, gradients: grads, hyperGradients: hgrads, finalPositions: xStar,
                       steps: window.steps + rest.steps, fmax: rest.fmax, tapeNodes: Swift.max(windowNodes, star.tapeNodes),
-                      cgIterations: star.cgIterations)
+                      cgIterations: star.cgIterations, fixedPointFailure: failure)
 }
 
 /// Up to `steps` steps from `state` as one checkpointed segment: the body keeps no intermediates and is
@@ -421,8 +428,19 @@ func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential pot: a
     let star = implicitAdjoint(example, potential: pot, at: xStar, settings: settings)
     // The fixed point does not depend on the relaxer: trained hyperparameters get a zero gradient.
     let hgrads = Dictionary(uniqueKeysWithValues: settings.trainableHyper.map { ($0, 0.0) })
-    return BPTTResult(loss: star.loss, gradients: star.gradients, hyperGradients: hgrads, finalPositions: xStar, steps: relaxed.steps,
-                      fmax: relaxed.fmax, tapeNodes: star.tapeNodes, cgIterations: star.cgIterations)
+    let failure = fixedPointFailure(fmax: relaxed.fmax, steps: relaxed.steps, cg: star.cgFailure, settings: settings)
+    return BPTTResult(loss: star.loss, gradients: failure == nil ? star.gradients : star.gradients.mapValues { Tensor.zeros($0.shape) },
+                      hyperGradients: hgrads, finalPositions: xStar, steps: relaxed.steps,
+                      fmax: relaxed.fmax, tapeNodes: star.tapeNodes, cgIterations: star.cgIterations, fixedPointFailure: failure)
+}
+
+/// Why x* is no minimum the implicit gradient holds at, or nil: the relaxation ended at `fmax` (not below
+/// `implicitFmax`) or conjugate gradients failed.
+func fixedPointFailure(fmax: Double?, steps: Int, cg: String?, settings: BPTTSettings) -> String? {
+    guard let f = fmax, f < settings.implicitFmax else {
+        return "the relaxation stopped at fmax \(fmax.map { String(format: "%.3g", $0) } ?? "unknown") eV/Å after \(steps) steps, not below \(settings.implicitFmax)"
+    }
+    return cg
 }
 
 /// ΔQ(x*) and its gradient with respect to the potential's parameters at a minimum x* of the potential
@@ -432,7 +450,7 @@ func implicitGradient<R: Relaxer>(_ example: RelaxationExample, potential pot: a
 /// are projected out of the right-hand side and of every CG iterate (and fixed atoms are removed from the
 /// system).
 func implicitAdjoint(_ example: RelaxationExample, potential pot: any Potential, at xStar: Tensor, settings: BPTTSettings)
-    -> (loss: Double, gradients: [String: Tensor], tapeNodes: Int, cgIterations: Int) {
+    -> (loss: Double, gradients: [String: Tensor], tapeNodes: Int, cgIterations: Int, cgFailure: String?) {
     let s = example.initial
 
     // ∂L/∂x*.
@@ -469,17 +487,19 @@ func implicitAdjoint(_ example: RelaxationExample, potential pot: any Potential,
         project(tape.vjp(of: [gradE], seeds: [Variable(constant: v)], wrt: [x])[0].value)
     }
     rhs = project(rhs)
-    let (v, iterations) = conjugateGradient(hvp, rhs, tolerance: settings.cgTolerance, maxIterations: 10 * rhs.count)
+    let (v, iterations, cgFailure) = conjugateGradient(hvp, rhs, tolerance: settings.cgTolerance, maxIterations: 10 * rhs.count)
     // ∂L/∂θ = v·∂F/∂θ = −∂(∇E·v)/∂θ.
     let contracted = (gradE * Variable(constant: v)).sum()
     let g = tape.gradient(of: contracted, wrt: paramNames.map { paramLeaves[$0]! })
     var grads: [String: Tensor] = [:]
     for (i, name) in paramNames.enumerated() { grads[name] = -g[i].value }
-    return (loss.scalar, grads, tape.nodeCount, iterations)
+    return (loss.scalar, grads, tape.nodeCount, iterations, cgFailure)
 }
 
-/// Conjugate gradients for a symmetric positive (semi-)definite operator on the range of the projector.
-func conjugateGradient(_ apply: (Tensor) -> Tensor, _ b: Tensor, tolerance: Double, maxIterations: Int) -> (Tensor, Int) {
+/// Conjugate gradients for a symmetric positive (semi-)definite operator on the range of the projector; the
+/// third value says why the solve failed (non-positive curvature pᵀAp ≤ 0, or the tolerance not reached), nil
+/// when it converged.
+func conjugateGradient(_ apply: (Tensor) -> Tensor, _ b: Tensor, tolerance: Double, maxIterations: Int) -> (Tensor, Int, String?) {
     var x = Tensor.zeros(b.shape)
     var r = b, p = b
     var rr = r.dot(r)
@@ -488,7 +508,9 @@ func conjugateGradient(_ apply: (Tensor) -> Tensor, _ b: Tensor, tolerance: Doub
     while k < maxIterations && rr > stop {
         let ap = apply(p)
         let pap = p.dot(ap)
-        guard pap > 0 else { break }
+        guard pap > 0 else {
+            return (x, k, "the Hessian has non-positive curvature along a conjugate-gradient direction (pᵀHp = \(String(format: "%.3g", pap))): not a minimum")
+        }
         let alpha = rr / pap
         x.addScaled(p, alpha)
         r.addScaled(ap, -alpha)
@@ -497,5 +519,8 @@ func conjugateGradient(_ apply: (Tensor) -> Tensor, _ b: Tensor, tolerance: Doub
         rr = rr2
         k += 1
     }
-    return (x, k)
+    guard rr <= stop else {
+        return (x, k, "conjugate gradients reached relative residual \(String(format: "%.3g", (rr / Swift.max(b.dot(b), 1e-300)).squareRoot())) after \(k) iterations, not \(tolerance)")
+    }
+    return (x, k, nil)
 }

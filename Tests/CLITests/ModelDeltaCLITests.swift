@@ -20,8 +20,21 @@ import Tape
         tuned.parameters["readout.1.weight"] = tuned.parameters["readout.1.weight"]! * 1.01
         let delta = home.appendingPathComponent("tuned.delta.safetensors").path
         let full = home.appendingPathComponent("tuned.safetensors").path
-        try ModelDelta.save(tuned, base: "si-schnet-1.0", baseParameters: base.parameters, to: delta)
-        try ModelFile.save(tuned, to: full)
+        try ModelFile.save(tuned, to: full, extraMetadata: ["training": "test"])
+        let env = ["RELAXFT_HOME": home.path]
+        // `models delta` writes the difference, keeping the training record.
+        let made = try runTool(relaxftBinary, ["models", "delta", full, "--base", "si-schnet-1.0", "-o", delta, "--json"], in: home, environment: env)
+        #expect(made.status == 0 && made.stdout.contains("\"changed_tensors\": 1"), "\(made.status): \(made.stdout) \(made.stderr)")
+        let (_, deltaMeta) = try SafeTensors.read(delta)
+        #expect(deltaMeta["relaxft_kind"] == ModelDelta.kind && deltaMeta[ModelDelta.baseKey] == "si-schnet-1.0" && deltaMeta["training"] == "test")
+        // Refused, naming what is wrong, writing nothing: no --base, a base that is not pulled, a model of another kind.
+        let bad = home.appendingPathComponent("bad.safetensors").path
+        let so3krates = repoRoot.appendingPathComponent("Fixtures/models/si-so3krates-pretrained.safetensors").path
+        for (model, extra, expected) in [(full, [] as [String], "--base"), (full, ["--base", "chgnet-0.3.0"], "relaxft models pull chgnet-0.3.0"),
+                                         (so3krates, ["--base", "si-schnet-1.0"], "so3krates")] {
+            let r = try runTool(relaxftBinary, ["models", "delta", model, "-o", bad] + extra, in: home, environment: env)
+            #expect(r.status == 2 && r.stderr.lowercased().contains(expected.lowercased()) && !FileManager.default.fileExists(atPath: bad), "\(r.status): \(r.stderr)")
+        }
         let data = repoRoot.appendingPathComponent("Fixtures/data/si-defects/test.extxyz").path
         let frame = home.appendingPathComponent("one.extxyz").path
         try StructureIO.write([try StructureIO.read(data)[0]], frame)

@@ -166,3 +166,44 @@ struct GuidedGradientTests {
         #expect(stored["gradient"] as? String == "guided:6:0.5")
     }
 }
+
+/// The implicit-function theorem holds at a minimum only: implicit and guided modes leave the implicit term out
+/// (and say why) when the relaxation stops short of `implicitFmax` or conjugate gradients meet negative curvature.
+@Suite struct FixedPointGuardTests {
+    let pot = StillingerWeber()
+    var ex: RelaxationExample {
+        example(rattledSilicon(repeats: 2, vacancy: true, rattle: 0.05, seed: 9), targetPotential: StillingerWeber(sigma: 2.0951 * 1.01, lambda: 23.1))
+    }
+
+    @Test(arguments: [GradientMode.implicit, .guided(window: 3, weight: 0.5)])
+    func unconvergedRelaxationGivesNoImplicitTerm(_ mode: GradientMode) {
+        var s = BPTTSettings(relaxer: FIRE(), steps: 1)
+        s.mode = mode
+        s.implicitFmax = 1e-5
+        let converged = relaxationLossAndGradient(ex, potential: pot, settings: s)
+        #expect(converged.fixedPointFailure == nil && converged.fmax! < 1e-5)
+        s.implicitMaxSteps = 8
+        let short = relaxationLossAndGradient(ex, potential: pot, settings: s)
+        #expect(short.fixedPointFailure?.contains("not below") == true, "\(String(describing: short.fixedPointFailure))")
+        if case .implicit = mode {
+            #expect(short.gradients.values.allSatisfy { $0.array.allSatisfy { $0 == 0 } })
+        } else {
+            // The window's term is kept: it is the whole gradient, the window run alone with weight w.
+            var w = s
+            w.mode = .guided(window: 3, weight: 1)
+            let window = relaxationLossAndGradient(ex, potential: pot, settings: w)
+            for (name, g) in window.gradients { #expect(short.gradients[name]!.bitwiseEqual(g * 0.5), "\(name)") }
+            #expect(short.gradients.values.contains { $0.array.contains { $0 != 0 } })
+        }
+    }
+
+    @Test func conjugateGradientsReportNegativeCurvatureAndNoConvergence() {
+        let spd = Tensor(shape: [2, 2], [2, 0, 0, 1]), saddle = Tensor(shape: [2, 2], [1, 0, 0, -1])
+        let b = Tensor(shape: [2], [1, 1])
+        func op(_ m: Tensor) -> (Tensor) -> Tensor { { v in Tensor(shape: [2], [m[0, 0] * v[0] + m[0, 1] * v[1], m[1, 0] * v[0] + m[1, 1] * v[1]]) } }
+        let (x, _, ok) = conjugateGradient(op(spd), b, tolerance: 1e-12, maxIterations: 10)
+        #expect(ok == nil && abs(x[0] - 0.5) < 1e-14 && abs(x[1] - 1) < 1e-14)
+        #expect(conjugateGradient(op(saddle), b, tolerance: 1e-12, maxIterations: 10).2?.contains("non-positive curvature") == true)
+        #expect(conjugateGradient(op(spd), b, tolerance: 1e-12, maxIterations: 1).2?.contains("residual") == true)
+    }
+}

@@ -26,6 +26,10 @@
 #
 #   nice -n 15 env THREADS=2 BPTT_EPOCHS=4 EF_EPOCHS=10 scripts/experiments/reproduce.sh --models chgnet > runs/full-chgnet.log 2>&1 &
 #
+# SevenNet-0 (relaxft models pull sevennet-0) the same way; pretrained and BPTT at least:
+#
+#   nice -n 15 env THREADS=2 BPTT_EPOCHS=4 scripts/experiments/reproduce.sh --models sevennet --methods bptt > runs/full-sevennet.log 2>&1 &
+#
 # --status: what is done, running and missing, then exit. --report: render docs/results.md from what exists (no
 # training). --quick: the 12-structure tiny set (8-site cells) in minutes, into runs/reproduce-quick.
 #
@@ -90,7 +94,7 @@ done
 methods=""
 for meth in $all_methods; do case " $methods_arg " in *" $meth "*) methods="$methods $meth" ;; esac; done
 for m in $models; do
-  case $m in so3krates|schnet|chgnet) ;; *) echo "reproduce.sh: unknown model $m (so3krates, schnet, chgnet)" >&2; exit 2 ;; esac
+  case $m in so3krates|schnet|chgnet|sevennet) ;; *) echo "reproduce.sh: unknown model $m (so3krates, schnet, chgnet, sevennet)" >&2; exit 2 ;; esac
 done
 for s in $seeds; do [[ $s =~ ^[0-9]+$ ]] || { echo "reproduce.sh: seeds must be non-negative integers, got '$s'" >&2; exit 2; }; done
 THREADS=${THREADS:-$(nproc)}
@@ -182,15 +186,18 @@ split_files si Si
 split_files all ""
 
 # Relative paths and model-store names: they are recorded in run directories and model files.
-chgnet_file=${RELAXFT_HOME:-$HOME/.cache/relaxft}/models/chgnet-0.3.0.safetensors
+store=${RELAXFT_HOME:-$HOME/.cache/relaxft}/models
 model_path() {
   case $1 in
     so3krates) echo "Fixtures/models/si-so3krates-pretrained.safetensors" ;;
     schnet) echo "Fixtures/models/si-schnet-pretrained.safetensors" ;;
     chgnet) echo "chgnet-0.3.0" ;;
+    sevennet) echo "sevennet-0" ;;
   esac
 }
-species_tag() { case $1 in chgnet) echo all ;; *) echo si ;; esac; }
+# Universal models (pulled into the store) see every structure; the in-house models know silicon only.
+pulled() { case $1 in chgnet|sevennet) return 0 ;; *) return 1 ;; esac; }
+species_tag() { if pulled "$1"; then echo all; else echo si; fi; }
 
 # The plan (for the results' partial marking): the three models of the full run (CHGNet starts later) and any other
 # model started here, the methods and seeds of this invocation.
@@ -326,8 +333,8 @@ evaluate() {  # evaluate MODEL METHOD SEED: the common protocol on every split, 
 # ---- the run --------------------------------------------------------------------------------------------------
 for m in $models; do
   pre=$(model_path $m)
-  [ $m = chgnet ] && pre=$chgnet_file
-  [ -s "$pre" ] || { echo "reproduce.sh: $m needs $pre$([ $m = chgnet ] && echo ' (relaxft models pull chgnet-0.3.0)')" >&2; exit 2; }
+  pulled $m && pre=$store/$pre.safetensors
+  [ -s "$pre" ] || { echo "reproduce.sh: $m needs $pre$(pulled $m && echo " (relaxft models pull $(model_path $m))")" >&2; exit 2; }
   [ -s "$out/settings/$m.env" ] || log "$m: first start; settings stored in $out/settings/$m.env"
   settings_file "$out/settings/$m.env" $model_keys
 done

@@ -34,7 +34,7 @@ METHODS = {
 }
 BPTT_LIKE = ['bptt', 'implicit', 'guided']
 SPLITS = {'test': 'Test split', 'unseen': 'Unseen defect kind', 'val': 'Validation split (not held out)'}
-MODEL_ORDER = ['so3krates', 'schnet', 'chgnet']
+MODEL_ORDER = ['so3krates', 'schnet', 'chgnet', 'sevennet']
 
 
 def num(x):

@@ -106,6 +106,8 @@ public struct CHGNet: Potential {
 
     /// Energies [S], plus site energies [N, 1] (including the AtomRef shift) and, on request, the magnetic
     /// moments [N] (|Linear(atom features)| after the third interaction block, in μB).
+    /// One function on purpose: it follows the reference implementation's forward pass block by block, so that
+    /// the two can be read side by side (Deng et al., Nat. Mach. Intell. 5, 1031 (2023); chgnet 0.3.0 model.py).
     public func forward(_ system: AtomicSystem, positions: Variable, cells: Variable, parameters p: [String: Variable],
                         magmoms wantMagmoms: Bool = false) -> (energies: Variable, siteEnergies: Variable, magmoms: Variable?) {
         let g = CHGNetGraph.build(system, positions: positions.value, cells: cells.value,
