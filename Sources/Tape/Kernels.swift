@@ -222,6 +222,16 @@ extension Tensor {
     public static func - (a: Tensor, s: Double) -> Tensor { a.map { $0 - s } }
     public static prefix func - (a: Tensor) -> Tensor { a.map { -$0 } }
 
+    /// In-place a += x (same shapes): the sums of `a + x`, without a new buffer when `a`'s is not shared.
+    mutating func addInPlace(_ x: Tensor) {
+        precondition(shape == x.shape, "addInPlace: \(shape) vs \(x.shape)")
+        let q = x.storage.pointer
+        withUnsafeMutableBufferPointer { p in
+            guard let b = p.baseAddress else { return }
+            for i in 0..<p.count { b[i] = b[i] + q[i] }
+        }
+    }
+
     /// In-place a += s·x (BLAS daxpy).
     public mutating func addScaled(_ x: Tensor, _ s: Double) {
         precondition(count == x.count, "addScaled: \(shape) vs \(x.shape)")

@@ -8,7 +8,7 @@ import Foundation
 extension Variable {
     public static func + (a: Variable, b: Variable) -> Variable {
         let sa = a.shape, sb = b.shape
-        return makeOp("add", [a, b], Tensor.zipWith(a.value, b.value, +)) { c in
+        return makeOp("add", [a, b], Tensor.zipWith(a.value, b.value, +), saving: .nothing) { c in
             [c.needs[0] ? c.grad.sum(toShape: sa) : nil,
              c.needs[1] ? c.grad.sum(toShape: sb) : nil]
         }
@@ -16,7 +16,7 @@ extension Variable {
 
     public static func - (a: Variable, b: Variable) -> Variable {
         let sa = a.shape, sb = b.shape
-        return makeOp("sub", [a, b], Tensor.zipWith(a.value, b.value, -)) { c in
+        return makeOp("sub", [a, b], Tensor.zipWith(a.value, b.value, -), saving: .nothing) { c in
             [c.needs[0] ? c.grad.sum(toShape: sa) : nil,
              c.needs[1] ? (-c.grad).sum(toShape: sb) : nil]
         }
@@ -24,7 +24,7 @@ extension Variable {
 
     public static func * (a: Variable, b: Variable) -> Variable {
         let sa = a.shape, sb = b.shape
-        return makeOp("mul", [a, b], Tensor.zipWith(a.value, b.value, *)) { c in
+        return makeOp("mul", [a, b], Tensor.zipWith(a.value, b.value, *), saving: .allInputs) { c in
             [c.needs[0] ? (c.grad * c.input(1)).sum(toShape: sa) : nil,
              c.needs[1] ? (c.grad * c.input(0)).sum(toShape: sb) : nil]
         }
@@ -32,24 +32,24 @@ extension Variable {
 
     public static func / (a: Variable, b: Variable) -> Variable {
         let sa = a.shape, sb = b.shape
-        return makeOp("div", [a, b], Tensor.zipWith(a.value, b.value, /)) { c in
+        return makeOp("div", [a, b], Tensor.zipWith(a.value, b.value, /), saving: .inputs(1, output: true)) { c in
             let gb: Variable? = c.needs[1] ? (-(c.grad * c.output()) / c.input(1)).sum(toShape: sb) : nil
             return [c.needs[0] ? (c.grad / c.input(1)).sum(toShape: sa) : nil, gb]
         }
     }
 
     public static prefix func - (a: Variable) -> Variable {
-        makeOp("neg", [a], a.value.map { -$0 }) { c in [-c.grad] }
+        makeOp("neg", [a], a.value.map { -$0 }, saving: .nothing) { c in [-c.grad] }
     }
 
     // Scalar forms: no scalar tensor is allocated for the common cases.
     public static func * (a: Variable, s: Double) -> Variable {
-        makeOp("scale", [a], a.value.map { $0 * s }) { c in [c.grad * s] }
+        makeOp("scale", [a], a.value.map { $0 * s }, saving: .nothing) { c in [c.grad * s] }
     }
     public static func * (s: Double, a: Variable) -> Variable { a * s }
     public static func / (a: Variable, s: Double) -> Variable { a * (1 / s) }
     public static func + (a: Variable, s: Double) -> Variable {
-        makeOp("addScalar", [a], a.value.map { $0 + s }) { c in [c.grad] }
+        makeOp("addScalar", [a], a.value.map { $0 + s }, saving: .nothing) { c in [c.grad] }
     }
     public static func + (s: Double, a: Variable) -> Variable { a + s }
     public static func - (a: Variable, s: Double) -> Variable { a + (-s) }
@@ -69,19 +69,19 @@ extension Variable {
 
 extension Variable {
     public func exp() -> Variable {
-        makeOp("exp", [self], value.map(Foundation.exp)) { c in [c.grad * c.output()] }
+        makeOp("exp", [self], value.map(Foundation.exp), saving: .outputs) { c in [c.grad * c.output()] }
     }
 
     public func log() -> Variable {
-        makeOp("log", [self], value.map(Foundation.log)) { c in [c.grad / c.input(0)] }
+        makeOp("log", [self], value.map(Foundation.log), saving: .inputs(0)) { c in [c.grad / c.input(0)] }
     }
 
     public func sqrt() -> Variable {
-        makeOp("sqrt", [self], value.map { $0.squareRoot() }) { c in [c.grad * 0.5 / c.output()] }
+        makeOp("sqrt", [self], value.map { $0.squareRoot() }, saving: .outputs) { c in [c.grad * 0.5 / c.output()] }
     }
 
     public func squared() -> Variable {
-        makeOp("square", [self], value.map { $0 * $0 }) { c in [c.grad * c.input(0) * 2] }
+        makeOp("square", [self], value.map { $0 * $0 }, saving: .inputs(0)) { c in [c.grad * c.input(0) * 2] }
     }
 
     /// x^p for a constant exponent.
@@ -100,7 +100,7 @@ extension Variable {
         } else {
             forward = value.map { Foundation.pow($0, p) }
         }
-        return makeOp("pow", [self], forward) { c in
+        return makeOp("pow", [self], forward, saving: .inputs(0)) { c in
             [c.grad * c.input(0).pow(p - 1) * p]
         }
     }
@@ -119,9 +119,9 @@ extension Variable {
     // the same derivative is built from differentiable operations.
 
     public func tanh() -> Variable {
-        makeOp("tanh", [self], value.map(Foundation.tanh)) { c in
+        makeOp("tanh", [self], value.map(Foundation.tanh), saving: .outputs) { c in
             if !c.tape.isRecording {
-                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.output0) { g, y in g * (1 - y * y) })]
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.savedOutput(0)) { g, y in g * (1 - y * y) })]
             }
             let y = c.output()
             return [c.grad * (1 - y * y)]
@@ -129,9 +129,9 @@ extension Variable {
     }
 
     public func sigmoid() -> Variable {
-        makeOp("sigmoid", [self], value.map(stableSigmoid)) { c in
+        makeOp("sigmoid", [self], value.map(stableSigmoid), saving: .outputs) { c in
             if !c.tape.isRecording {
-                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.output0) { g, y in g * (y * (1 - y)) })]
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.savedOutput(0)) { g, y in g * (y * (1 - y)) })]
             }
             let y = c.output()
             return [c.grad * (y * (1 - y))]
@@ -141,9 +141,9 @@ extension Variable {
     /// x·σ(x) (swish). σ(x) is kept from the forward pass so the backward needs no second exp.
     public func silu() -> Variable {
         let sig = value.map(stableSigmoid)
-        return makeOp("silu", [self], Tensor.zipWith(value, sig, *)) { c in
+        return makeOp("silu", [self], Tensor.zipWith(value, sig, *), saving: .inputs(0)) { c in
             if !c.tape.isRecording {
-                let g = c.grad.value, x = c.node.inputs[0].value
+                let g = c.grad.value, x = c.input(0).value
                 if g.shape == x.shape {
                     return [Variable(constant: Tensor.zip3(g, x, sig) { g, x, s in g * (s * (1 + x * (1 - s))) })]
                 }
@@ -158,9 +158,9 @@ extension Variable {
 
     /// σ(x) recorded with an already computed value (same bits as `sigmoid()`).
     func sigmoid(precomputed: Tensor) -> Variable {
-        makeOp("sigmoid", [self], precomputed) { c in
+        makeOp("sigmoid", [self], precomputed, saving: .outputs) { c in
             if !c.tape.isRecording {
-                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.output0) { g, y in g * (y * (1 - y)) })]
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.savedOutput(0)) { g, y in g * (y * (1 - y)) })]
             }
             let y = c.output()
             return [c.grad * (y * (1 - y))]
@@ -169,32 +169,32 @@ extension Variable {
 
     /// log(1 + eˣ), evaluated stably.
     public func softplus() -> Variable {
-        makeOp("softplus", [self], value.map { x in Swift.max(x, 0) + Foundation.log1p(Foundation.exp(-Swift.abs(x))) }) { c in
+        makeOp("softplus", [self], value.map { x in Swift.max(x, 0) + Foundation.log1p(Foundation.exp(-Swift.abs(x))) }, saving: .inputs(0)) { c in
             if !c.tape.isRecording {
-                return [Variable(constant: Tensor.zipWith(c.grad.value, c.node.inputs[0].value) { g, x in g * stableSigmoid(x) })]
+                return [Variable(constant: Tensor.zipWith(c.grad.value, c.input(0).value) { g, x in g * stableSigmoid(x) })]
             }
             return [c.grad * c.input(0).sigmoid()]
         }
     }
 
     public func cos() -> Variable {
-        makeOp("cos", [self], value.map(Foundation.cos)) { c in [-(c.grad * c.input(0).sin())] }
+        makeOp("cos", [self], value.map(Foundation.cos), saving: .inputs(0)) { c in [-(c.grad * c.input(0).sin())] }
     }
 
     public func sin() -> Variable {
-        makeOp("sin", [self], value.map(Foundation.sin)) { c in [c.grad * c.input(0).cos()] }
+        makeOp("sin", [self], value.map(Foundation.sin), saving: .inputs(0)) { c in [c.grad * c.input(0).cos()] }
     }
 
     /// |x|, with subgradient 0 at 0.
     public func abs() -> Variable {
         let sign = value.map { $0 > 0 ? 1 : ($0 < 0 ? -1 : 0) }
-        return makeOp("abs", [self], value.map { Swift.abs($0) }) { c in [c.grad * sign] }
+        return makeOp("abs", [self], value.map { Swift.abs($0) }, saving: .nothing) { c in [c.grad * sign] }
     }
 
     /// max(x, 0).
     public func relu() -> Variable {
         let mask = value.map { $0 > 0 ? 1 : 0 }
-        return makeOp("relu", [self], value.map { Swift.max($0, 0) }) { c in [c.grad * mask] }
+        return makeOp("relu", [self], value.map { Swift.max($0, 0) }, saving: .nothing) { c in [c.grad * mask] }
     }
 }
 
@@ -217,7 +217,7 @@ public func select(_ mask: Tensor, _ a: Variable, _ b: Variable) -> Variable {
     let out = Tensor(uninitializedShape: s)
     let pm = m.storage.pointer, pa = av.storage.pointer, pb = bv.storage.pointer, po = out.storage.pointer
     for i in 0..<out.count { po[i] = pm[i] != 0 ? pa[i] : pb[i] }
-    return makeOp("select", [a, b], out) { c in
+    return makeOp("select", [a, b], out, saving: .nothing) { c in
         let zero = Variable(constant: 0)
         return [c.needs[0] ? select(m, c.grad, zero).sum(toShape: sa) : nil,
                 c.needs[1] ? select(m, zero, c.grad).sum(toShape: sb) : nil]

@@ -26,7 +26,7 @@ public func gatheredProduct(_ factors: [GatheredFactor], scatterInto scatter: [I
     let rows = factors.map(\.rows), rowCounts = factors.map { $0.variable.shape[0] }
     let out = Tensor.gatheredProduct(factors.map(\.variable.value), rows: rows, scatterInto: scatter, count: count)
     // The rule captures indices and sizes only: a captured Variable would hold the tape (a reference cycle).
-    return makeOp("gatheredProduct", factors.map(\.variable), out) { c in
+    return makeOp("gatheredProduct", factors.map(\.variable), out, saving: .allInputs) { c in
         (0..<rows.count).map { m -> Variable? in
             guard c.needs[m] else { return nil }
             // ∂/∂f_m: the upstream gradient, read at the output row of p, times the other factors, summed

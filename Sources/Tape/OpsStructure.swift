@@ -6,7 +6,7 @@ extension Variable {
     /// Sum of all elements (rank-0 result).
     public func sum() -> Variable {
         let s = shape
-        return makeOp("sumAll", [self], Tensor(scalar: value.sum())) { c in [c.grad.broadcast(to: s)] }
+        return makeOp("sumAll", [self], Tensor(scalar: value.sum()), saving: .nothing) { c in [c.grad.broadcast(to: s)] }
     }
 
     /// Sum over `axes` (negative axes count from the end).
@@ -31,14 +31,14 @@ extension Variable {
     public func sum(toShape target: [Int]) -> Variable {
         if target == shape { return self }
         let s = shape
-        return makeOp("sumTo", [self], value.sum(toShape: target)) { c in [c.grad.broadcast(to: s)] }
+        return makeOp("sumTo", [self], value.sum(toShape: target), saving: .nothing) { c in [c.grad.broadcast(to: s)] }
     }
 
     /// Repeat along size-1 (or missing leading) dimensions to `target`.
     public func broadcast(to target: [Int]) -> Variable {
         if target == shape { return self }
         let s = shape
-        return makeOp("broadcast", [self], value.broadcast(to: target)) { c in [c.grad.sum(toShape: s)] }
+        return makeOp("broadcast", [self], value.broadcast(to: target), saving: .nothing) { c in [c.grad.sum(toShape: s)] }
     }
 
     /// Maximum along an axis; the gradient goes to the first maximal element (subgradient to the arg).
@@ -59,7 +59,7 @@ extension Variable {
         var keptShape = shape
         keptShape[ax] = 1
         let s = shape
-        return makeOp(max ? "max" : "min", [self], vals) { c in
+        return makeOp(max ? "max" : "min", [self], vals, saving: .nothing) { c in
             [c.grad.reshaped(keptShape).broadcast(to: s) * mask]
         }
     }
@@ -73,7 +73,7 @@ extension Variable {
         var outShape = shape
         outShape.remove(at: ax)
         let s = shape
-        let out = makeOp("norm", [self], n) { c in
+        let out = makeOp("norm", [self], n, saving: .all) { c in
             // ∂|x|/∂x = x/|x|; dividing by 1 where the norm is 0 makes the (sub)gradient 0 there, not NaN.
             let nn = select(nonzero, c.output(), Variable(constant: 1))
             return [(c.grad / nn).broadcast(to: s) * c.input(0)]
@@ -89,19 +89,19 @@ extension Variable {
         let r = value.reshaped(newShape)
         if r.shape == shape { return self }
         let s = shape
-        return makeOp("reshape", [self], r) { c in [c.grad.reshaped(s)] }
+        return makeOp("reshape", [self], r, saving: .nothing) { c in [c.grad.reshaped(s)] }
     }
 
     /// Transpose of a 2-D variable.
     public func transposed() -> Variable {
-        makeOp("transpose", [self], value.transposed()) { c in [c.grad.transposed()] }
+        makeOp("transpose", [self], value.transposed(), saving: .nothing) { c in [c.grad.transposed()] }
     }
 
     /// Axis permutation: result.shape[k] = shape[perm[k]].
     public func permuted(_ perm: [Int]) -> Variable {
         var inverse = [Int](repeating: 0, count: perm.count)
         for (k, p) in perm.enumerated() { inverse[p] = k }
-        return makeOp("permute", [self], value.permuted(perm)) { c in [c.grad.permuted(inverse)] }
+        return makeOp("permute", [self], value.permuted(perm), saving: .nothing) { c in [c.grad.permuted(inverse)] }
     }
 
     /// Elements `range` along `axis`.
@@ -109,7 +109,7 @@ extension Variable {
         let ax = Tensor.normalizeAxes([axis], rank: rank)[0]
         if range == 0..<shape[ax] { return self }
         let s = shape
-        return makeOp("slice", [self], value.slice(axis: ax, range)) { c in [c.grad.padSlice(axis: ax, range, fullShape: s)] }
+        return makeOp("slice", [self], value.slice(axis: ax, range), saving: .nothing) { c in [c.grad.padSlice(axis: ax, range, fullShape: s)] }
     }
 
     /// Column `k` of the last axis, keeping the axis (shape [..., 1]).
@@ -117,7 +117,7 @@ extension Variable {
 
     /// Zero tensor of `fullShape` with `self` placed at `range` along `axis` (adjoint of slice).
     func padSlice(axis ax: Int, _ range: Range<Int>, fullShape: [Int]) -> Variable {
-        makeOp("padSlice", [self], value.padSlice(axis: ax, range, fullShape: fullShape)) { c in [c.grad.slice(axis: ax, range)] }
+        makeOp("padSlice", [self], value.padSlice(axis: ax, range, fullShape: fullShape), saving: .nothing) { c in [c.grad.slice(axis: ax, range)] }
     }
 
     /// Concatenation along `axis`.
@@ -128,7 +128,7 @@ extension Variable {
         var ranges: [Range<Int>] = []
         var o = 0
         for p in parts { ranges.append(o..<(o + p.shape[ax])); o += p.shape[ax] }
-        return makeOp("concat", parts, Tensor.concatenate(parts.map(\.value), axis: ax)) { c in
+        return makeOp("concat", parts, Tensor.concatenate(parts.map(\.value), axis: ax), saving: .nothing) { c in
             ranges.enumerated().map { k, r in c.needs[k] ? c.grad.slice(axis: ax, r) : nil }
         }
     }
@@ -145,12 +145,12 @@ extension Variable {
     /// Rows picked along axis 0: result[m] = self[index[m]]. Backward: scatter-add.
     public func gatherRows(_ index: [Int]) -> Variable {
         let n = shape[0]
-        return makeOp("gather", [self], value.gatherRows(index)) { c in [c.grad.scatterAddRows(index, count: n)] }
+        return makeOp("gather", [self], value.gatherRows(index), saving: .nothing) { c in [c.grad.scatterAddRows(index, count: n)] }
     }
 
     /// Segment sum: result[index[m]] += self[m] over `count` rows. Backward: gather.
     public func scatterAddRows(_ index: [Int], count rows: Int) -> Variable {
-        makeOp("scatterAdd", [self], value.scatterAddRows(index, count: rows)) { c in [c.grad.gatherRows(index)] }
+        makeOp("scatterAdd", [self], value.scatterAddRows(index, count: rows), saving: .nothing) { c in [c.grad.gatherRows(index)] }
     }
 }
 
@@ -160,13 +160,13 @@ extension Variable {
     /// [R, C] → [R, G]: weighted sums over consecutive column groups. Equal to a product with a constant
     /// block matrix, without the dense matrix.
     public func sumColumnGroups(_ groups: ColumnGroups) -> Variable {
-        makeOp("sumColumnGroups", [self], value.sumColumnGroups(groups)) { c in [c.grad.repeatColumnGroups(groups)] }
+        makeOp("sumColumnGroups", [self], value.sumColumnGroups(groups), saving: .nothing) { c in [c.grad.repeatColumnGroups(groups)] }
     }
 
     /// [R, G] → [R, C]: each column repeated over its group, times the group's weight (adjoint of
     /// `sumColumnGroups`).
     public func repeatColumnGroups(_ groups: ColumnGroups) -> Variable {
-        makeOp("repeatColumnGroups", [self], value.repeatColumnGroups(groups)) { c in [c.grad.sumColumnGroups(groups)] }
+        makeOp("repeatColumnGroups", [self], value.repeatColumnGroups(groups), saving: .nothing) { c in [c.grad.sumColumnGroups(groups)] }
     }
 }
 
@@ -174,7 +174,7 @@ extension Variable {
 
 /// op(A)·op(B) for 2-D variables.
 public func matmul(_ a: Variable, _ b: Variable, transposeA ta: Bool = false, transposeB tb: Bool = false) -> Variable {
-    makeOp("matmul", [a, b], Tensor.matmul(a.value, b.value, transposeA: ta, transposeB: tb)) { c in
+    makeOp("matmul", [a, b], Tensor.matmul(a.value, b.value, transposeA: ta, transposeB: tb), saving: .allInputs) { c in
         let g = c.grad, av = c.input(0), bv = c.input(1)
         var ga: Variable? = nil, gb: Variable? = nil
         if c.needs[0] { ga = ta ? matmul(bv, g, transposeA: tb, transposeB: true) : matmul(g, bv, transposeB: !tb) }

@@ -13,7 +13,7 @@
 public typealias BackwardFunction = (BackwardContext) -> [Variable?]
 
 /// What a backward rule sees: the upstream gradients of the node's outputs, which inputs need a gradient,
-/// and the node's inputs and outputs as Variables (tracked, so rules are differentiable when recording).
+/// and the node's saved inputs and outputs as Variables (tracked, so rules are differentiable when recording).
 public struct BackwardContext {
     public let tape: Tape
     let node: Node
@@ -22,22 +22,60 @@ public struct BackwardContext {
     /// needs[k]: input k needs a gradient. Rules may return nil for inputs that do not.
     public let needs: [Bool]
 
+    /// Input k; the operation must have saved it (see `Saving`).
     public func input(_ k: Int) -> Variable {
         let i = node.inputs[k]
-        return Variable(value: i.value, id: i.id, tape: i.id >= 0 ? tape : nil)
+        guard let v = i.value else { preconditionFailure("\(node.name): input \(k) was not saved for the backward pass") }
+        return Variable(value: v, id: i.id, tape: i.id >= 0 ? tape : nil)
     }
 
+    /// Output k; the operation must have saved it (see `Saving`).
     public func output(_ k: Int = 0) -> Variable {
-        Variable(value: node.outputValue(k), id: node.firstOutput + k, tape: tape)
+        Variable(value: node.savedOutput(k), id: node.firstOutput + k, tape: tape)
     }
+
+    /// Extra tensor k kept by a fused operation for its backward (see `makeFusedOp`).
+    func extra(_ k: Int) -> Tensor { node.extras[k] }
+
+    public func inputShape(_ k: Int) -> [Int] { node.inputs[k].shape }
+    public func outputShape(_ k: Int = 0) -> [Int] { node.outputShape(k) }
+    public var inputCount: Int { node.inputs.count }
+    public var outputCount: Int { node.outputCount }
 
     /// Upstream gradient of the single output.
     public var grad: Variable { gradOutputs[0]! }
 
     /// Upstream gradient of output k, zeros when none arrived.
     public func gradOrZero(_ k: Int) -> Variable {
-        gradOutputs[k] ?? Variable(constant: Tensor.zeros(node.outputValue(k).shape))
+        gradOutputs[k] ?? Variable(constant: Tensor.zeros(node.outputShape(k)))
     }
+}
+
+/// Which values a recorded operation keeps for its backward rule. A node holds only these (and the shapes of
+/// all its inputs and outputs), so values no rule reads are freed as soon as the forward code drops them.
+public struct Saving: Sendable, Equatable {
+    /// Bit k: input k is saved (k < 63); bit 63: every input from 63 on.
+    var inputMask: UInt64
+    var output: Bool
+
+    /// Every input and every output (the default of `makeOp`).
+    public static let all = Saving(inputMask: .max, output: true)
+    /// Shapes only: for linear operations whose backward needs no values.
+    public static let nothing = Saving(inputMask: 0, output: false)
+    /// The outputs only.
+    public static let outputs = Saving(inputMask: 0, output: true)
+
+    /// The listed inputs (and the outputs when `output` is true).
+    public static func inputs(_ ks: Int..., output: Bool = false) -> Saving {
+        var m: UInt64 = 0
+        for k in ks { precondition(k >= 0 && k < 63, "Saving.inputs: index \(k) out of range 0..<63"); m |= 1 << UInt64(k) }
+        return Saving(inputMask: m, output: output)
+    }
+
+    /// Every input, no output.
+    public static let allInputs = Saving(inputMask: .max, output: false)
+
+    func savesInput(_ k: Int) -> Bool { (inputMask >> UInt64(Swift.min(k, 63))) & 1 == 1 }
 }
 
 final class Node {
@@ -49,32 +87,54 @@ final class Node {
         case checkpoint(([Variable]) -> [Variable], [Int])
     }
 
-    /// Input slot (-1 for a constant) and value.
+    /// Input slot (-1 for a constant), value (nil when the operation does not save it) and shape.
     struct Input {
         let id: Int
-        let value: Tensor
+        let value: Tensor?
+        let shape: [Int]
     }
 
     let name: StaticString
-    let inputs: [Input]
+    private(set) var inputs: [Input]
     let firstOutput: Int
     // The first output is stored inline: most nodes have exactly one, and this saves an allocation per node.
-    let output0: Tensor
-    let moreOutputs: [Tensor]
-    let kind: Kind
+    private(set) var output0: Tensor?
+    let shape0: [Int]
+    private(set) var moreOutputs: [Tensor?]
+    let moreShapes: [[Int]]
+    /// Values the backward reads besides inputs and outputs (fused operations' saved intermediates).
+    private(set) var extras: [Tensor]
+    private(set) var kind: Kind
 
-    init(name: StaticString, inputs: [Input], firstOutput: Int, output0: Tensor, moreOutputs: [Tensor], kind: Kind) {
+    init(name: StaticString, inputs: [Input], firstOutput: Int, outputs: [Tensor], saveOutputs: Bool, extras: [Tensor] = [], kind: Kind) {
         self.name = name
         self.inputs = inputs
         self.firstOutput = firstOutput
-        self.output0 = output0
-        self.moreOutputs = moreOutputs
+        output0 = saveOutputs ? outputs[0] : nil
+        shape0 = outputs[0].shape
+        moreOutputs = outputs.count == 1 ? [] : outputs.dropFirst().map { saveOutputs ? $0 : nil }
+        moreShapes = outputs.count == 1 ? [] : outputs.dropFirst().map(\.shape)
+        self.extras = extras
         self.kind = kind
     }
 
     var outputCount: Int { 1 + moreOutputs.count }
-    func outputValue(_ k: Int) -> Tensor { k == 0 ? output0 : moreOutputs[k - 1] }
-    var inputValues: [Tensor] { inputs.map(\.value) }
+    func outputShape(_ k: Int) -> [Int] { k == 0 ? shape0 : moreShapes[k - 1] }
+    func savedOutput(_ k: Int) -> Tensor {
+        guard let v = k == 0 ? output0 : moreOutputs[k - 1] else { preconditionFailure("\(name): output \(k) was not saved for the backward pass") }
+        return v
+    }
+    /// Drops every value and the backward rule (a node of a part of the tape that will not be swept again).
+    func release() {
+        inputs = inputs.map { Input(id: $0.id, value: nil, shape: $0.shape) }
+        output0 = nil
+        moreOutputs = moreOutputs.map { _ in nil }
+        extras = []
+        kind = .leaf
+    }
+
+    /// Every tensor this node keeps alive.
+    var heldTensors: [Tensor] { inputs.compactMap(\.value) + ([output0] + moreOutputs).compactMap { $0 } + extras }
 }
 
 /// A tensor value, possibly tracked on a tape.
@@ -150,32 +210,32 @@ public final class Tape {
         return try body()
     }
 
-    private func nodeInputs(_ name: StaticString, _ inputs: [Variable]) -> [Node.Input] {
+    private func nodeInputs(_ name: StaticString, _ inputs: [Variable], _ saving: Saving) -> [Node.Input] {
         var ins = [Node.Input]()
         ins.reserveCapacity(inputs.count)
-        for v in inputs {
+        for (k, v) in inputs.enumerated() {
             if v.id >= 0 {
                 precondition(slotNode[v.id] >= 0, "\(name): an input variable belongs to a discarded part of the tape")
             }
-            ins.append(Node.Input(id: v.id, value: v.value))
+            ins.append(Node.Input(id: v.id, value: saving.savesInput(k) ? v.value : nil, shape: v.value.shape))
         }
         return ins
     }
 
-    func record(name: StaticString, inputs: [Variable], output: Tensor, kind: Node.Kind) -> Variable {
+    func record(name: StaticString, inputs: [Variable], output: Tensor, saving: Saving = .all, kind: Node.Kind) -> Variable {
         let first = slotNode.count
         slotNode.append(Int32(nodes.count))
-        nodes.append(Node(name: name, inputs: nodeInputs(name, inputs), firstOutput: first, output0: output, moreOutputs: [], kind: kind))
+        nodes.append(Node(name: name, inputs: nodeInputs(name, inputs, saving), firstOutput: first, outputs: [output], saveOutputs: saving.output, kind: kind))
         return Variable(value: output, id: first, tape: self)
     }
 
-    func record(name: StaticString, inputs: [Variable], outputs: [Tensor], kind: Node.Kind) -> [Variable] {
+    func record(name: StaticString, inputs: [Variable], outputs: [Tensor], saving: Saving = .all, extras: [Tensor] = [], kind: Node.Kind) -> [Variable] {
         precondition(!outputs.isEmpty, "\(name): a node needs at least one output")
         let first = slotNode.count
         let nodeIndex = Int32(nodes.count)
         for _ in outputs { slotNode.append(nodeIndex) }
-        nodes.append(Node(name: name, inputs: nodeInputs(name, inputs), firstOutput: first, output0: outputs[0],
-                          moreOutputs: Array(outputs.dropFirst()), kind: kind))
+        nodes.append(Node(name: name, inputs: nodeInputs(name, inputs, saving), firstOutput: first, outputs: outputs, saveOutputs: saving.output,
+                          extras: extras, kind: kind))
         return outputs.enumerated().map { k, o in Variable(value: o, id: first + k, tape: self) }
     }
 
@@ -192,7 +252,8 @@ public final class Tape {
     public func matmulFlops() -> Double {
         var total = 0.0
         for n in nodes where "\(n.name)" == "matmul" {
-            let a = Double(n.inputs[0].value.count), b = Double(n.inputs[1].value.count), c = Double(n.output0.count)
+            let a = Double(Tensor.elementCount(n.inputs[0].shape)), b = Double(Tensor.elementCount(n.inputs[1].shape))
+            let c = Double(Tensor.elementCount(n.shape0))
             guard c > 0 else { continue }
             total += 2 * c * (a * b / c).squareRoot()
         }
@@ -204,6 +265,22 @@ public final class Tape {
         var c: [String: Int] = [:]
         for n in nodes { c["\(n.name)", default: 0] += 1 }
         return c.sorted { $0.value > $1.value }.map { ($0.key, $0.value) }
+    }
+
+    /// Node counts and bytes of tensor storage the nodes keep alive, by operation name (for profiling). Each
+    /// buffer is counted once, for the first node (in recording order) that holds it.
+    /// With `byShape`, operations are told apart by their input shapes too.
+    public func memoryProfile(byShape: Bool = false) -> [(name: String, count: Int, bytes: Int)] {
+        var seen = Set<ObjectIdentifier>()
+        var c: [String: (Int, Int)] = [:]
+        for n in nodes {
+            var bytes = 0
+            for t in n.heldTensors where seen.insert(ObjectIdentifier(t.storage)).inserted { bytes += 8 * t.count }
+            let key = byShape ? "\(n.name) \(n.inputs.map(\.shape))" : "\(n.name)"
+            let old = c[key] ?? (0, 0)
+            c[key] = (old.0 + 1, old.1 + bytes)
+        }
+        return c.sorted { $0.value.1 > $1.value.1 }.map { ($0.key, $0.value.0, $0.value.1) }
     }
 }
 
@@ -226,15 +303,27 @@ func recordingTape(_ inputs: [Variable]) -> Tape? {
 
 /// Records a single-output operation (or returns a constant when no input is tracked on a recording tape).
 /// `backward` returns one gradient per input, with the input's shape, or nil where `needs` is false.
-public func makeOp(_ name: StaticString, _ inputs: [Variable], _ value: Tensor, _ backward: @escaping BackwardFunction) -> Variable {
+/// `saving` names the values the backward rule reads (`BackwardContext.input`, `output`); the node keeps only
+/// those, so that memory no rule needs is released with the forward code's last reference.
+public func makeOp(_ name: StaticString, _ inputs: [Variable], _ value: Tensor, saving: Saving = .all,
+                   _ backward: @escaping BackwardFunction) -> Variable {
     guard let tape = recordingTape(inputs) else { return Variable(constant: value) }
-    return tape.record(name: name, inputs: inputs, output: value, kind: .op(backward))
+    return tape.record(name: name, inputs: inputs, output: value, saving: saving, kind: .op(backward))
 }
 
 /// Records an operation with several outputs.
-public func makeMultiOp(_ name: StaticString, _ inputs: [Variable], _ values: [Tensor], _ backward: @escaping BackwardFunction) -> [Variable] {
+public func makeMultiOp(_ name: StaticString, _ inputs: [Variable], _ values: [Tensor], saving: Saving = .all,
+                        _ backward: @escaping BackwardFunction) -> [Variable] {
     guard let tape = recordingTape(inputs) else { return values.map { Variable(constant: $0) } }
-    return tape.record(name: name, inputs: inputs, outputs: values, kind: .op(backward))
+    return tape.record(name: name, inputs: inputs, outputs: values, saving: saving, kind: .op(backward))
+}
+
+/// Records a fused operation that keeps `extras` (intermediates its backward reads, e.g. activations' sigmoids)
+/// besides the saved inputs and outputs. `extras` is evaluated only when the operation is recorded.
+func makeFusedOp(_ name: StaticString, _ inputs: [Variable], _ values: [Tensor], saving: Saving, extras: @autoclosure () -> [Tensor],
+                 _ backward: @escaping BackwardFunction) -> [Variable] {
+    guard let tape = recordingTape(inputs) else { return values.map { Variable(constant: $0) } }
+    return tape.record(name: name, inputs: inputs, outputs: values, saving: saving, extras: extras(), kind: .op(backward))
 }
 
 // MARK: - Gradients
@@ -279,6 +368,39 @@ extension Tape {
         return xs.map { x in
             if x.id >= 0, let g = sweep.gradient(x.id) { return g }
             return Variable(constant: Tensor.zeros(x.shape))
+        }
+    }
+
+    /// Vector-Jacobian product of `body`, a composition of differentiable operations, at `inputs`:
+    /// Σ_k seeds[k]·∂body_k/∂inputs[i] for each input with needs[i]. The composition is recorded and swept
+    /// locally; when the tape is recording the result is differentiable again (its nodes stay), otherwise they are
+    /// dropped. Fused operations use it as the backward rule for derivative orders their kernels do not cover.
+    public func compositionVJP(_ inputs: [Variable], seeds: [Variable?], needs: [Bool], _ body: ([Variable]) -> [Variable]) -> [Variable?] {
+        precondition(needs.count == inputs.count, "compositionVJP: one need per input")
+        let createGraph = isRecording
+        let start = nodes.count
+        isRecording = true
+        let outs = body(inputs)
+        isRecording = createGraph
+        precondition(outs.count == seeds.count, "compositionVJP: \(outs.count) outputs but \(seeds.count) seeds")
+        defer { if !createGraph { truncate(toNodeCount: start) } }
+        var base = Int.max
+        for (x, need) in zip(inputs, needs) where need && x.id >= 0 {
+            precondition(x.tape === self, "compositionVJP: an input belongs to another tape")
+            base = Swift.min(base, x.id)
+        }
+        guard base != Int.max else { return inputs.map { _ in nil } }
+        var sweep = Sweep(tape: self, createGraph: createGraph, slotBase: base)
+        // The targets' producers lie before the composition: mark the targets relevant themselves.
+        for (x, need) in zip(inputs, needs) where need && x.id >= 0 { sweep.markTarget(x.id); sweep.relevant[x.id - base] = true }
+        sweep.markRelevant(nodes: start..<nodes.count)
+        for (o, s) in zip(outs, seeds) where o.id >= 0 && (sweep.isRelevant(o.id) || sweep.isTarget(o.id)) {
+            if let s { sweep.accumulate(o.id, s) }
+        }
+        sweep.run(nodes: start..<nodes.count)
+        return zip(inputs, needs).map { x, need in
+            guard need else { return nil }
+            return x.id >= 0 ? (sweep.gradient(x.id) ?? Variable(constant: Tensor.zeros(x.shape))) : Variable(constant: Tensor.zeros(x.shape))
         }
     }
 
@@ -352,17 +474,24 @@ struct Sweep {
 
     mutating func accumulate(_ slot: Int, _ g: Variable) {
         let k = slot - slotBase
-        if let old = grads[k] {
-            precondition(old.shape == g.shape, "gradient shape \(g.shape) does not match \(old.shape)")
-            grads[k] = old + g
-        } else {
-            grads[k] = g
-        }
+        guard let oldShape = grads[k]?.shape else { grads[k] = g; return }
+        precondition(oldShape == g.shape, "gradient shape \(g.shape) does not match \(oldShape)")
+        guard !createGraph && grads[k]!.id < 0 && g.id < 0 else { grads[k] = grads[k]! + g; return }
+        // Constants: add into the accumulated buffer in place when nothing else holds it (the same sums as `old + g`).
+        var taken: Variable? = nil
+        swap(&taken, &grads[k])
+        var sum = taken!.value
+        taken = nil
+        sum.addInPlace(g.value)
+        grads[k] = Variable(constant: sum)
     }
 
-    mutating func run(nodes range: Range<Int>) {
+    /// Sweeps the nodes of `range` backwards. With `releasing`, each node's values are dropped once it has been
+    /// swept (for parts of the tape that are discarded afterwards), so that memory is reused within the sweep.
+    mutating func run(nodes range: Range<Int>, releasing: Bool = false) {
         for n in range.reversed() {
             let node = tape.nodes[n]
+            defer { if releasing { node.release() } }
             let nOut = node.outputCount
             guard isRelevant(node.firstOutput) else { continue }
             gradScratch.removeAll(keepingCapacity: true)
@@ -393,7 +522,7 @@ struct Sweep {
                 precondition(gIn.count == node.inputs.count, "\(node.name): backward returned \(gIn.count) gradients for \(node.inputs.count) inputs")
                 for k in 0..<gIn.count where needsScratch[k] {
                     if let g = gIn[k] {
-                        precondition(g.shape == node.inputs[k].value.shape, "\(node.name): gradient of input \(k) has shape \(g.shape), expected \(node.inputs[k].value.shape)")
+                        precondition(g.shape == node.inputs[k].shape, "\(node.name): gradient of input \(k) has shape \(g.shape), expected \(node.inputs[k].shape)")
                         accumulate(node.inputs[k].id, g)
                     }
                 }
@@ -417,7 +546,7 @@ struct Sweep {
         let wasRecording = tape.isRecording, wasHigher = tape.needsHigherOrder
         tape.isRecording = true
         tape.needsHigherOrder = true
-        let inputs = node.inputs.map { i in Variable(value: i.value, id: i.id, tape: i.id >= 0 ? tape : nil) }
+        let inputs = node.inputs.map { i in Variable(value: i.value!, id: i.id, tape: i.id >= 0 ? tape : nil) }
         let outs = body(inputs)
         tape.isRecording = wasRecording
         tape.needsHigherOrder = wasHigher
@@ -429,7 +558,8 @@ struct Sweep {
             guard let g = gradOutputs[slot], o.id >= 0, isRelevant(o.id) else { continue }
             accumulate(o.id, g)
         }
-        run(nodes: start..<end)
+        // Without a recorded graph the segment is discarded after this sweep: release its nodes as they are swept.
+        run(nodes: start..<end, releasing: !createGraph)
         if !createGraph {
             tape.truncate(toNodeCount: start)
             for k in (firstNewSlot - slotBase)..<grads.count where !target[k] { grads[k] = nil }

@@ -3,7 +3,7 @@ import Testing
 
 /// One differentiable operation under test: inputs drawn in `domain` with the given shapes.
 struct OpCase: Sendable, CustomStringConvertible {
-    enum Domain: Sendable { case any, positive, awayFromZero }
+    enum Domain: Sendable { case any, positive, awayFromZero, unit }
     let name: String
     let shapes: [[Int]]
     var domain: Domain = .any
@@ -16,6 +16,7 @@ struct OpCase: Sendable, CustomStringConvertible {
             switch domain {
             case .any: return rng.normalTensor(s)
             case .positive: return rng.uniformTensor(s, 0.5, 2.0)
+            case .unit: return rng.uniformTensor(s, -0.8, 0.8)
             case .awayFromZero:
                 return rng.uniformTensor(s, 0.3, 1.5) * rng.uniformTensor(s).map { $0 < 0.5 ? -1 : 1 }
             }
@@ -135,6 +136,7 @@ let opCases: [OpCase] = {
         gatheredProduct([GatheredFactor($0[0], gi), GatheredFactor($0[1]), GatheredFactor($0[2], gj), GatheredFactor($0[3])])
     })
     c.append(OpCase(name: "outerRows", shapes: [[4, 3], [4, 2]]) { outerRows($0[0], $0[1]) })
+    c += neuralOpCases
     c.append(OpCase(name: "outer", shapes: [[3], [4]]) { outer($0[0], $0[1]) })
     c.append(OpCase(name: "rowDot", shapes: [[5, 3], [5, 3]]) { rowDot($0[0], $0[1]) })
     return c

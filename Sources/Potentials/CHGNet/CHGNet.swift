@@ -227,24 +227,35 @@ public struct CHGNet: Potential {
     /// operations because atoms and bonds are fewer than the edges and bond-graph rows that gather them.
     func mlp(_ prefix: String, _ blocks: [(x: Variable, index: [Int]?)], _ p: [String: Variable]) -> Variable {
         let layers = mlpLayers[prefix]!
-        var h: Variable! = nil
-        for (k, layer) in layers.enumerated() {
-            let wt = p["\(prefix).layers.\(layer).weight"]!, bias = p["\(prefix).layers.\(layer).bias"]
-            let activate = k < layers.count - 1
-            if k == 0 && (blocks.count > 1 || blocks[0].index != nil) {
-                var col = 0
-                var parts: [(x: Variable, index: [Int]?)] = []
-                for (x, index) in blocks {
-                    let width = x.shape[1]
-                    parts.append((x.linear(wt.slice(axis: 1, col..<(col + width)), nil), index))
-                    col += width
-                }
-                precondition(col == wt.shape[1], "\(prefix): input width \(col), weight \(wt.shape)")
-                h = gatheredSum(parts, bias: bias, silu: activate)
-            } else {
-                h = (k == 0 ? blocks[0].x : h).linear(wt, bias)
-                if activate { h = h.silu() }
+        func weight(_ k: Int) -> Variable { p["\(prefix).layers.\(layers[k]).weight"]! }
+        func bias(_ k: Int) -> Variable? { p["\(prefix).layers.\(layers[k]).bias"] }
+        var h: Variable
+        var done: Int  // layers applied so far (the last one's activation pending)
+        if blocks.count > 1 || blocks[0].index != nil {
+            let wt = weight(0)
+            var col = 0
+            var parts: [(x: Variable, index: [Int]?)] = []
+            for (x, index) in blocks {
+                let width = x.shape[1]
+                parts.append((x.linear(wt.slice(axis: 1, col..<(col + width)), nil), index))
+                col += width
             }
+            precondition(col == wt.shape[1], "\(prefix): input width \(col), weight \(wt.shape)")
+            if layers.count >= 2 {
+                // The first two layers in one operation: the hidden [pairs, width] activations are not stored.
+                h = gatheredMLP(parts, bias: bias(0), weight: weight(1), bias2: bias(1))
+                done = 2
+            } else {
+                h = gatheredSum(parts, bias: bias(0))
+                done = 1
+            }
+        } else {
+            h = blocks[0].x.linear(weight(0), bias(0))
+            done = 1
+        }
+        while done < layers.count {
+            h = h.silu().linear(weight(done), bias(done))
+            done += 1
         }
         return h
     }

@@ -1,0 +1,799 @@
+import Foundation
+
+// Neural-network operations with fused kernels: linear layers, layer norm, gathered sums (the first layer of an MLP
+// on message-passing pairs), the gated layer-norm product of CHGNet's gated MLP, arccos.
+//
+// Cost in message passing is streaming [pairs, features] arrays through memory, so each operation makes one pass,
+// keeps only what its backward reads (see `Saving`), and recomputes cheap values (row statistics, sigmoids)
+// instead of storing them. Each fused operation's backward is itself one recorded operation computed by one fused
+// kernel (so forces −∂E/∂x recorded for BPTT cost one node per operation), whose own backward — the second
+// derivative that BPTT and Hessian-vector products need — is again a fused kernel. The same kernel gives the
+// backward's values whether or not it is recorded, so recording never changes a gradient's bits. Derivative orders
+// beyond the second fall back to the composition of differentiable primitives (`Tape.compositionVJP`).
+//
+// Backward closures capture only plain values, never Variables (a Variable holds its tape: the tape would own a
+// cycle through its own nodes).
+
+// MARK: - Kernel helpers
+
+/// Raw pointer to a tensor's elements (kernels in this module write fresh, uniquely referenced tensors only).
+@inline(__always)
+func ptr(_ t: Tensor) -> UnsafeMutablePointer<Double> { t.storage.pointer }
+
+/// eˣ for the activations: x clamped to [−708, 709], x = k·ln 2 + r with |r| ≤ ln 2/2, e^r by its Taylor series
+/// to degree 13 (truncation < 10⁻¹⁷ relative), 2^k assembled from bits. Within 2 ulp of libm's exp, inlined and
+/// branch-free (libm's exp took a sixth of CHGNet's time).
+@inline(__always)
+func fastExp(_ x: Double) -> Double {
+    let xc = Swift.min(Swift.max(x, -708.0), 709.0)
+    // Adding 1.5·2⁵² rounds x/ln 2 to an integer k held in the low bits of the sum.
+    let magic = 6755399441055744.0
+    let t = xc * 1.4426950408889634 + magic
+    let k = t - magic
+    // ln 2 in two parts (Cody–Waite): k·ln2hi is exact for |k| < 2²¹.
+    let r = (xc - k * 0.6931471803691238) - k * 1.9082149292705877e-10
+    var p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    let scale = Double(bitPattern: (t.bitPattern &- magic.bitPattern &+ 1023) << 52)
+    return p * scale
+}
+
+/// 1/(1 + e⁻ˣ), evaluated as e/(1 + e) with e = e^−|x| for negative x, so that it never overflows.
+@inline(__always)
+func fastSigmoid(_ x: Double) -> Double {
+    let e = fastExp(-Swift.abs(x))
+    return x >= 0 ? 1 / (1 + e) : e / (1 + e)
+}
+
+/// d/dx (x·σ(x)) given s = σ(x).
+@inline(__always)
+func siluSlope(_ x: Double, _ s: Double) -> Double { s * (1 + x * (1 - s)) }
+
+/// d²/dx² (x·σ(x)) given s = σ(x): σ'(x)·(2 + x(1 − 2σ)).
+@inline(__always)
+func siluCurvature(_ x: Double, _ s: Double) -> Double { s * (1 - s) * (2 + x * (1 - 2 * s)) }
+
+extension Variable {
+    /// d/dx (x·σ(x)) as a differentiable expression (for derivative orders beyond the fused kernels).
+    func siluSlopeExpression() -> Variable {
+        let s = sigmoid()
+        return s * (1 + self * (1 - s))
+    }
+}
+
+/// The gradients a backward rule returns, from the values it computed for the inputs that need one: `values`
+/// holds one Variable per true entry of `needs`, in order.
+@inline(__always)
+func spread(_ values: [Variable], _ needs: [Bool]) -> [Variable?] {
+    var out = [Variable?](repeating: nil, count: needs.count)
+    var j = 0
+    for k in 0..<needs.count where needs[k] { out[k] = values[j]; j += 1 }
+    return out
+}
+
+/// Upstream gradients per input of a backward node whose outputs are the gradients of the inputs flagged in
+/// `produced` (nil where no output exists or no gradient arrived).
+@inline(__always)
+func upstream(_ c: BackwardContext, _ produced: [Bool]) -> [Tensor?] {
+    var out = [Tensor?](repeating: nil, count: produced.count)
+    var j = 0
+    for k in 0..<produced.count where produced[k] { out[k] = c.gradOutputs[j]?.value; j += 1 }
+    return out
+}
+
+// MARK: - Linear layer
+
+extension Variable {
+    /// torch.nn.Linear: x·Wᵀ + b with W of shape [out, in]; the bias is added in place of a separate operation.
+    public func linear(_ weight: Variable, _ bias: Variable?) -> Variable {
+        guard let b = bias else { return matmul(self, weight, transposeB: true) }
+        let y = Tensor.matmul(value, weight.value, transposeB: true)
+        let n = weight.shape[0], rows = y.count / Swift.max(n, 1)
+        precondition(b.shape == [n], "linear: bias of shape \(b.shape) for \(n) outputs")
+        let yp = ptr(y), bp = ptr(b.value)
+        for r in 0..<rows { let yr = yp + r * n; for k in 0..<n { yr[k] += bp[k] } }
+        return makeOp("linear", [self, weight, b], y, saving: .inputs(0, 1)) { c in
+            let g = c.grad
+            return [c.needs[0] ? matmul(g, c.input(1)) : nil,
+                    c.needs[1] ? matmul(g, c.input(0), transposeA: true) : nil,
+                    c.needs[2] ? g.sum(toShape: [n]) : nil]
+        }
+    }
+
+    /// arccos, for |x| < 1; d/dx = −1/√(1 − x²).
+    public func acos() -> Variable {
+        makeOp("acos", [self], value.map(Foundation.acos), saving: .inputs(0)) { c in
+            let x = c.input(0)
+            return [-(c.grad / (1 - x * x).sqrt())]
+        }
+    }
+}
+
+// MARK: - Layer norm
+
+/// Σ_k f(k) over k < n with four interleaved accumulators combined as (s₀ + s₁) + (s₂ + s₃): a fixed order (the result
+/// depends on nothing but the values), and four independent dependency chains instead of one.
+@inline(__always)
+func rowSum(_ n: Int, _ f: (Int) -> Double) -> Double {
+    var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    var k = 0
+    while k &+ 4 <= n { s0 += f(k); s1 += f(k &+ 1); s2 += f(k &+ 2); s3 += f(k &+ 3); k &+= 4 }
+    while k < n { s0 += f(k); k &+= 1 }
+    return (s0 + s1) + (s2 + s3)
+}
+
+/// Mean and 1/√(biased variance + eps) of d values.
+@inline(__always)
+func rowStatistics(_ x: UnsafePointer<Double>, _ d: Int, _ eps: Double) -> (Double, Double) {
+    let mean = rowSum(d) { x[$0] } / Double(d)
+    let v = rowSum(d) { let c = x[$0] - mean; return c * c }
+    return (mean, 1 / (v / Double(d) + eps).squareRoot())
+}
+
+// The row kernels below keep each loop to a few pointers and one output, so that they vectorise (the compiler gives up
+// on loops whose pointers it would have to check pairwise for overlap), and reduce with `rowSum`.
+
+/// Layer-norm backward of one row: gx (when given) from the upstream gradient gy of y = x̂·w + b (x̂ = (x − mean)·s);
+/// accumulates gw and gb (callers without a use for them pass scratch).
+@inline(__always)
+func layerNormRowBackward(x: UnsafePointer<Double>, mean: Double, rstd s: Double, w: UnsafePointer<Double>, gy: UnsafePointer<Double>,
+                          d: Int, gx: UnsafeMutablePointer<Double>?, gw: UnsafeMutablePointer<Double>, gb: UnsafeMutablePointer<Double>) {
+    let m1 = rowSum(d) { gy[$0] * w[$0] } / Double(d)
+    let m2 = rowSum(d) { gy[$0] * w[$0] * ((x[$0] - mean) * s) } / Double(d)
+    for k in 0..<d { gw[k] += gy[k] * ((x[k] - mean) * s) }
+    for k in 0..<d { gb[k] += gy[k] }
+    if let gx { for k in 0..<d { gx[k] = s * (gy[k] * w[k] - m1 - (x[k] - mean) * s * m2) } }
+}
+
+/// The second derivative of the layer norm of one row, i.e. the backward of `layerNormRowBackward`. With h = x̂ (given),
+/// a = gy ⊙ w, ā = mean(a), c = mean(a ⊙ h), the first backward is gx = s(a − ā − h·c), gw = Σ gy ⊙ h, gb = Σ gy.
+/// Given the upstream gradients u of gx, uw of gw and ub of gb (zeros where none arrived), this writes the gradient
+/// of gy to `ggy`, accumulates that of w into `gw`, writes the gradient reaching h directly to `hbar` and returns the
+/// one reaching s (the row's 1/std), for `layerNormRowInputGradient`.
+@inline(__always)
+func layerNormRowDoubleBackward(h: UnsafePointer<Double>, s: Double, w: UnsafePointer<Double>, gy: UnsafePointer<Double>, d: Int,
+                                u: UnsafePointer<Double>, uw: UnsafePointer<Double>, ub: UnsafePointer<Double>,
+                                ggy: UnsafeMutablePointer<Double>, gw: UnsafeMutablePointer<Double>, hbar: UnsafeMutablePointer<Double>) -> Double {
+    let n = Double(d)
+    let abar = rowSum(d) { gy[$0] * w[$0] } / n
+    let c = rowSum(d) { gy[$0] * w[$0] * h[$0] } / n
+    let ubar = rowSum(d) { u[$0] } / n
+    let uh = rowSum(d) { u[$0] * h[$0] } / n
+    // big_k = s(u_k − ū − h_k·uh): the gradient reaching a_k.
+    for k in 0..<d { ggy[k] = s * (u[k] - ubar - h[k] * uh) }
+    for k in 0..<d { gw[k] += ggy[k] * gy[k] }
+    for k in 0..<d { ggy[k] = ggy[k] * w[k] + uw[k] * h[k] + ub[k] }
+    for k in 0..<d { hbar[k] = uw[k] * gy[k] - s * (u[k] * c + gy[k] * w[k] * uh) }
+    return rowSum(d) { u[$0] * (gy[$0] * w[$0] - abar - h[$0] * c) }
+}
+
+/// The gradient of x from the gradients reaching h = (x − mean)·s and s = 1/√(var + eps) of one row:
+/// s(h̄ − mean(h̄) − h·mean(h̄ ⊙ h)) − s̄·s²·h/d.
+@inline(__always)
+func layerNormRowInputGradient(h: UnsafePointer<Double>, s: Double, hbar: UnsafePointer<Double>, sbar: Double, d: Int,
+                               gx: UnsafeMutablePointer<Double>) {
+    let n = Double(d)
+    let m1 = rowSum(d) { hbar[$0] } / n
+    let m2 = rowSum(d) { hbar[$0] * h[$0] } / n
+    let t = sbar * s * s / n
+    for k in 0..<d { gx[k] = s * (hbar[k] - m1 - h[k] * m2) - t * h[k] }
+}
+
+/// Scratch memory of a kernel: `count` doubles, zeroed, freed with the value.
+final class Scratch {
+    let base: UnsafeMutablePointer<Double>
+    init(_ count: Int) {
+        base = .allocate(capacity: Swift.max(count, 1))
+        base.initialize(repeating: 0, count: Swift.max(count, 1))
+    }
+    deinit { base.deallocate() }
+    subscript(_ k: Int, width d: Int) -> UnsafeMutablePointer<Double> { base + k * d }
+}
+
+extension Variable {
+    /// torch.nn.LayerNorm over the last axis: (x − mean)/√(var + eps)·w + b with the biased variance. Keeps only the
+    /// input, the weight and the per-row mean and 1/std.
+    public func layerNorm(weight: Variable, bias: Variable, eps: Double = 1e-5) -> Variable {
+        let d = shape[rank - 1], rows = count / Swift.max(d, 1)
+        precondition(weight.shape == [d] && bias.shape == [d], "layerNorm: weight and bias must have shape [\(d)]")
+        var stats = [Double](repeating: 0, count: 2 * rows) // mean, 1/std per row
+        let y = Tensor(uninitializedShape: shape)
+        let x = ptr(value), w = ptr(weight.value), b = ptr(bias.value), yp = ptr(y)
+        // Row pointers throughout: an index like o + k carries an overflow check that keeps loops from vectorising.
+        for r in 0..<rows {
+            let xr = x + r * d, yr = yp + r * d
+            let (mean, s) = rowStatistics(xr, d, eps)
+            stats[2 * r] = mean
+            stats[2 * r + 1] = s
+            for k in 0..<d { yr[k] = (xr[k] - mean) * s * w[k] + b[k] }
+        }
+        return makeOp("layerNorm", [self, weight, bias], y, saving: .inputs(0, 1)) { c in
+            layerNormBackward(c.grad, c.input(0), c.input(1), stats: stats, eps: eps, needs: c.needs)
+        }
+    }
+}
+
+/// The gradients of x, w and b (those flagged in `needs`) of the layer norm from its upstream gradient g: one fused
+/// pass, recorded as one node when the tape records, whose own backward is `layerNormDoubleBackward`.
+func layerNormBackward(_ g: Variable, _ x: Variable, _ w: Variable, stats: [Double], eps: Double, needs: [Bool]) -> [Variable?] {
+    let d = w.count, rows = x.count / Swift.max(d, 1)
+    let gx = needs[0] ? Tensor(uninitializedShape: x.shape) : nil
+    let gw = Tensor.zeros([d]), gb = Tensor.zeros([d])
+    let gp = ptr(g.value), xp = ptr(x.value), wp = ptr(w.value), gwp = ptr(gw), gbp = ptr(gb)
+    for r in 0..<rows {
+        let o = r * d
+        layerNormRowBackward(x: xp + o, mean: stats[2 * r], rstd: stats[2 * r + 1], w: wp, gy: gp + o, d: d,
+                             gx: gx.map { ptr($0) + o }, gw: gwp, gb: gbp)
+    }
+    let values = [gx, needs[1] ? gw : nil, needs[2] ? gb : nil].compactMap { $0 }
+    let outs = makeMultiOp("layerNormBackward", [g, x, w], values, saving: .allInputs) { c in
+        layerNormDoubleBackward(c, stats: stats, eps: eps, produced: needs)
+    }
+    return spread(outs, needs)
+}
+
+/// Backward of the `layerNormBackward` node (inputs g, x, w; outputs the gradients flagged in `produced`).
+private func layerNormDoubleBackward(_ c: BackwardContext, stats: [Double], eps: Double, produced: [Bool]) -> [Variable?] {
+    if c.tape.isRecording {
+        // Third and higher orders: differentiate the composition of primitives.
+        return c.tape.compositionVJP([c.input(0), c.input(1), c.input(2)], seeds: c.gradOutputs, needs: c.needs) { v in
+            let (gx, gw, gb) = layerNormGradients(v[1], weight: v[2], upstream: v[0], eps: eps)
+            return zip([gx, gw, gb], produced).filter(\.1).map(\.0)
+        }
+    }
+    let up = upstream(c, produced)
+    let g = c.input(0).value, x = c.input(1).value, w = c.input(2).value
+    let d = w.count, rows = x.count / Swift.max(d, 1)
+    let gg = c.needs[0] ? Tensor(uninitializedShape: x.shape) : nil
+    let gx = c.needs[1] ? Tensor(uninitializedShape: x.shape) : nil
+    let gw = Tensor.zeros([d])
+    let gp = ptr(g), xp = ptr(x), wp = ptr(w), gwp = ptr(gw)
+    // Rows: h, h̄, a sink for ∂/∂g when not needed, zeros standing in for absent upstream gradients.
+    let scratch = Scratch(5 * d)
+    let h = scratch[0, width: d], hbar = scratch[1, width: d], sink = scratch[2, width: d], zeros = scratch[3, width: d]
+    let uw = up[1].map(ptr) ?? zeros, ub = up[2].map(ptr) ?? zeros
+    for r in 0..<rows {
+        let o = r * d, mean = stats[2 * r], s = stats[2 * r + 1]
+        let xr = xp + o
+        for k in 0..<d { h[k] = (xr[k] - mean) * s }
+        let sbar = layerNormRowDoubleBackward(h: h, s: s, w: wp, gy: gp + o, d: d, u: up[0].map { ptr($0) + o } ?? zeros, uw: uw, ub: ub,
+                                              ggy: gg.map { ptr($0) + o } ?? sink, gw: gwp, hbar: hbar)
+        if let gx { layerNormRowInputGradient(h: h, s: s, hbar: hbar, sbar: sbar, d: d, gx: ptr(gx) + o) }
+    }
+    return [gg, gx, c.needs[2] ? gw : nil].map { $0.map { Variable(constant: $0) } }
+}
+
+/// The layer-norm derivatives (∂/∂x, ∂/∂w, ∂/∂b of Σ upstream·y) from differentiable primitives.
+func layerNormGradients(_ x: Variable, weight w: Variable, upstream g: Variable, eps: Double) -> (Variable, Variable, Variable) {
+    let d = x.shape[x.rank - 1]
+    let xc = x - x.mean(axes: [-1], keepDims: true)
+    let s = 1.0 / ((xc.squared().mean(axes: [-1], keepDims: true)) + eps).sqrt()
+    let h = xc * s
+    let gh = g * w
+    let gx = s * (gh - gh.mean(axes: [-1], keepDims: true) - h * (gh * h).mean(axes: [-1], keepDims: true))
+    return (gx, (g * h).sum(toShape: [d]), g.sum(toShape: [d]))
+}
+
+/// The layer norm from differentiable primitives (reference for tests and higher-order fallbacks).
+func layerNormComposition(_ x: Variable, weight w: Variable, bias b: Variable, eps: Double) -> Variable {
+    let xc = x - x.mean(axes: [-1], keepDims: true)
+    let s = 1.0 / ((xc.squared().mean(axes: [-1], keepDims: true)) + eps).sqrt()
+    return xc * s * w + b
+}
+
+// MARK: - Gathered sums
+
+/// A block of `gatheredSum`: rows of `x` picked by `index` (or taken as they are when nil).
+public typealias GatheredBlock = (x: Variable, index: [Int]?)
+
+/// Σ_k blocks[k].x[index_k] + bias — rows of each block gathered by its index (or taken as they are when the index
+/// is nil), summed, plus an optional bias row — and, with `silu`, SiLU of that sum, in one pass: the first layer of an
+/// MLP on pairs whose input is a concatenation of per-atom and per-pair features, applied to each block before the
+/// gather. All blocks give the same [rows, width]. Keeps the (small) blocks and, with `silu`, the sigmoids of the sum
+/// (an exponential costs more than storing it); the backward recomputes the sum.
+public func gatheredSum(_ blocks: [GatheredBlock], bias: Variable?, silu: Bool = false) -> Variable {
+    let spec = GatheredSumSpec(blocks, bias: bias)
+    let inputs = blocks.map(\.x) + (bias.map { [$0] } ?? [])
+    let out = spec.sum(inputs.map(\.value))
+    if silu {
+        let sig = Tensor(uninitializedShape: out.shape)
+        let o = ptr(out), sp = ptr(sig), n = out.count
+        for q in 0..<n { sp[q] = fastSigmoid(o[q]) }
+        for q in 0..<n { o[q] = o[q] * sp[q] }
+        return makeFusedOp("gatheredSumSilu", inputs, [out], saving: .allInputs, extras: [sig]) { c in
+            gatheredSumSiluBackward(spec, c.grad, (0..<c.inputCount).map { c.input($0) }, sigmoids: c.extra(0), needs: c.needs)
+        }[0]
+    }
+    return makeOp("gatheredSum", inputs, out, saving: .nothing) { c in
+        gatheredSumTranspose(spec, c.grad, needs: c.needs)
+    }
+}
+
+/// Shapes and indices of a gathered sum: blocks' row counts and indices, width, rows, bias.
+struct GatheredSumSpec {
+    let indices: [[Int]?]
+    let counts: [Int]
+    let width: Int
+    let rows: Int
+    let hasBias: Bool
+
+    init(_ blocks: [GatheredBlock], bias: Variable?) {
+        precondition(!blocks.isEmpty, "gatheredSum of no blocks")
+        width = blocks[0].x.shape[1]
+        rows = blocks[0].index?.count ?? blocks[0].x.shape[0]
+        for (x, index) in blocks {
+            precondition(x.rank == 2 && x.shape[1] == width && (index?.count ?? x.shape[0]) == rows,
+                         "gatheredSum: block \(x.shape) does not fit [\(rows), \(width)]")
+            if let idx = index {
+                let n = x.shape[0]
+                precondition(idx.allSatisfy { $0 >= 0 && $0 < n }, "gatheredSum: index out of range 0..<\(n)")
+            }
+        }
+        precondition(bias == nil || bias!.shape == [width], "gatheredSum: bias must have shape [\(width)]")
+        indices = blocks.map(\.index)
+        counts = blocks.map { $0.x.shape[0] }
+        hasBias = bias != nil
+    }
+
+    var blockCount: Int { indices.count }
+
+    /// Row r of the sum into `dst` (bias first, then the blocks in order: the forward pass's order).
+    @inline(__always)
+    func sumRow(_ r: Int, _ src: [UnsafeMutablePointer<Double>], _ dst: UnsafeMutablePointer<Double>) {
+        if hasBias { dst.update(from: src[blockCount], count: width) } else { dst.update(repeating: 0, count: width) }
+        for k in 0..<blockCount {
+            let s = src[k] + (indices[k].map { $0[r] } ?? r) * width
+            for j in 0..<width { dst[j] += s[j] }
+        }
+    }
+
+    /// The gathered sum of `values` (blocks, then the bias).
+    func sum(_ values: [Tensor]) -> Tensor {
+        let out = Tensor(uninitializedShape: [rows, width])
+        let src = values.map(ptr), o = ptr(out)
+        for r in 0..<rows { sumRow(r, src, o + r * width) }
+        return out
+    }
+
+    /// Adds row r of `u` into the gradient of each block (scattered by its index) and of the bias.
+    @inline(__always)
+    func scatterRow(_ r: Int, _ u: UnsafePointer<Double>, _ grads: [UnsafeMutablePointer<Double>?]) {
+        for k in 0..<blockCount {
+            guard let g = grads[k] else { continue }
+            let d = g + (indices[k].map { $0[r] } ?? r) * width
+            for j in 0..<width { d[j] += u[j] }
+        }
+        if hasBias, let g = grads[blockCount] { for j in 0..<width { g[j] += u[j] } }
+    }
+
+    /// Row r of the gradients `ups` of the blocks and the bias gathered back onto the row, into `v` (nil: none arrived).
+    @inline(__always)
+    func gatherRow(_ r: Int, _ ups: [UnsafeMutablePointer<Double>?], _ v: UnsafeMutablePointer<Double>) {
+        if hasBias, let ub = ups[blockCount] { v.update(from: ub, count: width) } else { v.update(repeating: 0, count: width) }
+        for k in 0..<blockCount {
+            guard let uk = ups[k] else { continue }
+            let s = uk + (indices[k].map { $0[r] } ?? r) * width
+            for j in 0..<width { v[j] += s[j] }
+        }
+    }
+
+    /// The backward of SiLU of the sum: per row, u = g ⊙ SiLU'(h) with h recomputed from the blocks `src` and σ(h)
+    /// saved, scattered into `grads` (the blocks' and the bias's gradients).
+    func scatterSiluGradient(_ g: Tensor, _ src: [UnsafeMutablePointer<Double>], sigmoids: Tensor, into grads: [Tensor?]) {
+        let w = width, gp = ptr(g), sp = ptr(sigmoids), gptrs = grads.map { $0.map(ptr) }
+        let scratch = Scratch(2 * w)
+        let h = scratch[0, width: w], u = scratch[1, width: w]
+        for r in 0..<rows {
+            sumRow(r, src, h)
+            let gr = gp + r * w, sr = sp + r * w
+            for j in 0..<w { u[j] = gr[j] * siluSlope(h[j], sr[j]) }
+            scatterRow(r, u, gptrs)
+        }
+    }
+
+    func zeroGradients(_ needs: [Bool]) -> [Tensor?] {
+        (0..<needs.count).map { k in needs[k] ? Tensor.zeros(k < blockCount ? [counts[k], width] : [width]) : nil }
+    }
+}
+
+/// Backward of the plain gathered sum, the transpose: each block's gradient is the upstream gradient scattered by the
+/// block's index, the bias's its column sums. Linear, so its own backward is the gathered sum again.
+func gatheredSumTranspose(_ spec: GatheredSumSpec, _ g: Variable, needs: [Bool]) -> [Variable?] {
+    // A block taken as it is gets the upstream gradient itself (no copy); the others are scattered.
+    let identity = (0..<needs.count).map { k in k < spec.blockCount && spec.indices[k] == nil }
+    var grads = spec.zeroGradients(zip(needs, identity).map { $0 && !$1 })
+    let gp = ptr(g.value), gptrs = grads.map { $0.map(ptr) }
+    for r in 0..<spec.rows { spec.scatterRow(r, gp + r * spec.width, gptrs) }
+    for k in 0..<needs.count where needs[k] && identity[k] { grads[k] = g.value }
+    let outs = makeMultiOp("gatheredSumTranspose", [g], grads.compactMap { $0 }, saving: .nothing) { c in
+        // Linear: the backward is the gathered sum of the upstream gradients.
+        var ups = [Variable?](repeating: nil, count: needs.count)
+        var j = 0
+        for k in 0..<needs.count where needs[k] { ups[k] = c.gradOutputs[j]; j += 1 }
+        let blocks = (0..<spec.blockCount).map { k in
+            (x: ups[k] ?? Variable(constant: Tensor.zeros([spec.counts[k], spec.width])), index: spec.indices[k])
+        }
+        let bias = spec.hasBias ? (ups[spec.blockCount] ?? Variable(constant: Tensor.zeros([spec.width]))) : nil
+        return [gatheredSum(blocks, bias: bias)]
+    }
+    return spread(outs, needs)
+}
+
+/// Backward of the gathered sum with SiLU: u = g ⊙ SiLU'(h) with h the recomputed sum and σ(h) saved, scattered into
+/// the blocks and summed into the bias; one node whose backward is `gatheredSumSiluDoubleBackward`.
+func gatheredSumSiluBackward(_ spec: GatheredSumSpec, _ g: Variable, _ inputs: [Variable], sigmoids: Tensor, needs: [Bool]) -> [Variable?] {
+    let grads = spec.zeroGradients(needs)
+    spec.scatterSiluGradient(g.value, inputs.map { ptr($0.value) }, sigmoids: sigmoids, into: grads)
+    let outs = makeFusedOp("gatheredSumSiluBackward", [g] + inputs, grads.compactMap { $0 }, saving: .allInputs, extras: [sigmoids]) { c in
+        gatheredSumSiluDoubleBackward(spec, c, produced: needs)
+    }
+    return spread(outs, needs)
+}
+
+/// Backward of the `gatheredSumSiluBackward` node (inputs g, blocks, bias; outputs the gradients flagged in
+/// `produced`). With v = Σ_k Ū_k[index_k] + Ū_b (the upstream gradients gathered back onto rows):
+/// ∂/∂g = v ⊙ SiLU'(h), and h̄ = v ⊙ g ⊙ SiLU''(h) scattered into the blocks and the bias.
+private func gatheredSumSiluDoubleBackward(_ spec: GatheredSumSpec, _ c: BackwardContext, produced: [Bool]) -> [Variable?] {
+    let n = c.inputCount
+    if c.tape.isRecording {
+        return c.tape.compositionVJP((0..<n).map { c.input($0) }, seeds: c.gradOutputs, needs: c.needs) { v in
+            let blocks = (0..<spec.blockCount).map { k in (x: v[1 + k], index: spec.indices[k]) }
+            let h = gatheredSum(blocks, bias: spec.hasBias ? v[n - 1] : nil)
+            let u = v[0] * h.siluSlopeExpression()
+            var outs: [Variable] = []
+            for k in 0..<spec.blockCount where produced[k] { outs.append(spec.indices[k].map { u.scatterAddRows($0, count: spec.counts[k]) } ?? u) }
+            if spec.hasBias && produced[spec.blockCount] { outs.append(u.sum(toShape: [spec.width])) }
+            return outs
+        }
+    }
+    let up = upstream(c, produced)
+    let w = spec.width
+    let gg = c.needs[0] ? Tensor(uninitializedShape: [spec.rows, w]) : nil
+    let inputGrads = spec.zeroGradients(Array(c.needs.dropFirst()))
+    let gp = ptr(c.input(0).value), sp = ptr(c.extra(0)), src = (1..<n).map { ptr(c.input($0).value) }
+    let ups = up.map { $0.map(ptr) }, gptrs = inputGrads.map { $0.map(ptr) }
+    let scratch = Scratch(4 * w)
+    let h = scratch[0, width: w], v = scratch[1, width: w], hb = scratch[2, width: w], sink = scratch[3, width: w]
+    for r in 0..<spec.rows {
+        spec.sumRow(r, src, h)
+        spec.gatherRow(r, ups, v)
+        let gr = gp + r * w, sr = sp + r * w, ggr = gg.map { ptr($0) + r * w } ?? sink
+        for j in 0..<w {
+            ggr[j] = v[j] * siluSlope(h[j], sr[j])
+            hb[j] = v[j] * gr[j] * siluCurvature(h[j], sr[j])
+        }
+        spec.scatterRow(r, hb, gptrs)
+    }
+    return [gg.map { Variable(constant: $0) }] + inputGrads.map { $0.map { Variable(constant: $0) } }
+}
+
+// MARK: - Two-layer MLP on gathered blocks
+
+/// SiLU(Σ_k blocks[k].x[index_k] + b₁)·W₂ᵀ + b₂: the first two layers of an MLP on message-passing pairs (the first
+/// applied to each block before the gather, as in `gatheredSum`) in one operation. It keeps only the (small) blocks, the
+/// weights and the sigmoids of the first layer: the hidden activations, the widest arrays of the MLP, are recomputed
+/// from them where the backward needs them, and so is the hidden gradient in the second derivative (one more matrix
+/// product instead of two more stored [pairs, hidden] arrays per layer). The same values, bit for bit, as
+/// `gatheredSum(blocks, bias: b₁, silu: true).linear(w₂, b₂)`.
+public func gatheredMLP(_ blocks: [GatheredBlock], bias b1: Variable?, weight w2: Variable, bias2 b2: Variable?) -> Variable {
+    let spec = GatheredSumSpec(blocks, bias: b1)
+    precondition(w2.rank == 2 && w2.shape[1] == spec.width, "gatheredMLP: weight \(w2.shape) does not take \(spec.width) inputs")
+    precondition(b2 == nil || b2!.shape == [w2.shape[0]], "gatheredMLP: second bias must have shape [\(w2.shape[0])]")
+    let first = blocks.map(\.x) + (b1.map { [$0] } ?? [])
+    let h = spec.sum(first.map(\.value))
+    let sig = Tensor(uninitializedShape: h.shape)
+    let hp = ptr(h), sp = ptr(sig), n = h.count
+    for q in 0..<n { sp[q] = fastSigmoid(hp[q]) }
+    for q in 0..<n { hp[q] = hp[q] * sp[q] }
+    let y = Tensor.matmul(h, w2.value, transposeB: true)
+    if let b2 { addRows(y, b2.value) }
+    let layout = GatheredMLPLayout(spec: spec, hasBias2: b2 != nil)
+    let inputs = first + [w2] + (b2.map { [$0] } ?? [])
+    return makeFusedOp("gatheredMLP", inputs, [y], saving: .allInputs, extras: [sig]) { c in
+        gatheredMLPBackward(layout, c.grad, (0..<c.inputCount).map { c.input($0) }, sigmoids: c.extra(0), needs: c.needs)
+    }[0]
+}
+
+/// Adds `bias` to every row of `y` (in place; `y` is a fresh tensor).
+@inline(__always)
+func addRows(_ y: Tensor, _ bias: Tensor) {
+    let n = bias.count, rows = y.count / Swift.max(n, 1), yp = ptr(y), bp = ptr(bias)
+    for r in 0..<rows { let yr = yp + r * n; for k in 0..<n { yr[k] += bp[k] } }
+}
+
+/// Input positions of a gathered MLP: blocks, first bias (optional), second weight, second bias (optional).
+struct GatheredMLPLayout {
+    let spec: GatheredSumSpec
+    let hasBias2: Bool
+    /// Inputs of the first layer (blocks and bias).
+    var firstCount: Int { spec.blockCount + (spec.hasBias ? 1 : 0) }
+    var weight: Int { firstCount }
+    var bias2: Int? { hasBias2 ? firstCount + 1 : nil }
+    var inputCount: Int { firstCount + 1 + (hasBias2 ? 1 : 0) }
+
+    /// Hidden activations SiLU(h) = h·σ(h), recomputed from the first layer's inputs and the saved sigmoids (the
+    /// forward pass's values, bit for bit).
+    func hidden(_ first: [Tensor], _ sig: Tensor) -> Tensor {
+        let y1 = spec.sum(first)
+        let p = ptr(y1), s = ptr(sig)
+        for q in 0..<y1.count { p[q] = p[q] * s[q] }
+        return y1
+    }
+}
+
+/// Backward of `gatheredMLP` from the upstream gradient g of its output: ḡ₁ = g·W₂ into SiLU'(h) and the blocks,
+/// gᵀ·SiLU(h) into W₂, Σ g into b₂. One node whose own backward is `gatheredMLPDoubleBackward`.
+func gatheredMLPBackward(_ layout: GatheredMLPLayout, _ g: Variable, _ inputs: [Variable], sigmoids: Tensor, needs: [Bool]) -> [Variable?] {
+    let spec = layout.spec
+    let firstNeeds = Array(needs[0..<layout.firstCount])
+    let w2 = inputs[layout.weight].value
+    let first = inputs[0..<layout.firstCount].map(\.value)
+    let firstGrads = spec.zeroGradients(firstNeeds)
+    if firstNeeds.contains(true) {
+        spec.scatterSiluGradient(Tensor.matmul(g.value, w2), first.map(ptr), sigmoids: sigmoids, into: firstGrads)
+    }
+    let wGrad = needs[layout.weight] ? Tensor.matmul(g.value, layout.hidden(first, sigmoids), transposeA: true) : nil
+    let b2Grad = layout.bias2.flatMap { needs[$0] ? g.value.sum(toShape: [w2.shape[0]]) : nil }
+    let values = firstGrads.compactMap { $0 } + [wGrad, b2Grad].compactMap { $0 }
+    let outs = makeFusedOp("gatheredMLPBackward", [g] + inputs, values, saving: .allInputs, extras: [sigmoids]) { c in
+        gatheredMLPDoubleBackward(layout, c, produced: needs)
+    }
+    return spread(outs, needs)
+}
+
+/// Backward of the `gatheredMLPBackward` node (inputs g, blocks, b₁, W₂[, b₂]; outputs the gradients flagged in
+/// `produced`). With v the upstream gradients of the block and b₁ gradients gathered back onto rows and ḡ₁ = g·W₂
+/// (recomputed): ∂/∂ḡ₁ = v ⊙ SiLU'(h) (into g and W₂ through ḡ₁ = g·W₂), ∂/∂h = v ⊙ ḡ₁ ⊙ SiLU''(h); an upstream
+/// gradient U of W₂'s gradient gᵀ·SiLU(h) adds SiLU(h)·Uᵀ to g and (g·U) ⊙ SiLU'(h) to h; one of b₂'s adds to g's rows.
+private func gatheredMLPDoubleBackward(_ layout: GatheredMLPLayout, _ c: BackwardContext, produced: [Bool]) -> [Variable?] {
+    let spec = layout.spec, nFirst = layout.firstCount
+    if c.tape.isRecording {
+        return c.tape.compositionVJP((0..<c.inputCount).map { c.input($0) }, seeds: c.gradOutputs, needs: c.needs) { v in
+            let blocks = (0..<spec.blockCount).map { k in (x: v[1 + k], index: spec.indices[k]) }
+            let h = gatheredSum(blocks, bias: spec.hasBias ? v[spec.blockCount + 1] : nil)
+            let w2 = v[1 + layout.weight]
+            let u = matmul(v[0], w2) * h.siluSlopeExpression()
+            var outs: [Variable] = []
+            for k in 0..<spec.blockCount where produced[k] { outs.append(spec.indices[k].map { u.scatterAddRows($0, count: spec.counts[k]) } ?? u) }
+            if spec.hasBias && produced[spec.blockCount] { outs.append(u.sum(toShape: [spec.width])) }
+            if produced[layout.weight] { outs.append(matmul(v[0], h.silu(), transposeA: true)) }
+            if let ib = layout.bias2, produced[ib] { outs.append(v[0].sum(toShape: [w2.shape[0]])) }
+            return outs
+        }
+    }
+    let up = upstream(c, produced)
+    let g = c.input(0).value, w2 = c.input(1 + layout.weight).value, sig = c.extra(0)
+    let first = (0..<nFirst).map { c.input(1 + $0).value }
+    let rows = spec.rows, w = spec.width, nOut = w2.shape[0]
+    let needG = c.needs[0], needW = c.needs[1 + layout.weight]
+    let firstNeeds = (0..<nFirst).map { c.needs[1 + $0] }
+    var gG: Tensor? = nil, gW: Tensor? = nil, hbar: Tensor? = nil
+    func add(_ t: inout Tensor?, _ x: Tensor) { if t == nil { t = x } else { t!.addInPlace(x) } }
+    let src = first.map(ptr), sp = ptr(sig)
+    let scratch = Scratch(2 * w)
+    let h = scratch[0, width: w], v = scratch[1, width: w]
+    if (0..<nFirst).contains(where: { up[$0] != nil }) {
+        let gh = Tensor.matmul(g, w2)
+        let reach = Tensor(uninitializedShape: [rows, w]), hb = Tensor(uninitializedShape: [rows, w])
+        let ghp = ptr(gh), rp = ptr(reach), hbp = ptr(hb), ups = up[0..<nFirst].map { $0.map(ptr) }
+        for r in 0..<rows {
+            spec.sumRow(r, src, h)
+            spec.gatherRow(r, ups, v)
+            let gr = ghp + r * w, sr = sp + r * w, rr = rp + r * w, hr = hbp + r * w
+            for j in 0..<w { rr[j] = v[j] * siluSlope(h[j], sr[j]) }
+            for j in 0..<w { hr[j] = v[j] * gr[j] * siluCurvature(h[j], sr[j]) }
+        }
+        if needG { add(&gG, Tensor.matmul(reach, w2, transposeB: true)) }
+        if needW { add(&gW, Tensor.matmul(g, reach, transposeA: true)) }
+        hbar = hb
+    }
+    if let uw = up[layout.weight] {
+        if needG { add(&gG, Tensor.matmul(layout.hidden(first, sig), uw, transposeB: true)) }
+        if firstNeeds.contains(true) {
+            // ∂/∂SiLU(h) = g·U, into h through SiLU'(h).
+            let gy = Tensor.matmul(g, uw), gyp = ptr(gy)
+            for r in 0..<rows {
+                spec.sumRow(r, src, h)
+                let gr = gyp + r * w, sr = sp + r * w
+                for j in 0..<w { gr[j] = gr[j] * siluSlope(h[j], sr[j]) }
+            }
+            add(&hbar, gy)
+        }
+    }
+    if needG, let ib = layout.bias2, let ub = up[ib] {
+        let b = Tensor.zeros([rows, nOut])
+        addRows(b, ub)
+        add(&gG, b)
+    }
+    var firstGrads = [Tensor?](repeating: nil, count: nFirst)
+    if let hbar, firstNeeds.contains(true) {
+        firstGrads = spec.zeroGradients(firstNeeds)
+        let hp = ptr(hbar), gptrs = firstGrads.map { $0.map(ptr) }
+        for r in 0..<rows { spec.scatterRow(r, hp + r * w, gptrs) }
+    }
+    // The first backward does not depend on b₂.
+    let values: [Tensor?] = [gG] + firstGrads + [gW] + (layout.hasBias2 ? [nil] : [])
+    return values.map { $0.map { Variable(constant: $0) } }
+}
+
+// MARK: - Gated layer-norm product (CHGNet's gated MLP)
+
+/// The output of CHGNet's gated MLP from its two pre-normalisation branches, times an optional message weight m:
+///   SiLU(LN₁(core)) ⊙ σ(LN₂(gate)) ⊙ m
+/// (B. Deng et al., Nat. Mach. Intell. 5, 1031 (2023)). One pass; keeps its inputs, the row statistics and the two
+/// sigmoids (the backward recomputes the normalised values).
+public func gatedNorm(core: Variable, _ w1: Variable, _ b1: Variable, gate: Variable, _ w2: Variable, _ b2: Variable,
+                      weight: Variable?, eps: Double = 1e-5) -> Variable {
+    let d = core.shape[1], rows = core.shape[0]
+    precondition(core.rank == 2 && gate.shape == core.shape && (weight == nil || weight!.shape == core.shape), "gatedNorm: shapes")
+    precondition([w1, b1, w2, b2].allSatisfy { $0.shape == [d] }, "gatedNorm: layer-norm weights and biases must have shape [\(d)]")
+    let weighted = weight != nil
+    var stats = [Double](repeating: 0, count: 4 * rows)
+    let out = Tensor(uninitializedShape: core.shape), sigC = Tensor(uninitializedShape: core.shape), sigG = Tensor(uninitializedShape: core.shape)
+    let xc = ptr(core.value), wc = ptr(w1.value), bc = ptr(b1.value), xg = ptr(gate.value), wg = ptr(w2.value), bg = ptr(b2.value)
+    let m = ptr(weight?.value ?? core.value), o = ptr(out), s1 = ptr(sigC), s2 = ptr(sigG)
+    let scratch = Scratch(2 * d)
+    let yc = scratch[0, width: d], yg = scratch[1, width: d]
+    for r in 0..<rows {
+        let o0 = r * d
+        let xcr = xc + o0, xgr = xg + o0, s1r = s1 + o0, s2r = s2 + o0, or = o + o0, mr = m + o0
+        let (mc, sc) = rowStatistics(xcr, d, eps), (mg, sg) = rowStatistics(xgr, d, eps)
+        stats[4 * r] = mc; stats[4 * r + 1] = sc; stats[4 * r + 2] = mg; stats[4 * r + 3] = sg
+        for k in 0..<d {
+            yc[k] = (xcr[k] - mc) * sc * wc[k] + bc[k]
+            yg[k] = (xgr[k] - mg) * sg * wg[k] + bg[k]
+        }
+        for k in 0..<d { s1r[k] = fastSigmoid(yc[k]) }
+        for k in 0..<d { s2r[k] = fastSigmoid(yg[k]) }
+        if weighted {
+            for k in 0..<d { or[k] = yc[k] * s1r[k] * s2r[k] * mr[k] }
+        } else {
+            for k in 0..<d { or[k] = yc[k] * s1r[k] * s2r[k] }
+        }
+    }
+    let inputs = [core, w1, b1, gate, w2, b2] + (weight.map { [$0] } ?? [])
+    return makeFusedOp("gatedNorm", inputs, [out], saving: .allInputs, extras: [sigC, sigG]) { c in
+        gatedNormBackward(c.grad, (0..<c.inputCount).map { c.input($0) }, sigmoids: (c.extra(0), c.extra(1)), stats: stats, eps: eps, needs: c.needs)
+    }[0]
+}
+
+/// The gradients of gatedNorm's inputs (core, w₁, b₁, gate, w₂, b₂[, m]) flagged in `needs`, from the upstream
+/// gradient g: one fused pass, recorded as one node whose backward is `gatedNormDoubleBackward`.
+func gatedNormBackward(_ g: Variable, _ inputs: [Variable], sigmoids: (Tensor, Tensor), stats: [Double], eps: Double, needs: [Bool]) -> [Variable?] {
+    let weighted = inputs.count == 7
+    let d = inputs[1].count, rows = inputs[0].shape[0], shape = inputs[0].shape
+    let gxc = needs[0] ? Tensor(uninitializedShape: shape) : nil, gxg = needs[3] ? Tensor(uninitializedShape: shape) : nil
+    let gwc = Tensor.zeros([d]), gbc = Tensor.zeros([d]), gwg = Tensor.zeros([d]), gbg = Tensor.zeros([d])
+    let gm = weighted && needs[6] ? Tensor(uninitializedShape: shape) : nil
+    let gp = ptr(g.value), xc = ptr(inputs[0].value), wc = ptr(inputs[1].value), bc = ptr(inputs[2].value)
+    let xg = ptr(inputs[3].value), wg = ptr(inputs[4].value), m = weighted ? ptr(inputs[6].value) : gp
+    let s1 = ptr(sigmoids.0), s2 = ptr(sigmoids.1)
+    let scratch = Scratch(4 * d)
+    let gyc = scratch[0, width: d], gyg = scratch[1, width: d], yc = scratch[2, width: d], qs = scratch[3, width: d]
+    let gwcp = ptr(gwc), gbcp = ptr(gbc), gwgp = ptr(gwg), gbgp = ptr(gbg)
+    for r in 0..<rows {
+        let o0 = r * d
+        let mc = stats[4 * r], sc = stats[4 * r + 1], mg = stats[4 * r + 2], sg = stats[4 * r + 3]
+        let xcr = xc + o0, s1r = s1 + o0, s2r = s2 + o0, gr = gp + o0, mr = m + o0
+        // Upstream gradients of the two normalised branches.
+        for k in 0..<d { yc[k] = (xcr[k] - mc) * sc * wc[k] + bc[k] }
+        let q: UnsafePointer<Double>
+        if weighted { for k in 0..<d { qs[k] = gr[k] * mr[k] }; q = UnsafePointer(qs) } else { q = UnsafePointer(gr) }
+        for k in 0..<d { gyc[k] = q[k] * s2r[k] * siluSlope(yc[k], s1r[k]) }
+        for k in 0..<d { gyg[k] = q[k] * yc[k] * s1r[k] * (s2r[k] * (1 - s2r[k])) }
+        if let gm { let gmr = ptr(gm) + o0; for k in 0..<d { gmr[k] = gr[k] * yc[k] * s1r[k] * s2r[k] } }
+        layerNormRowBackward(x: xc + o0, mean: mc, rstd: sc, w: wc, gy: gyc, d: d, gx: gxc.map { ptr($0) + o0 }, gw: gwcp, gb: gbcp)
+        layerNormRowBackward(x: xg + o0, mean: mg, rstd: sg, w: wg, gy: gyg, d: d, gx: gxg.map { ptr($0) + o0 }, gw: gwgp, gb: gbgp)
+    }
+    let values = [gxc, needs[1] ? gwc : nil, needs[2] ? gbc : nil, gxg, needs[4] ? gwg : nil, needs[5] ? gbg : nil] + (weighted ? [gm] : [])
+    let outs = makeFusedOp("gatedNormBackward", [g] + inputs, values.compactMap { $0 }, saving: .allInputs, extras: [sigmoids.0, sigmoids.1]) { c in
+        gatedNormDoubleBackward(c, stats: stats, eps: eps, produced: needs)
+    }
+    return spread(outs, needs)
+}
+
+/// gatedNorm's backward from differentiable primitives (reference for higher-order fallbacks and tests).
+func gatedNormGradients(_ g: Variable, _ v: [Variable], eps: Double) -> [Variable] {
+    let xc = v[0], wc = v[1], xg = v[3], wg = v[4]
+    let weighted = v.count == 7
+    let yc = layerNormComposition(xc, weight: wc, bias: v[2], eps: eps), yg = layerNormComposition(xg, weight: wg, bias: v[5], eps: eps)
+    let gm = weighted ? g * v[6] : g
+    let sg = yg.sigmoid(), sc = yc.sigmoid()
+    let gyc = gm * sg * yc.siluSlopeExpression()
+    let gyg = gm * (yc * sc) * (sg * (1 - sg))
+    let (gxc, gwc, gbc) = layerNormGradients(xc, weight: wc, upstream: gyc, eps: eps)
+    let (gxg, gwg, gbg) = layerNormGradients(xg, weight: wg, upstream: gyg, eps: eps)
+    return [gxc, gwc, gbc, gxg, gwg, gbg] + (weighted ? [g * (yc * sc) * sg] : [])
+}
+
+/// Backward of the `gatedNormBackward` node: inputs (g, core, w₁, b₁, gate, w₂, b₂[, m]), outputs the gradients
+/// flagged in `produced`. Per row: recompute the branches, run the layer norms' double backward for the upstream
+/// gradients of the branch inputs and weights, then the reverse of the gate's elementwise stage.
+private func gatedNormDoubleBackward(_ c: BackwardContext, stats: [Double], eps: Double, produced: [Bool]) -> [Variable?] {
+    let n = c.inputCount, weighted = n == 8
+    if c.tape.isRecording {
+        return c.tape.compositionVJP((0..<n).map { c.input($0) }, seeds: c.gradOutputs, needs: c.needs) { v in
+            zip(gatedNormGradients(v[0], Array(v[1...]), eps: eps), produced).filter(\.1).map(\.0)
+        }
+    }
+    let up = upstream(c, produced)
+    let vals = (0..<n).map { c.input($0).value }
+    let shape = vals[1].shape, rows = shape[0], d = shape[1]
+    let needs = c.needs
+    func rowGrad(_ k: Int) -> Tensor? { needs[k] ? Tensor(uninitializedShape: shape) : nil }
+    let gG = rowGrad(0), gXc = rowGrad(1), gXg = rowGrad(4), gM = weighted ? rowGrad(7) : nil
+    let gWc = Tensor.zeros([d]), gBc = Tensor.zeros([d]), gWg = Tensor.zeros([d]), gBg = Tensor.zeros([d])
+    let gp = ptr(vals[0]), xc = ptr(vals[1]), wc = ptr(vals[2]), bc = ptr(vals[3]), xg = ptr(vals[4]), wg = ptr(vals[5]), bg = ptr(vals[6])
+    let m = weighted ? ptr(vals[7]) : gp
+    let s1p = ptr(c.extra(0)), s2p = ptr(c.extra(1))
+    let scratch = Scratch(20 * d)
+    let hc = scratch[0, width: d], hg = scratch[1, width: d], yc = scratch[2, width: d], yg = scratch[3, width: d]
+    let gyc = scratch[4, width: d], gyg = scratch[5, width: d], pc = scratch[6, width: d], pg = scratch[7, width: d]
+    let hbc = scratch[8, width: d], hbg = scratch[9, width: d], ybc = scratch[10, width: d], ybg = scratch[11, width: d]
+    let qs = scratch[12, width: d], slope = scratch[13, width: d], curv = scratch[14, width: d], db = scratch[15, width: d]
+    let ya = scratch[16, width: d], qbar = scratch[17, width: d], zeros = scratch[18, width: d]
+    // Upstream gradients of the first backward's outputs ∂L/∂(gxc, gwc, gbc, gxg, gwg, gbg, gm); zeros where none arrived.
+    let uwc = up[1].map(ptr) ?? zeros, ubc = up[2].map(ptr) ?? zeros, uwg = up[4].map(ptr) ?? zeros, ubg = up[5].map(ptr) ?? zeros
+    let uxc = up[0].map(ptr), uxg = up[3].map(ptr), um = weighted ? up[6].map(ptr) : nil
+    let wcAcc = ptr(gWc), wgAcc = ptr(gWg), bcAcc = ptr(gBc), bgAcc = ptr(gBg)
+    for r in 0..<rows {
+        let o = r * d
+        let mc = stats[4 * r], sc = stats[4 * r + 1], mg = stats[4 * r + 2], sg = stats[4 * r + 3]
+        let s1 = s1p + o, s2 = s2p + o, xcr = xc + o, xgr = xg + o, gr = gp + o, mr = m + o
+        let umr = um.map { $0 + o } ?? zeros
+        // Forward of the branches and of the gate's elementwise stage (as in gatedNormBackward).
+        for k in 0..<d { hc[k] = (xcr[k] - mc) * sc }
+        for k in 0..<d { hg[k] = (xgr[k] - mg) * sg }
+        for k in 0..<d { yc[k] = hc[k] * wc[k] + bc[k] }
+        for k in 0..<d { yg[k] = hg[k] * wg[k] + bg[k] }
+        let q: UnsafePointer<Double>
+        if weighted { for k in 0..<d { qs[k] = gr[k] * mr[k] }; q = UnsafePointer(qs) } else { q = UnsafePointer(gr) }
+        for k in 0..<d { gyc[k] = q[k] * s2[k] * siluSlope(yc[k], s1[k]) }
+        for k in 0..<d { gyg[k] = q[k] * yc[k] * s1[k] * (s2[k] * (1 - s2[k])) }
+        // Layer norms' double backward: gradients reaching gyc, gyg (pc, pg), h and s directly, and w.
+        let sbc = layerNormRowDoubleBackward(h: hc, s: sc, w: wc, gy: gyc, d: d, u: uxc.map { $0 + o } ?? zeros, uw: uwc, ub: ubc,
+                                             ggy: pc, gw: wcAcc, hbar: hbc)
+        let sbg = layerNormRowDoubleBackward(h: hg, s: sg, w: wg, gy: gyg, d: d, u: uxg.map { $0 + o } ?? zeros, uw: uwg, ub: ubg,
+                                             ggy: pg, gw: wgAcc, hbar: hbg)
+        // Reverse of the gate's elementwise stage (a = σ(yc), b = σ(yg)).
+        for k in 0..<d { slope[k] = siluSlope(yc[k], s1[k]) }
+        for k in 0..<d { curv[k] = siluCurvature(yc[k], s1[k]) }
+        for k in 0..<d { db[k] = s2[k] * (1 - s2[k]) }
+        for k in 0..<d { ya[k] = yc[k] * s1[k] }
+        for k in 0..<d { qbar[k] = pc[k] * s2[k] * slope[k] + pg[k] * ya[k] * db[k] }
+        if let gG {
+            let gGr = ptr(gG) + o
+            if weighted { for k in 0..<d { gGr[k] = qbar[k] * mr[k] + umr[k] * ya[k] * s2[k] } } else { for k in 0..<d { gGr[k] = qbar[k] } }
+        }
+        if let gM { let gMr = ptr(gM) + o; for k in 0..<d { gMr[k] = qbar[k] * gr[k] } }
+        for k in 0..<d { ybc[k] = pc[k] * q[k] * s2[k] * curv[k] + pg[k] * q[k] * db[k] * slope[k] }
+        for k in 0..<d { ybg[k] = pc[k] * q[k] * slope[k] * db[k] + pg[k] * q[k] * ya[k] * (db[k] * (1 - 2 * s2[k])) }
+        if weighted {
+            for k in 0..<d { ybc[k] += umr[k] * gr[k] * s2[k] * slope[k] }
+            for k in 0..<d { ybg[k] += umr[k] * gr[k] * ya[k] * db[k] }
+        }
+        // Through y = h·w + b into h, w, b; then h and s into x.
+        for k in 0..<d { hbc[k] += ybc[k] * wc[k] }
+        for k in 0..<d { hbg[k] += ybg[k] * wg[k] }
+        for k in 0..<d { wcAcc[k] += ybc[k] * hc[k] }
+        for k in 0..<d { wgAcc[k] += ybg[k] * hg[k] }
+        for k in 0..<d { bcAcc[k] += ybc[k] }
+        for k in 0..<d { bgAcc[k] += ybg[k] }
+        if let gXc { layerNormRowInputGradient(h: hc, s: sc, hbar: hbc, sbar: sbc, d: d, gx: ptr(gXc) + o) }
+        if let gXg { layerNormRowInputGradient(h: hg, s: sg, hbar: hbg, sbar: sbg, d: d, gx: ptr(gXg) + o) }
+    }
+    let values: [Tensor?] = [gG, gXc, needs[2] ? gWc : nil, needs[3] ? gBc : nil, gXg, needs[5] ? gWg : nil, needs[6] ? gBg : nil] + (weighted ? [gM] : [])
+    return values.map { $0.map { Variable(constant: $0) } }
+}
