@@ -79,12 +79,13 @@ public struct RunDirectory: Sendable {
 
     /// An interrupted run's directory and stored configuration; `epochs`, when given, is the new epoch budget
     /// (applied to the configuration and stored in config.json).
-    public static func resume<C: RunConfiguration>(_ path: String, as type: C.Type, epochs: Int? = nil) throws -> (run: RunDirectory, config: C) {
+    /// Only the rank that writes files (`write`) stores the new budget; every rank applies it.
+    public static func resume<C: RunConfiguration>(_ path: String, as type: C.Type, epochs: Int? = nil, write: Bool = true) throws -> (run: RunDirectory, config: C) {
         let run = try open(path)
         var config = try run.readConfig(C.self)
         if let e = epochs, e != config.epochs {
             config.epochs = e
-            try run.writeJSON(config, to: "config.json", pretty: true)
+            if write { try run.writeJSON(config, to: "config.json", pretty: true) }
         }
         return (run, config)
     }
@@ -205,6 +206,16 @@ public struct RunDirectory: Sendable {
         let earlier: Cost
         let wallStart: Date
         let cpuStart: Double
+
+        /// This process's cost so far (sessions: 1).
+        public var thisProcess: Cost {
+            var c = Cost()
+            c.wallSeconds = Date().timeIntervalSince(wallStart)
+            c.cpuSeconds = processCPUSeconds() - cpuStart
+            c.peakRSSMB = peakResidentMegabytes()
+            c.sessions = 1
+            return c
+        }
 
         /// The run's cost: earlier processes plus this one so far.
         public var total: Cost {
