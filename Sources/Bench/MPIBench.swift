@@ -46,21 +46,10 @@ enum MPIBench {
         print(pad("model", 22) + pad("params", 9) + pad("MB/step", 9) + pad("ranks", 6) + pad("method", 21) + pad("wall median", 13) + pad("wall min", 11)
               + pad("CPU/rank", 10) + "bits = 1 process")
         for ranks in [1, 2, 3] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: mpirun)
-            p.arguments = ["--oversubscribe", "-n", "\(ranks)", "-x", "RELAXFT_MPI", CommandLine.arguments[0], "mpi-one"] + sizes.map { "\($0.1)" }
-            var env = ProcessInfo.processInfo.environment
-            env["RELAXFT_MPI"] = "on"
-            env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT"] ?? "1"
-            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] ?? "1"
-            p.environment = env
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            do { try p.run() } catch { print("mpi: cannot run \(mpirun): \(error)"); return }
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else { print("mpi: mpirun -n \(ranks) failed with status \(p.terminationStatus)"); continue }
-            for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            let args = ["--oversubscribe", "-n", "\(ranks)", "-x", "RELAXFT_MPI", CommandLine.arguments[0], "mpi-one"] + sizes.map { "\($0.1)" }
+            guard let (status, output) = launch(mpirun, args, environment: ["RELAXFT_MPI": "on"]) else { return }
+            guard status == 0 else { print("mpi: mpirun -n \(ranks) failed with status \(status)"); continue }
+            for line in output.split(separator: "\n") {
                 guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                       let n = o["params"] as? Int, let name = sizes.first(where: { $0.1 == n })?.0 else { continue }
                 print(pad(name, 22) + pad("\(n)", 9) + pad(String(format: "%.2f", Double(n * 8) / 1e6), 9) + pad("\(ranks)", 6)
@@ -69,6 +58,24 @@ enum MPIBench {
             }
         }
         print("load average after: \(loadAverage())")
+    }
+
+    /// Runs `executable args` (Open MPI allowed to run as root, `environment` added); its status and standard
+    /// output, nil (with a message) when it cannot start.
+    static func launch(_ executable: String, _ args: [String], environment: [String: String] = [:]) -> (status: Int32, output: String)? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT"] ?? "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] ?? "1"
+        p.environment = env
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        do { try p.run() } catch { print("mpi: cannot run \(executable): \(error)"); return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     /// Fixed segment lengths compared with the default: BENCH_MPI_SEGMENTS (comma-separated values; `all` for one

@@ -1,4 +1,5 @@
 import Atoms
+import Cluster
 import Foundation
 import Loss
 import Potentials
@@ -55,8 +56,23 @@ public struct BasinCriterion: Codable, Sendable, Equatable {
 }
 
 /// Relaxes every example with `potential` under `protocol` (on `threads` threads) and scores the result:
-/// example i → evaluation i, so that a list of structures can be split between processes and the results
-/// joined in order. `progress` gets the number done after each round of `threads` structures.
+/// example i → evaluation i. With several ranks each relaxes its contiguous share and every rank gets all results
+/// in input order, the values one process computes (each relaxation is independent of the others). `progress`
+/// gets the number done after each round of `threads` structures (with several ranks, this rank's count scaled to
+/// the whole set: an estimate).
+public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any Potential, protocol p: RelaxationProtocol,
+                                threads: Int = 1, basin: BasinCriterion = BasinCriterion(), communicator comm: any Communicator,
+                                progress: (Int) -> Void = { _ in }) throws -> [ExampleEvaluation] {
+    let share = comm.shard(of: examples.count)
+    return try comm.shardedMap(examples.count) { mine in
+        evaluateRelaxations(Array(examples[mine]), potential: potential, protocol: p, threads: threads, basin: basin) { done in
+            progress(done == share.count ? examples.count : done * examples.count / Swift.max(share.count, 1))
+        }
+    }
+}
+
+/// Relaxes every example with `potential` under `protocol` (on `threads` threads) and scores the result:
+/// example i → evaluation i. `progress` gets the number done after each round of `threads` structures.
 public func evaluateRelaxations(_ examples: [RelaxationExample], potential: any Potential, protocol p: RelaxationProtocol,
                                 threads: Int = 1, basin: BasinCriterion = BasinCriterion(),
                                 progress: (Int) -> Void = { _ in }) -> [ExampleEvaluation] {

@@ -1,4 +1,5 @@
 import Atoms
+import Cluster
 import Foundation
 import Potentials
 import Tape
@@ -107,6 +108,24 @@ public struct FramePrediction: Sendable {
     public var energy: Double
     public var forces: Tensor
     public var stress: Tensor?
+}
+
+/// `predictFrames` with the batches shared out over the ranks of `communicator` (contiguous shares of whole
+/// batches, so every graph is the one a single process builds); every rank gets all predictions in frame order.
+public func predictFrames(_ frames: [Structure], potential: any Potential, batch: Int = 8, threads: Int = 1, stress: Bool = false,
+                          communicator comm: any Communicator, progress: (Int) -> Void = { _ in }) throws -> [FramePrediction] {
+    struct Wire: Codable { var e: Double; var f: [Double]; var s: [Double]? }
+    let batches = (frames.count + batch - 1) / batch
+    let share = comm.shard(of: batches)
+    let range = Swift.min(share.lowerBound * batch, frames.count)..<Swift.min(share.upperBound * batch, frames.count)
+    let local = predictFrames(Array(frames[range]), potential: potential, batch: batch, threads: threads, stress: stress) { done in
+        progress(done == range.count ? frames.count : done * frames.count / Swift.max(range.count, 1))
+    }
+    if comm.size == 1 { return local }
+    let all = try comm.gatherInOrder(local.map { Wire(e: $0.energy, f: $0.forces.array, s: $0.stress?.array) })
+    return zip(frames, all).map { fr, w in
+        FramePrediction(energy: w.e, forces: Tensor(shape: [fr.count, 3], w.f), stress: w.s.map { Tensor(shape: [3, 3], $0) })
+    }
 }
 
 /// Predictions for `frames`, frame i → prediction i, in batches of `batch` structures (one graph per batch)

@@ -32,8 +32,13 @@ final class AtomicCounter: @unchecked Sendable {
     func next() -> Int { lock.lock(); defer { value += 1; lock.unlock() }; return value }
 }
 
-/// Default worker count: RELAXFT_THREADS, else the number of active processors.
+/// Default worker count: RELAXFT_THREADS, else the cores of this process's share of the node: an `srun` task's
+/// SLURM_CPUS_PER_TASK, the cores divided by the ranks mpirun started on this node, or all active processors.
 public var defaultThreadCount: Int {
-    if let s = ProcessInfo.processInfo.environment["RELAXFT_THREADS"], let n = Int(s), n > 0 { return n }
-    return Swift.max(1, ProcessInfo.processInfo.activeProcessorCount)
+    let env = ProcessInfo.processInfo.environment
+    if let s = env["RELAXFT_THREADS"], let n = Int(s), n > 0 { return n }
+    if env["SLURM_STEP_NUM_TASKS"] != nil, let s = env["SLURM_CPUS_PER_TASK"], let n = Int(s), n > 0 { return n }
+    let cores = Swift.max(1, ProcessInfo.processInfo.activeProcessorCount)
+    if let s = env["OMPI_COMM_WORLD_LOCAL_SIZE"], let ranks = Int(s), ranks > 1 { return Swift.max(1, cores / ranks) }
+    return cores
 }

@@ -1,4 +1,5 @@
 import Atoms
+import Cluster
 import Foundation
 import Potentials
 import Tape
@@ -72,6 +73,8 @@ public final class PretrainTrainer {
     public let dataNotes: [String]
 
     public let run: RunDirectory
+    /// The ranks of a data-parallel job (one process: a single rank). Rank 0 alone writes the run directory.
+    public let communicator: any Communicator
     var session: RunDirectory.Session?
     static let checkpointKey = "pretrain_state"
 
@@ -92,37 +95,43 @@ public final class PretrainTrainer {
 
     /// A new run: reads the data, splits it, fits reference energies, initialises the model, then creates
     /// RUN_DIR (which must not hold a run) with config.json and the starting checkpoint.
-    public convenience init(config: PretrainConfig, runDirectory: String) throws {
+    public convenience init(config: PretrainConfig, runDirectory: String, communicator: any Communicator = LocalCommunicator()) throws {
         try config.validate()
         if RunDirectory(runDirectory).exists("config.json") {
             throw PretrainError(message: "\(runDirectory) already holds a run (use --resume \(runDirectory), or another --out)")
         }
         // Data and model first: a run that cannot start leaves no directory behind.
-        try self.init(config: config, run: RunDirectory(runDirectory), resuming: false)
-        _ = try RunDirectory.create(runDirectory, config: config)
-        try run.startMetrics(header: PretrainEpochMetrics.header)
+        try self.init(config: config, run: RunDirectory(runDirectory), resuming: false, communicator: communicator)
+        try communicator.requireSameInputs(inputDigest(), what: "inputs (configuration, data or starting model)")
+        if communicator.writesFiles {
+            _ = try RunDirectory.create(runDirectory, config: config)
+            try run.startMetrics(header: PretrainEpochMetrics.header)
+        }
         try saveCheckpoint()
     }
 
     /// Continues the run in RUN_DIR from its last completed epoch; `epochs` sets a new epoch budget (which
     /// re-targets a cosine schedule and is written into config.json).
-    public static func resume(runDirectory: String, epochs: Int? = nil) throws -> PretrainTrainer {
+    public static func resume(runDirectory: String, epochs: Int? = nil, communicator: any Communicator = LocalCommunicator()) throws -> PretrainTrainer {
         let (run, config) = try RunDirectory.resume(runDirectory, as: PretrainConfig.self, epochs: epochs)
         // Without a checkpoint the run was stopped between writing config.json and its first checkpoint: it
-        // starts from the beginning, as the stored configuration says.
+        // starts from the beginning, as the stored configuration says. (Every rank looks before the collective
+        // input check below, so none sees the checkpoint rank 0 writes after it.)
         let resuming = run.exists("checkpoint.safetensors")
-        let p = try PretrainTrainer(config: config, run: run, resuming: resuming)
-        try run.storeEpochs(config.epochs, as: PretrainConfig.self)
-        if !resuming {
-            try run.startMetrics(header: PretrainEpochMetrics.header)
-            try p.saveCheckpoint()
+        let p = try PretrainTrainer(config: config, run: run, resuming: resuming, communicator: communicator)
+        try communicator.requireSameInputs(p.inputDigest(), what: "inputs (configuration, data or checkpoint)")
+        if communicator.writesFiles {
+            try run.storeEpochs(config.epochs, as: PretrainConfig.self)
+            if !resuming { try run.startMetrics(header: PretrainEpochMetrics.header) }
         }
+        if !resuming { try p.saveCheckpoint() }
         return p
     }
 
-    private init(config: PretrainConfig, run: RunDirectory, resuming: Bool) throws {
+    private init(config: PretrainConfig, run: RunDirectory, resuming: Bool, communicator: any Communicator) throws {
         self.config = config
         self.run = run
+        self.communicator = communicator
         let start = try config.initModel.map { try Self.startingModel($0) }
         let data = try Self.readData(config, known: start.flatMap(declaredElements), modelName: config.initModel ?? "")
         dataNotes = data.notes
@@ -256,7 +265,22 @@ public final class PretrainTrainer {
             state.schedule.schedule = .cosine(epochs: config.epochs, minFactor: minFactor)
             state.schedule.endEpoch(state.epoch - 1, monitored: state.bestValLoss)
         }
-        try run.truncateMetrics(after: saved.epoch, header: PretrainEpochMetrics.header)
+        if communicator.writesFiles { try run.truncateMetrics(after: saved.epoch, header: PretrainEpochMetrics.header) }
+    }
+
+    /// A digest of what this rank read (configuration, frames, weights, state), compared across ranks.
+    func inputDigest() -> UInt64 {
+        var d = InputDigest()
+        d.add(json: config)
+        d.add(json: state)
+        for (_, t) in model.parameters { d.add(t) }
+        for f in frames {
+            d.add(f.positions)
+            d.add(f.cell)
+            d.add(f.energy ?? .nan)
+            if let g = f.forces { d.add(g) }
+        }
+        return d.value
     }
 
     /// A state read from disk must be one this run could have written.
@@ -358,9 +382,22 @@ public final class PretrainTrainer {
         return (config.energyWeight / t, config.forceWeight / t, config.stressWeight / t)
     }
 
-    /// Loss of a batch and (when `train`) its gradients w.r.t. the trainable parameters (all but the
-    /// reference energies). Forces are recorded (createGraph) so that the loss differentiates through them.
-    func lossAndGradients<P: Potential>(_ m: P, _ idx: [Int], train: Bool, metrics: inout ForceFieldMetrics.Accumulator) -> (Double, [String: Tensor]) {
+    /// What a batch's loss terms are averaged over: its frames, force components and stress-labelled frames.
+    struct LossNorm {
+        var frames: Int
+        var components: Int
+        var stressFrames: Int
+    }
+
+    func lossNorm(_ idx: [Int]) -> LossNorm {
+        LossNorm(frames: idx.count, components: idx.reduce(0) { $0 + 3 * frames[$1].count },
+                 stressFrames: lossWeights.s > 0 ? idx.filter { frames[$0].stress != nil }.count : 0)
+    }
+
+    /// Loss of the frames `idx`, a part of a batch whose terms are averaged as `norm` says, and (when `train`) its
+    /// gradients w.r.t. the trainable parameters (all but the reference energies); the predicted energies and
+    /// forces (for the metrics). Forces are recorded (createGraph) so that the loss differentiates through them.
+    func lossAndGradients<P: Potential>(_ m: P, _ idx: [Int], train: Bool, norm: LossNorm) -> (loss: Double, gradients: [String: Tensor], energies: Tensor, forces: Tensor) {
         let (sys, xv, cv) = batch(idx)
         let w = lossWeights
         let nS = idx.count
@@ -386,8 +423,8 @@ public final class PretrainTrainer {
         let eRef = Tensor(idx.map { frames[$0].energy! })
         let fRef = Tensor.concatenate(idx.map { frames[$0].forces! }, axis: 0)
         var loss = Variable(constant: 0)
-        if w.e > 0 { loss = loss + (e - eRef).squared().mean() * w.e }
-        if w.f > 0 { loss = loss + (f - fRef).squared().mean() * w.f }
+        if w.e > 0 { loss = loss + (e - eRef).squared().sum() * (w.e / Double(norm.frames)) }
+        if w.f > 0 { loss = loss + (f - fRef).squared().sum() * (w.f / Double(norm.components)) }
         if !stressIdx.isEmpty {
             // σ = sym(∂E/∂ε)/V (ASE sign), compared on the frames that carry a stress label.
             var mask = Tensor.zeros([nS, 1, 1]), vol = Tensor.ones([nS, 1, 1]), sRef = Tensor.zeros([nS, 3, 3])
@@ -399,31 +436,68 @@ public final class PretrainTrainer {
                 for a in 0..<3 { for b in 0..<3 { sRef[k, a, b] = st[a, b] } }
             }
             let sigma = (g[1] + g[1].permuted([0, 2, 1])) * 0.5 / vol
-            loss = loss + ((sigma - sRef) * mask).squared().sum() * (w.s / Double(9 * stressIdx.count))
+            loss = loss + ((sigma - sRef) * mask).squared().sum() * (w.s / Double(9 * norm.stressFrames))
         }
-        for (k, fr) in idx.enumerated() {
-            metrics.add(atoms: fr >= 0 ? frames[fr].count : 0, energy: e.value[flat: k], reference: frames[fr].energy,
-                        forces: f.value.slice(axis: 0, sys.atomOffsets[k]..<sys.atomOffsets[k + 1]), referenceForces: frames[fr].forces)
-        }
-        guard train else { return (loss.scalar, [:]) }
+        guard train else { return (loss.scalar, [:], e.value, f.value) }
         let grads = tape.gradient(of: loss, wrt: leaves.map(\.1))
         var out: [String: Tensor] = [:]
         for ((name, _), gr) in zip(leaves, grads) { out[name] = gr.value }
-        return (loss.scalar, out)
+        return (loss.scalar, out, e.value, f.value)
     }
 
-    /// Validation loss and metrics with the current weights.
+    /// The trainable parameters (all but the reference energies) in one flat vector, in the model's order.
+    var gradientLayout: GradientLayout {
+        GradientLayout(model.parameters.filter { $0.key != referenceParameter }.map { ($0.key, $0.value.shape) })
+    }
+
+    /// One pass over `units` (lists of frame indices): every rank computes the loss (and with `train` the
+    /// gradient) of its contiguous share of the units; every rank gets the loss pieces in unit order, the
+    /// gradient sum ((0 + g₀) + g₁) + … in unit order (`orderedSum`: one process's bits for any rank count) and
+    /// the metrics of the predictions accumulated frame by frame in order.
+    func unitPass(_ units: [[Int]], train: Bool, norm: (Int) -> LossNorm, metrics: inout ForceFieldMetrics.Accumulator) -> (losses: [Double], gradient: [String: Tensor]) {
+        let comm = communicator
+        let layout = gradientLayout
+        var terms: [[Double]] = [], losses: [Double] = [], predictions: [Double] = []
+        for u in comm.shard(of: units.count) {
+            let r = lossAndGradients(model, units[u], train: train, norm: norm(u))
+            if train { terms.append(layout.flatten(r.gradients)) }
+            losses.append(r.loss)
+            // Per frame: the energy, then its forces.
+            var off = 0
+            for (k, fr) in units[u].enumerated() {
+                predictions.append(r.energies[flat: k])
+                let n = 3 * frames[fr].count
+                r.forces.withUnsafeBufferPointer { predictions += $0[off..<(off + n)] }
+                off += n
+            }
+        }
+        let sum = train ? comm.orderedSum(terms, count: units.count, length: layout.length) : []
+        let allLosses = comm.allgatherConcatenated(losses)
+        let allPredictions = comm.allgatherConcatenated(predictions)
+        var off = 0
+        for fr in units.joined() {
+            let n = frames[fr].count
+            let f = Tensor(shape: [n, 3], Array(allPredictions[(off + 1)..<(off + 1 + 3 * n)]))
+            metrics.add(atoms: n, energy: allPredictions[off], reference: frames[fr].energy, forces: f, referenceForces: frames[fr].forces)
+            off += 1 + 3 * n
+        }
+        return (allLosses, train ? layout.unflatten(sum) : [:])
+    }
+
+    /// The units of a mini-batch: consecutive runs of `microBatch` frames (1 by default).
+    func units(_ idx: [Int]) -> [[Int]] {
+        let m = config.microBatch ?? 1
+        return stride(from: 0, to: idx.count, by: m).map { Array(idx[$0..<Swift.min($0 + m, idx.count)]) }
+    }
+
+    /// Validation loss and metrics with the current weights (chunks of `batch` frames, shared out over the ranks).
     func validate() -> (Double, ForceFieldMetrics) {
         var acc = ForceFieldMetrics.Accumulator()
-        var total = 0.0
-        var start = 0
         let v = state.valIndices
-        while start < v.count {
-            let chunk = Array(v[start..<Swift.min(start + config.batch, v.count)])
-            let (l, _) = lossAndGradients(model, chunk, train: false, metrics: &acc)
-            total += l * Double(chunk.count)
-            start += config.batch
-        }
+        let chunks = stride(from: 0, to: v.count, by: config.batch).map { Array(v[$0..<Swift.min($0 + config.batch, v.count)]) }
+        let (losses, _) = unitPass(chunks, train: false, norm: { lossNorm(chunks[$0]) }, metrics: &acc)
+        var total = 0.0
+        for (l, c) in zip(losses, chunks) { total += l * Double(c.count) }
         return (total / Double(Swift.max(v.count, 1)), acc.metrics)
     }
 
@@ -468,9 +542,11 @@ public final class PretrainTrainer {
             // Model files and metrics.csv first, the checkpoint (atomic) last: a process killed in between
             // repeats the epoch on resume, which gives the same files again, and drops metric rows past the
             // checkpoint's epoch.
-            try run.saveModel(model, to: "last.safetensors", metadata: provenance(kind: "last"))
-            if improved { try run.saveModel(model, to: "best.safetensors", metadata: provenance(kind: "best")) }
-            try run.appendMetrics(row.csv, header: PretrainEpochMetrics.header)
+            if communicator.writesFiles {
+                try run.saveModel(model, to: "last.safetensors", metadata: provenance(kind: "last"))
+                if improved { try run.saveModel(model, to: "best.safetensors", metadata: provenance(kind: "best")) }
+                try run.appendMetrics(row.csv, header: PretrainEpochMetrics.header)
+            }
             try saveCheckpoint()
             report(.epoch(row, improved: improved))
         }
@@ -491,7 +567,9 @@ public final class PretrainTrainer {
             let idx = Array(order[(b * config.batch)..<Swift.min((b + 1) * config.batch, order.count)])
             // A rejected batch stays out of the epoch's loss and metrics (its predictions may be NaN).
             let accBefore = acc
-            let (l, grads0) = lossAndGradients(model, idx, train: true, metrics: &acc)
+            let norm = lossNorm(idx)
+            let (pieces, grads0) = unitPass(units(idx), train: true, norm: { _ in norm }, metrics: &acc)
+            let l = pieces.reduce(0, +)
             var grads = grads0
             if config.clipNorm > 0 { _ = clipGradients(&grads, maxNorm: config.clipNorm) }
             var p: [String: Tensor] = [:]
@@ -522,13 +600,21 @@ public final class PretrainTrainer {
         return (lossSum / Double(accepted), acc.metrics)
     }
 
-    /// Weights and state in one atomic file, then the cost so far.
+    /// Weights and state in one atomic file, then the cost so far (collective: every rank calls it).
     func saveCheckpoint() throws {
-        try run.saveCheckpoint(model.parameters, state: state, key: Self.checkpointKey, session: session)
+        let cost = session.map { communicator.jobCost($0) }
+        guard communicator.writesFiles else { return }
+        try run.writeCheckpoint(model.parameters, state: state, key: Self.checkpointKey)
+        if let cost { try run.writeJSON(cost, to: "cost.json", pretty: true) }
     }
 
-    /// The run's cost over all its processes so far (written to cost.json).
-    public func cost() throws -> RunDirectory.Cost { try run.cost(session) }
+    /// The run's cost over all its processes and ranks so far (written to cost.json by rank 0; collective).
+    public func cost() throws -> RunDirectory.Cost {
+        guard let s = session else { return try run.cost(nil) }
+        let c = communicator.jobCost(s)
+        if communicator.writesFiles { try run.writeJSON(c, to: "cost.json", pretty: true) }
+        return c
+    }
 
     /// The command line, with the run directory by its name only (where it lived is machine-specific).
     var recordedCommand: String { run.recordedCommand(config.command) }

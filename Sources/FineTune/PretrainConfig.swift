@@ -19,8 +19,11 @@ public struct PretrainConfig: RunConfiguration, Sendable, Equatable {
     /// "plateau" (×0.5 after `schedulePatience` epochs without validation improvement), "cosine", "constant".
     public var schedule = "plateau"
     public var schedulePatience = 5
-    /// Structures per mini-batch (batched into one graph).
+    /// Structures per mini-batch.
     public var batch = 4
+    /// Structures per graph within a mini-batch (nil: 1): the unit whose gradients are summed in order, and the
+    /// unit data-parallel ranks share out, so results do not depend on the rank count.
+    public var microBatch: Int? = nil
     public var seed: UInt64 = 1
     /// Validation frames taken from the training files when no validation file is given.
     public var valFraction = 0.1
@@ -61,6 +64,7 @@ public struct PretrainConfig: RunConfiguration, Sendable, Equatable {
         if energyWeight < 0 || forceWeight < 0 || stressWeight < 0 || energyWeight + forceWeight + stressWeight <= 0 {
             try fail("loss weights must be ≥ 0 and not all 0")
         }
+        if let m = microBatch, m < 1 { try fail("the micro-batch must be positive") }
         if epochs < 1 || batch < 1 || patience < 0 { try fail("epochs and batch must be positive, patience 0 (never stop early) or more") }
         if !(learningRate > 0 && learningRate.isFinite) { try fail("learning rate must be positive") }
         if schedulePatience < 0 || (maxRejectedSteps ?? 0) < 0 || radialBasis < 1 { try fail("schedule patience and max rejected steps must be ≥ 0, radial basis positive") }

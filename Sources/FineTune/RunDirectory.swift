@@ -301,6 +301,16 @@ public struct RunDirectory: Sendable {
         let wallStart: Date
         let cpuStart: Double
 
+        /// This process's cost so far (sessions: 1).
+        public var thisProcess: Cost {
+            var c = Cost()
+            c.wallSeconds = Date().timeIntervalSince(wallStart)
+            c.cpuSeconds = processCPUSeconds() - cpuStart
+            c.peakRSSMB = peakResidentMegabytes()
+            c.sessions = 1
+            return c
+        }
+
         /// The run's cost: earlier processes plus this one so far.
         public var total: Cost {
             var c = earlier

@@ -1,4 +1,5 @@
 import Atoms
+import Cluster
 import Foundation
 import Loss
 import Potentials
@@ -165,30 +166,54 @@ public struct BatchGradient: Sendable {
     /// Per example; NaN for a failed one.
     public var losses: [Double]
     public var gradients: [String: Tensor]
-    /// The examples (index in the batch) that failed, and why.
+    /// The examples (index in the batch) that failed, and why (over all ranks; another rank's failure is
+    /// known by its step only).
     public var failures: [(index: Int, failure: RelaxationFailure)] = []
-    /// Structures whose implicit-gradient term was left out (`BPTTResult.fixedPointFailure`).
+    /// Wall seconds this rank spent in the cross-rank sum and gather (waiting for other ranks included).
+    public var communicationSeconds = 0.0
+    /// Structures whose implicit-gradient term was left out (`BPTTResult.fixedPointFailure`), over all ranks.
     public var fixedPointFailures = 0
 
     /// Whether there is a finite gradient to step with (at least one example passed).
     public var isFinite: Bool { failures.count < losses.count && gradients.values.allSatisfy(\.isFinite) }
 }
 
+/// With several ranks, each relaxes its contiguous share of `examples` (on `threads` threads) and the terms
+/// g_i/B are summed by `orderedSum` in example order, ((0 + g₀/B) + g₁/B) + …, as one process adds them: every
+/// rank gets one process's bits, for any number of ranks and threads.
 public func batchGradient(_ examples: [RelaxationExample], potential: any Potential, settings: BPTTSettings, trainable: [String],
-                          threads: Int) -> BatchGradient {
-    let results = parallelMap(examples.count, threads: threads) { i in
-        relaxationLossAndGradient(examples[i], potential: potential, settings: settings)
+                          threads: Int, communicator comm: any Communicator = LocalCommunicator()) -> BatchGradient {
+    let shard = comm.shard(of: examples.count)
+    let results = parallelMap(shard.count, threads: threads) { i in
+        relaxationLossAndGradient(examples[shard.lowerBound + i], potential: potential, settings: settings)
     }
-    var grads: [String: Tensor] = [:]
-    let passed = results.filter { $0.failure == nil }
-    let w = 1 / Double(Swift.max(passed.count, 1))
-    for r in passed {
-        for name in trainable { grads["p/" + name] = (grads["p/" + name] ?? Tensor.zeros(potential.parameters[name]!.shape)) + r.gradients[name]! * w }
-        for name in settings.trainableHyper { grads["r/" + name] = (grads["r/" + name] ?? Tensor(scalar: 0)) + Tensor(scalar: r.hyperGradients[name]! * w) }
+    // Per example in one gather: loss, failed step + 1 (0: passed) and the fixed-point flag, so that every
+    // rank knows the whole batch's failures before the sum, which is over the examples that passed.
+    let t0 = Date()
+    let perExample = comm.allgatherConcatenated(results.flatMap { [$0.loss, $0.failure.map { Double($0.step + 1) } ?? 0, $0.fixedPointFailure == nil ? 0 : 1] })
+    let losses = stride(from: 0, to: perExample.count, by: 3).map { perExample[$0] }
+    let failedStep = stride(from: 1, to: perExample.count, by: 3).map { Int(perExample[$0]) - 1 }
+    let fixedPoint = stride(from: 2, to: perExample.count, by: 3).filter { perExample[$0] != 0 }.count
+    let layout = GradientLayout(trainable.map { ("p/" + $0, potential.parameters[$0]!.shape) } + settings.trainableHyper.map { ("r/" + $0, []) })
+    let w = 1 / Double(Swift.max(failedStep.filter { $0 < 0 }.count, 1))
+    // A failed example adds zeros (and has no gradients to flatten).
+    let terms = results.map { r -> [Double] in
+        guard r.failure == nil else { return [Double](repeating: 0, count: layout.length) }
+        var g: [String: Tensor] = [:]
+        for name in trainable { g["p/" + name] = r.gradients[name]! }
+        for name in settings.trainableHyper { g["r/" + name] = Tensor(scalar: r.hyperGradients[name]!) }
+        return layout.flatten(g, scale: w)
     }
-    let failures = results.enumerated().compactMap { k, r in r.failure.map { (index: k, failure: $0) } }
-    return BatchGradient(losses: results.map(\.loss), gradients: grads, failures: failures,
-                         fixedPointFailures: results.filter { $0.fixedPointFailure != nil }.count)
+    let sum = comm.orderedSum(terms, count: examples.count, length: layout.length)
+    let ranks = shardRanges(count: examples.count, parts: comm.size)
+    let failures = failedStep.enumerated().compactMap { k, step -> (index: Int, failure: RelaxationFailure)? in
+        guard step >= 0 else { return nil }
+        if shard.contains(k), let f = results[k - shard.lowerBound].failure { return (k, f) }
+        let rank = ranks.firstIndex { $0.contains(k) } ?? 0
+        return (k, RelaxationFailure(step: step, reason: "non-finite values (on rank \(rank))"))
+    }
+    return BatchGradient(losses: losses, gradients: layout.unflatten(sum), failures: failures, communicationSeconds: Date().timeIntervalSince(t0),
+                         fixedPointFailures: fixedPoint)
 }
 
 /// Fine-tuning by backpropagation through relaxations: Adam on the potential's parameters (and chosen relaxer
@@ -198,6 +223,8 @@ public final class FineTuneTrainer {
     public let config: FineTuneConfig
     public let run: RunDirectory
     public var runDirectory: String { run.path }
+    /// The ranks of a data-parallel job (one process: a single rank). Rank 0 alone writes the run directory.
+    public let communicator: any Communicator
     public private(set) var potential: any Potential
     public let train: [RelaxationExample]
     public let validation: [RelaxationExample]
@@ -214,8 +241,9 @@ public final class FineTuneTrainer {
     /// `validationExamples`: a separate validation set (e.g. the val split of a dataset); nil takes a seeded
     /// fraction `config.validationFraction` of `examples`. `forceFrames`: the frames of `config.forceData`.
     public init(config: FineTuneConfig, potential: any Potential, examples: [RelaxationExample], validationExamples: [RelaxationExample]? = nil,
-                forceFrames: [Structure] = [], runDirectory: String) throws {
+                forceFrames: [Structure] = [], runDirectory: String, communicator: any Communicator = LocalCommunicator()) throws {
         self.config = config
+        self.communicator = communicator
         self.forceFrames = forceFrames
         if (config.forceWeight ?? 0) > 0 {
             guard !forceFrames.isEmpty else { throw DatasetError(message: "a force weight needs frames with forces (forceData)") }
@@ -280,7 +308,7 @@ public final class FineTuneTrainer {
         // Without either, the run was stopped between writing config.json and its first checkpoint: it starts
         // from the beginning, as the stored configuration says.
         try validateState()
-        try run.storeEpochs(config.epochs, as: FineTuneConfig.self)
+        if communicator.writesFiles { try run.storeEpochs(config.epochs, as: FineTuneConfig.self) }
         if case .cosine(let old, let minFactor) = state.schedule.schedule, old != config.epochs {
             state.schedule.schedule = .cosine(epochs: config.epochs, minFactor: minFactor)
             if state.nextEpoch > 0 { state.schedule.endEpoch(state.nextEpoch - 1, monitored: state.bestValidation ?? .infinity) }
@@ -323,30 +351,57 @@ public final class FineTuneTrainer {
         RelaxationProtocol(relaxer: relaxer, steps: config.steps, stopFmax: config.stopFmax)
     }
 
-    /// Relaxes `examples` on `config.threads` threads, reporting after each round.
+    /// Relaxes `examples` on `config.threads` threads (each rank its share), reporting after each round.
     func evaluate(_ examples: [RelaxationExample], protocol p: RelaxationProtocol? = nil, potential pot: (any Potential)? = nil,
-                  progress: (Int) -> Void = { _ in }) -> [ExampleEvaluation] {
-        evaluateRelaxations(examples, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads, progress: progress)
+                  progress: (Int) -> Void = { _ in }) throws -> [ExampleEvaluation] {
+        try evaluateRelaxations(examples, potential: pot ?? potential, protocol: p ?? relaxationProtocol, threads: config.threads,
+                                communicator: communicator, progress: progress)
     }
 
     func saveModel(to name: String, epoch: Int) throws {
+        guard communicator.writesFiles else { return }
         try run.saveModel(potential, to: name, metadata: [
             "relaxation_protocol": relaxationProtocol.metadataValue,
             "training": "relaxft finetune (BPTT) from \(ModelFile.recordedArgument(config.pretrained)), epoch \(epoch), gradient \(config.gradient), relaxer \(config.relaxer.name), T = \(config.steps)",
         ])
     }
 
-    /// Weights and state in one atomic file, then the cost so far.
+    /// Weights and state in one atomic file, then the cost so far (collective: every rank calls it).
     func saveCheckpoint() throws {
-        try run.saveCheckpoint(potential.parameters, state: state, key: Self.checkpointKey, session: session)
+        let cost = session.map { communicator.jobCost($0) }
+        guard communicator.writesFiles else { return }
+        try run.writeCheckpoint(potential.parameters, state: state, key: Self.checkpointKey)
+        if let cost { try run.writeJSON(cost, to: "cost.json", pretty: true) }
+    }
+
+    /// A digest of what this rank read (configuration, data, weights, state), compared across ranks.
+    func inputDigest() -> UInt64 {
+        var d = InputDigest()
+        var c = config
+        c.threads = 0
+        d.add(json: c)
+        d.add(json: state)
+        for (_, t) in potential.parameters { d.add(t) }
+        for set in [train, validation] {
+            d.add(Double(set.count))
+            for ex in set {
+                d.add(bytes: ex.name.utf8)
+                d.add(ex.initial.positions)
+                d.add(ex.initial.cell)
+                d.add(ex.target)
+            }
+        }
+        for f in forceFrames { d.add(f.positions); if let g = f.forces { d.add(g) } }
+        return d.value
     }
 
     /// Runs (or continues) the training; `report` gets progress events. `stopAfterEpoch` ends the run early at
     /// that epoch, as an interruption would (the checkpoint is saved before the first relaxation and after
     /// every epoch).
     public func run(stopAfterEpoch: Int? = nil, report: (FineTuneEvent) -> Void = { _ in }) throws -> FineTuneSummary {
+        try communicator.requireSameInputs(inputDigest(), what: "inputs (configuration, data, model or checkpoint)")
         if !started {
-            _ = try RunDirectory.create(run.path, config: config)
+            if communicator.writesFiles { _ = try RunDirectory.create(run.path, config: config) }
             started = true
         }
         if !run.exists("checkpoint.safetensors") { try saveCheckpoint() }
@@ -372,8 +427,8 @@ public final class FineTuneTrainer {
             let eta = done > 0 ? Date().timeIntervalSince(t0) / Double(done) * Double(total - done) : nil
             report(.initialEvaluation(done: done, total: total, eta: eta))
         }
-        let tr = evaluate(train, progress: progress)
-        let va = evaluate(validation) { progress(train.count + $0) }
+        let tr = try evaluate(train, progress: progress)
+        let va = try evaluate(validation) { progress(train.count + $0) }
         state.before["train_dq_mean"] = ErrorSummary(tr.map(\.deltaQ)).mean
         if !va.isEmpty {
             let s = ErrorSummary(va.map(\.deltaQ))
@@ -389,7 +444,7 @@ public final class FineTuneTrainer {
 
     /// The gradient of one optimizer step: the batch's ΔQ gradient, plus the force term when it is on.
     func stepGradient(_ batch: [RelaxationExample], settings: BPTTSettings, forceSquares: inout Double, forceComponents: inout Int) -> BatchGradient {
-        var g = batchGradient(batch, potential: potential, settings: settings, trainable: trainable, threads: config.threads)
+        var g = batchGradient(batch, potential: potential, settings: settings, trainable: trainable, threads: config.threads, communicator: communicator)
         if let wf = config.forceWeight, wf > 0 {
             let (_, fg, m) = energyForceLossAndGradient(potential, trainable: trainable, frames: drawForceFrames(), energyWeight: 0, forceWeight: 1)
             for name in trainable { g.gradients["p/" + name] = g.gradients["p/" + name]! + fg[name]! * wf }
@@ -487,7 +542,7 @@ public final class FineTuneTrainer {
         if config.gradient.differentiatesMinimum { metrics.fixedPointFailures = fixedPointFailures }
         var monitored = tr.mean
         if !validation.isEmpty {
-            let evals = evaluate(validation)
+            let evals = try evaluate(validation)
             let va = ErrorSummary(evals.map(\.deltaQ))
             metrics.valDQMean = va.mean
             metrics.valDQMedian = va.median
@@ -543,18 +598,18 @@ public final class FineTuneTrainer {
                 + "\(m.failedExamples.map(String.init) ?? ""),\(m.failedValidation.map(String.init) ?? ""),\(f(m.seconds))"
                 + (withForces ? "," + f(m.trainForceRMSE) : "") + (withFixedPoint ? "," + (m.fixedPointFailures.map { "\($0)" } ?? "") : ""))
         }
-        try run.writeMetrics(lines)
+        if communicator.writesFiles { try run.writeMetrics(lines) }
     }
 
     /// ΔQ before (start of the run) and after (best model, with the relaxer settings saved with it), and the
     /// run's cost; written to RUN_DIR/summary.json.
     public func summary() throws -> FineTuneSummary {
-        let (best, meta) = try ModelFile.load(bestModelPath)
+        let (best, meta) = try communicator.loadModelFromRankZero(bestModelPath)
         let proto = RelaxationProtocol.fromMetadata(meta) ?? relaxationProtocol
-        let tr = ErrorSummary(evaluate(train, protocol: proto, potential: best).map(\.deltaQ))
+        let tr = ErrorSummary(try evaluate(train, protocol: proto, potential: best).map(\.deltaQ))
         var vaMean: Double? = nil, vaMedian: Double? = nil
         if !validation.isEmpty {
-            let va = ErrorSummary(evaluate(validation, protocol: proto, potential: best).map(\.deltaQ))
+            let va = ErrorSummary(try evaluate(validation, protocol: proto, potential: best).map(\.deltaQ))
             vaMean = va.mean
             vaMedian = va.median
         }
@@ -564,7 +619,8 @@ public final class FineTuneTrainer {
             for (k, v) in best.parameters { d[k] = v.array }
             params = d
         }
-        let cost = try session.map { try run.recordCost($0) } ?? RunDirectory.Cost()
+        let cost = session.map { communicator.jobCost($0) } ?? RunDirectory.Cost()
+        if let _ = session, communicator.writesFiles { try run.writeJSON(cost, to: "cost.json", pretty: true) }
         let s = FineTuneSummary(train_dq_mean_before: state.before["train_dq_mean"] ?? .nan, train_dq_mean_after: tr.mean,
                                 val_dq_mean_before: state.before["val_dq_mean"], val_dq_mean_after: vaMean,
                                 val_dq_median_before: state.before["val_dq_median"], val_dq_median_after: vaMedian,
@@ -572,7 +628,7 @@ public final class FineTuneTrainer {
                                 peak_rss_mb: cost.peakRSSMB, wall_seconds: cost.wallSeconds, cpu_seconds: cost.cpuSeconds, sessions: cost.sessions,
                                 skipped_steps: state.skippedSteps, failed_examples: state.failedExamples, stopped_early: state.stoppedEarly,
                                 relaxer_hyperparameters: proto.relaxer.hyperparameters.dictionary, parameters: params)
-        try run.writeJSON(s, to: "summary.json", pretty: true)
+        if communicator.writesFiles { try run.writeJSON(s, to: "summary.json", pretty: true) }
         return s
     }
 }

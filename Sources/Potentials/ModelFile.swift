@@ -105,16 +105,30 @@ public enum ModelFile {
     /// (provenance, relaxer settings, …).
     public static func load(_ path: String) throws -> (potential: any Potential, metadata: [String: String]) {
         let (tensors, meta) = try SafeTensors.read(path)
+        return try load(tensors: tensors, metadata: meta, path: path)
+    }
+
+    /// A model from a model file's tensors and metadata read elsewhere (e.g. received from another rank).
+    public static func load(tensors: SafeTensors.OrderedTensors, metadata meta: [String: String], path: String) throws
+        -> (potential: any Potential, metadata: [String: String]) {
+        if meta["relaxft_kind"] == ModelDelta.kind {
+            var params = OrderedDictionary<Tensor>()
+            for (name, t) in tensors { params[name] = t }
+            return try ModelDelta.load(params, meta, path: path)
+        }
+        return (try potential(tensors: tensors, metadata: meta, path: path), meta)
+    }
+
+    static func potential(tensors: SafeTensors.OrderedTensors, metadata meta: [String: String], path: String) throws -> any Potential {
         guard let kind = meta["relaxft_kind"] else {
             throw PotentialSpecError(message: "\(path): not a relaxft model file (no relaxft_kind in __metadata__)")
         }
         var params = OrderedDictionary<Tensor>()
         for (name, t) in tensors { params[name] = t }
-        if kind == ModelDelta.kind { return try ModelDelta.load(params, meta, path: path) }
         guard let loader = loaders[kind] else {
             throw PotentialSpecError(message: "\(path): unknown model kind '\(kind)' (known: \(knownKinds.joined(separator: ", ")))")
         }
-        return (try make(loader, params, meta, path: path), meta)
+        return try make(loader, params, meta, path: path)
     }
 }
 

@@ -1,4 +1,5 @@
 import Atoms
+import Cluster
 import FineTune
 import Foundation
 import Loss
@@ -191,9 +192,11 @@ struct EvaluateJob {
 
 func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     let job = try EvaluateJob(a)
-    let json = a.has("json"), quiet = a.has("quiet")
+    let comm = world()
+    // Every rank relaxes its share of the structures; rank 0 alone reports and writes.
+    let json = a.has("json") && comm.rank == 0, quiet = a.has("quiet") || comm.rank != 0
     let terminal = Terminal(handle: json ? FileHandle.standardError : FileHandle.standardOutput)
-    for n in job.notes { printError("relaxft evaluate: \(n)") }
+    if comm.rank == 0 { for n in job.notes { printError("relaxft evaluate: \(n)") } }
     if !quiet {
         for k in job.specs.indices {
             terminal.line("model \(k + 1) (\(job.labels[k])): \(job.specs[k])" + (job.examples.isEmpty ? "" : "; relaxations: \(job.protocols[k])"))
@@ -202,12 +205,13 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
     let progress = ProgressLine(enabled: !quiet)
     var reports: [ModelReport] = [], perStructure: [[ExampleEvaluation]] = []
     if !job.examples.isEmpty {
-        (reports, perStructure) = relaxationReports(job, progress: progress)
+        (reports, perStructure) = try relaxationReports(job, progress: progress, communicator: comm)
     }
     var labelled: [LabelledReport] = []
     if !job.labelled.isEmpty {
-        labelled = labelledReports(job, progress: progress)
+        labelled = try labelledReports(job, progress: progress, communicator: comm)
     }
+    guard comm.rank == 0 else { return 0 }
     if let path = a.string("out") {
         let text = job.examples.isEmpty ? labelledCSV(job, labelled) : relaxationCSV(job, reports: reports, perStructure: perStructure)
         try AtomicFile.write(text, to: path)
@@ -225,12 +229,13 @@ func runEvaluate(_ a: ParsedArguments) throws -> Int32 {
 }
 
 /// Relaxes every structure with every model; the summaries and the per-structure results, model by model.
-func relaxationReports(_ job: EvaluateJob, progress: ProgressLine) -> ([ModelReport], [[ExampleEvaluation]]) {
+func relaxationReports(_ job: EvaluateJob, progress: ProgressLine, communicator: any Communicator) throws -> ([ModelReport], [[ExampleEvaluation]]) {
     var reports: [ModelReport] = [], perStructure: [[ExampleEvaluation]] = []
     for (k, potential) in job.potentials.enumerated() {
         let t0 = Date()
         let n = job.examples.count
-        let evals = evaluateRelaxations(job.examples, potential: potential, protocol: job.protocols[k], threads: job.threads, basin: job.basin) { done in
+        let evals = try evaluateRelaxations(job.examples, potential: potential, protocol: job.protocols[k], threads: job.threads, basin: job.basin,
+                                            communicator: communicator) { done in
             let eta = Date().timeIntervalSince(t0) / Double(done) * Double(n - done)
             progress.update("model \(k + 1)/\(job.specs.count): relaxed \(done)/\(n) structures  ETA \(formatDuration(eta))", final: done == n)
         }
@@ -279,11 +284,11 @@ struct LabelledReport {
     var predictions: [FramePrediction]
 }
 
-func labelledReports(_ job: EvaluateJob, progress: ProgressLine) -> [LabelledReport] {
-    job.potentials.enumerated().map { k, potential in
+func labelledReports(_ job: EvaluateJob, progress: ProgressLine, communicator: any Communicator) throws -> [LabelledReport] {
+    try job.potentials.enumerated().map { k, potential in
         let t0 = Date()
         let n = job.labelled.count
-        let predictions = predictFrames(job.labelled, potential: potential, threads: job.threads, stress: true) { done in
+        let predictions = try predictFrames(job.labelled, potential: potential, threads: job.threads, stress: true, communicator: communicator) { done in
             let eta = Date().timeIntervalSince(t0) / Double(done) * Double(n - done)
             progress.update("model \(k + 1)/\(job.specs.count): \(done)/\(n) labelled frames  ETA \(formatDuration(eta))", final: done == n)
         }

@@ -1,4 +1,5 @@
 import Atoms
+import Cluster
 import FineTune
 import Foundation
 import Potentials
@@ -124,7 +125,7 @@ func seedOption(_ a: ParsedArguments) throws -> UInt64 {
 }
 
 /// The trainer of a fine-tuning run with its data read (training, validation and force frames).
-func fineTuneTrainer(_ config: FineTuneConfig, runDirectory: String, quiet: Bool) throws -> FineTuneTrainer {
+func fineTuneTrainer(_ config: FineTuneConfig, runDirectory: String, quiet: Bool, communicator: any Communicator = LocalCommunicator()) throws -> FineTuneTrainer {
     let cmd = "finetune"
     let potential = try parsePotential(config.pretrained, command: cmd)
     let reader = try DataReader(command: cmd, frames: config.frames, skipUnknownElements: config.skipUnknownElements,
@@ -132,12 +133,13 @@ func fineTuneTrainer(_ config: FineTuneConfig, runDirectory: String, quiet: Bool
     let examples = try reader.examples(data: config.data, initial: config.initial, target: config.target)
     let validation = try config.validationData.map { try reader.examples(data: $0, initial: nil, target: nil, option: "--val", select: false) }
     let forceFrames = try reader.labelledFrames(config.forceData ?? [], option: "--force-data", select: false, requireForces: true)
-    for note in reader.notes { printError("relaxft finetune: \(note)") }
+    if communicator.rank == 0 { for note in reader.notes { printError("relaxft finetune: \(note)") } }
     return try FineTuneTrainer(config: config, potential: potential, examples: examples, validationExamples: validation,
-                         forceFrames: forceFrames, runDirectory: runDirectory)
+                         forceFrames: forceFrames, runDirectory: runDirectory, communicator: communicator)
 }
 
 func runFinetune(_ a: ParsedArguments) throws -> Int32 {
+    let comm = world()
     var config: FineTuneConfig
     let runDir: String
     if let r = a.string("resume") {
@@ -149,15 +151,17 @@ func runFinetune(_ a: ParsedArguments) throws -> Int32 {
     } else {
         (config, runDir) = try fineTuneConfig(a)
     }
-    let quiet = a.has("quiet"), json = a.has("json")
-    let trainer = try fineTuneTrainer(config, runDirectory: runDir, quiet: quiet)
+    // Rank 0 alone reports; the other ranks' output would repeat it.
+    let quiet = a.has("quiet") || comm.rank != 0, json = a.has("json") && comm.rank == 0
+    let trainer = try fineTuneTrainer(config, runDirectory: runDir, quiet: quiet, communicator: comm)
     // A new run's directory is created by the trainer, now that every input has been read, so that bad input
     // leaves nothing behind.
     if a.has("resume") { try trainer.resume() }
     let log: (String) -> Void = { emit($0, toStandardError: json) }
     if !quiet {
         log("finetune: \(trainer.train.count) training and \(trainer.validation.count) validation structures, \(config.relaxer.name) × \(config.steps) steps, "
-            + "gradient \(config.gradient), \(trainer.potential.kind) with \(trainer.potential.parameterCount) parameters")
+            + "gradient \(config.gradient), \(trainer.potential.kind) with \(trainer.potential.parameterCount) parameters"
+            + (comm.size > 1 ? "; \(comm.size) ranks (\(comm.backend)) × \(config.threads) threads" : ""))
     }
     let progress = ProgressLine(enabled: !quiet)
     let summary = try trainer.run { event in

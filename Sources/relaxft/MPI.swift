@@ -1,9 +1,44 @@
 import Cluster
+import FineTune
 import Foundation
 
 /// Commands that run as the ranks of an MPI job; the others refuse to start as several tasks, since every task
 /// would do the whole job and write the same files.
-let dataParallelCommands: Set<String> = ["mpi-selftest"]
+let dataParallelCommands: Set<String> = ["mpi-selftest", "finetune", "pretrain", "evaluate"]
+
+/// The communicator of this process (joined in `runDataParallel`; a single rank for other commands).
+func world() -> any Communicator { Cluster.current ?? LocalCommunicator() }
+
+/// Runs a data-parallel command: the options are checked first (a usage error ends every task alike, printed by
+/// the launcher's rank 0 only), then the process joins the job's MPI world, and every way out goes through
+/// `Cluster.exit`: on an error the failing rank's message is printed and the whole job ends (no rank waits for a
+/// rank that is gone).
+func runDataParallel(_ cmd: Command, _ args: [String]) -> Never {
+    let launchRank = (try? LaunchEnvironment.detect())?.launchRank ?? 0
+    let parsed: ParsedArguments
+    do {
+        guard let p = try ArgumentParser.parse(args, cmd.spec) else { exit(0) }
+        parsed = p
+    } catch {
+        if launchRank == 0 { printError(error is UsageError ? "\(error)" : "relaxft \(cmd.spec.name): \(userMessage(error))") }
+        exit(2)
+    }
+    do { _ = try Cluster.world() } catch {
+        if launchRank == 0 { printError("relaxft \(cmd.spec.name): \(error)") }
+        exit(2)
+    }
+    let code: Int32
+    // The same exit codes and messages as a single process (see RelaxFT.main), control characters escaped.
+    func message(_ s: String) -> String { s.escapingControlCharacters(keepNewlines: true) }
+    do { code = try cmd.run(parsed) } catch let e as UsageError {
+        Cluster.exit(2, message: message(e.description))
+    } catch let e as TrainingStopped {
+        Cluster.exit(1, message: message("relaxft \(cmd.spec.name): \(e)"))
+    } catch {
+        Cluster.exit(2, message: message("relaxft \(cmd.spec.name): \(userMessage(error))"))
+    }
+    Cluster.exit(code)
+}
 
 /// Exits with code 2 (the message from the launcher's rank 0 only) when `command` was started as several tasks
 /// of mpirun/srun but runs in one process.

@@ -36,6 +36,7 @@ let pretrainCommand = Command(
             Vocabulary.clip,
             Vocabulary.maxRejectedSteps,
             Vocabulary.batch,
+            OptionSpec("--micro-batch", value: "K", default: "1", help: "structures per graph within a batch: the unit whose gradients are summed in order and that MPI ranks share out (results do not depend on the rank count)"),
             Vocabulary.seed.detail("of the initialisation, split and shuffling"),
             Vocabulary.out.detail("the run directory (checkpoints, metrics.csv)"),
             Vocabulary.resume.detail("--epochs sets a new budget; --json and --quiet apply"),
@@ -97,6 +98,7 @@ func pretrainConfig(_ args: ParsedArguments) throws -> (PretrainConfig, runDirec
     o.clipNorm = try args.double("clip")!
     o.maxRejectedSteps = try args.nonNegativeInt("max-rejected-steps")!
     o.batch = try args.positiveInt("batch")!
+    o.microBatch = try args.positiveInt("micro-batch")
     o.seed = try seedOption(args)
     o.valFraction = try args.double("val-fraction")!
     o.dataFiles = data
@@ -113,19 +115,22 @@ func pretrainConfig(_ args: ParsedArguments) throws -> (PretrainConfig, runDirec
 }
 
 func runPretrain(_ args: ParsedArguments) throws -> Int32 {
-    let json = args.has("json"), quiet = args.has("quiet")
+    let comm = world()
+    // Rank 0 alone reports; the other ranks' output would repeat it.
+    let json = args.has("json") && comm.rank == 0, quiet = args.has("quiet") || comm.rank != 0
     let log: (String) -> Void = quiet ? { _ in } : { emit($0, toStandardError: json) }
     let trainer: PretrainTrainer
+    let ranks = comm.size > 1 ? "; \(comm.size) ranks (\(comm.backend))" : ""
     if let dir = args.string("resume") {
         try args.refuseOnResume(allowed: ["epochs", "json", "quiet"])
-        trainer = try PretrainTrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs"))
-        log("resuming \(dir) after epoch \(trainer.completedEpochs)")
+        trainer = try PretrainTrainer.resume(runDirectory: dir, epochs: try args.givenPositiveInt("epochs"), communicator: comm)
+        log("resuming \(dir) after epoch \(trainer.completedEpochs)" + ranks)
     } else {
         let (o, out) = try pretrainConfig(args)
-        trainer = try PretrainTrainer(config: o, runDirectory: out)
-        log("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)")
+        trainer = try PretrainTrainer(config: o, runDirectory: out, communicator: comm)
+        log("\(o.model): \(trainer.model.parameterCount) parameters; run directory \(out)" + ranks)
     }
-    for note in trainer.dataNotes { printError("relaxft pretrain: \(note)") }
+    if comm.rank == 0 { for note in trainer.dataNotes { printError("relaxft pretrain: \(note)") } }
     // The starting point of a warm start, for the summary (before → after).
     var initial: (loss: Double, metrics: ForceFieldMetrics)? = nil
     if trainer.config.initModel != nil && trainer.completedEpochs == 0 {
@@ -148,9 +153,12 @@ func runPretrain(_ args: ParsedArguments) throws -> Int32 {
         }
     }
     if trainer.stoppedEarly { log("early stop: no validation improvement for \(trainer.config.patience) epochs (best epoch \(trainer.bestEpoch))") }
+    let cost = try trainer.cost()
+    // The test files and the summary: rank 0 alone (it wrote best.safetensors).
+    guard comm.rank == 0 else { return 0 }
     for (file, m) in try trainer.evaluateBest() { log("test \(file): \(m)") }
     log("best model: \(trainer.runDirectory)/best.safetensors (epoch \(trainer.bestEpoch))")
-    let summary = try writePretrainSummary(trainer, initial: initial)
+    let summary = try writePretrainSummary(trainer, initial: initial, cost: cost)
     if json { print(summary) }
     return 0
 }
@@ -169,8 +177,7 @@ func resolveModelPath(_ spec: String, command: String) throws -> String {
 /// RUN_DIR/summary.json: the best epoch's row of metrics.csv, the initial model's validation errors (warm
 /// start), and the training cost of this process (wall and CPU seconds, peak resident memory).
 @discardableResult
-func writePretrainSummary(_ trainer: PretrainTrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?) throws -> String {
-    let cost = try trainer.cost()
+func writePretrainSummary(_ trainer: PretrainTrainer, initial: (loss: Double, metrics: ForceFieldMetrics)?, cost: RunDirectory.Cost) throws -> String {
     var obj: [String: Any] = [
         "epochs": trainer.completedEpochs, "best_epoch": trainer.bestEpoch, "stopped_early": trainer.stoppedEarly,
         "train_frames": trainer.trainFrameCount, "val_frames": trainer.validationFrameCount, "rejected_steps": trainer.rejectedSteps,

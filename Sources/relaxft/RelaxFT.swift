@@ -46,6 +46,7 @@ struct RelaxFT {
             exit(2)
         }
         refuseMultiTaskLaunch(of: first)
+        if dataParallelCommands.contains(first) { runDataParallel(cmd, Array(args.dropFirst())) }
         do {
             guard let parsed = try ArgumentParser.parse(Array(args.dropFirst()), cmd.spec) else { exit(0) }
             exit(try cmd.run(parsed))

@@ -1,4 +1,5 @@
 import Foundation
+import Potentials
 import Testing
 
 /// Open MPI's launcher: RELAXFT_TEST_MPIRUN, else `mpirun` on the PATH; nil when absent (the MPI runs are then
@@ -154,5 +155,181 @@ struct MPITests {
                         "exit": "relaxft (rank 1 of 3): exited without finishing; ending the job",
                         "crash": "rank 1 crashes on purpose"][how]!
         #expect(r.stderr.contains(expected), "\(r.stderr)")
+    }
+}
+
+/// Runs `relaxft args…` in `dir`: one process on its own (`ranks` 0), or `mpirun --oversubscribe -n ranks`, with
+/// runWithTimeout's clean environment; a run still going after `timeout` seconds is killed.
+func relaxftRanks(_ ranks: Int, _ args: [String], in dir: URL, timeout: Double = 300) throws -> CLIRun {
+    var env = ["SWIFT_BACKTRACE": "enable=no", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+    for k in ["HOME", "TMPDIR"] { if let v = ProcessInfo.processInfo.environment[k] { env[k] = v } }
+    let path = URL(fileURLWithPath: relaxftBinary).deletingLastPathComponent().path + ":/usr/bin:/bin:/usr/local/bin"
+    if ranks == 0 { return try runTool(relaxftBinary, args, in: dir, path: path, environment: env, timeout: timeout) }
+    return try runTool(mpirunPath ?? "mpirun", ["--oversubscribe", "-n", "\(ranks)", relaxftBinary] + args, in: dir, path: path,
+                       environment: env, timeout: timeout)
+}
+
+/// Differences between two model files: tensors compared bit for bit, metadata key by key (`ignoring` keys that
+/// differ by design, such as the command line of a resumed run).
+func modelFileDifferences(_ a: String, _ b: String, ignoring: Set<String> = []) throws -> [String] {
+    let (ta, ma) = try SafeTensors.read(a), (tb, mb) = try SafeTensors.read(b)
+    var out: [String] = []
+    if ta.map(\.name) != tb.map(\.name) { out.append("tensor names \(ta.map(\.name)) vs \(tb.map(\.name))") }
+    for ((n, x), (_, y)) in zip(ta, tb) where x.shape != y.shape || zip(x.array, y.array).contains(where: { $0.bitPattern != $1.bitPattern }) {
+        out.append("tensor \(n)")
+    }
+    for k in Set(ma.keys).union(mb.keys).subtracting(ignoring) where ma[k] != mb[k] { out.append("metadata \(k): \(ma[k] ?? "–") vs \(mb[k] ?? "–")") }
+    return out
+}
+
+/// metrics.csv without its timing column (the only one that may differ between runs).
+func metricsWithoutSeconds(_ path: String) throws -> [String] {
+    let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+    guard let header = lines.first, let col = header.firstIndex(of: "seconds") else { return lines.map { $0.joined(separator: ",") } }
+    return lines.map { row in row.enumerated().filter { $0.offset != col }.map { String($0.element) }.joined(separator: ",") }
+}
+
+/// Data-parallel finetune, pretrain and evaluate: every rank count gives one process's results, bit for bit.
+/// Each run works in its own directory with the same run-directory name, so that model files (which record the
+/// command line) can be compared byte for byte.
+@Suite("data-parallel training under mpirun", .serialized,
+       .enabled(if: mpirunPath != nil || ProcessInfo.processInfo.environment["RELAXFT_TEST_REQUIRE_MPI"] == "1",
+                "mpirun not found: install Open MPI (apt-get install openmpi-bin libopenmpi-dev) to run the MPI tests"))
+struct DataParallelTests {
+    /// The known-truth job: SW with σ +3 %, λ −10 % fine-tuned on the SW-relaxed defect cells. 9 training
+    /// structures in batches of 4: shards of 2+2, 2+1+1 and, in the last batch of one, empty shards on ranks 1 and 2.
+    static let swArgs = ["--potential", perturbedSW, "--data", repoPath("Fixtures/data/sw-recovery/train.extxyz"), "--relaxer", "fire",
+                         "--steps", "20", "--batch", "4", "--lr", "0.01", "--relative-lr", "--train-params", "sigma,lambda",
+                         "--val-fraction", "0.25", "--seed", "0", "--threads", "1"]
+
+    @Test func finetuneGivesOneProcessBitsForAnyRankCountAndGradientMode() throws {
+        guard mpirunPath != nil else { Issue.record("RELAXFT_TEST_REQUIRE_MPI=1 but mpirun is not installed"); return }
+        for grad in ["checkpoint", "implicit"] {
+            let dirs = try (0..<3).map { _ in try Scratch() }
+            defer { dirs.forEach { $0.remove() } }
+            // One process; 2 ranks with 2 threads each (hybrid); 3 ranks (uneven and empty shards).
+            for (dir, (ranks, threads)) in zip(dirs, [(0, "1"), (2, "2"), (3, "1")]) {
+                var args = ["finetune"] + Self.swArgs + ["--grad", grad, "--epochs", "2", "-o", "run"]
+                args[args.firstIndex(of: "--threads")! + 1] = threads
+                let r = try relaxftRanks(ranks, args, in: dir.url)
+                #expect(r.status == 0, "\(grad), \(ranks) ranks: \(r.stderr)")
+                if ranks > 0 { #expect(r.stdout.contains("\(ranks) ranks (Open MPI"), "\(r.stdout)") }
+                // Rank 0 alone reports: one summary line.
+                #expect(r.stdout.components(separatedBy: "done: train ΔQ").count == 2, "\(r.stdout)")
+            }
+            let one = dirs[0]
+            for dir in dirs.dropFirst() {
+                for f in ["best.safetensors", "last.safetensors"] {
+                    let differences = try modelFileDifferences(one.path("run/" + f), dir.path("run/" + f))
+                    #expect(FileManager.default.contentsEqual(atPath: one.path("run/" + f), andPath: dir.path("run/" + f)), "\(grad): \(f): \(differences)")
+                }
+                #expect(try metricsWithoutSeconds(dir.path("run/metrics.csv")) == metricsWithoutSeconds(one.path("run/metrics.csv")))
+                // summary.json (sorted keys, one value a line) but for the cost, which is measured.
+                func results(_ d: Scratch) throws -> [Substring] {
+                    let cost = ["\"wall_seconds\"", "\"cpu_seconds\"", "\"peak_rss_mb\"", "\"seconds\"", "\"sessions\""]
+                    return try String(contentsOfFile: d.path("run/summary.json"), encoding: .utf8).split(separator: "\n")
+                        .filter { line in !cost.contains { line.contains($0) } }
+                }
+                #expect(try results(dir) == results(one), "\(grad): summary.json")
+            }
+            // The training moved the parameters (equal unchanged models would prove nothing).
+            let s1 = try JSONSerialization.jsonObject(with: Data(contentsOf: one.url.appendingPathComponent("run/summary.json"))) as! [String: Any]
+            let sigma = ((s1["parameters"] as? [String: Any])?["sigma"] as? [Double])?.first
+            #expect(sigma != nil && abs(sigma! - 2.157953) > 0.01, "\(grad): σ = \(String(describing: sigma))")
+        }
+    }
+
+    @Test func finetuneResumesWithAnotherRankCount() throws {
+        guard mpirunPath != nil else { Issue.record("RELAXFT_TEST_REQUIRE_MPI=1 but mpirun is not installed"); return }
+        let (one, split) = (try Scratch(), try Scratch())
+        defer { one.remove(); split.remove() }
+        #expect(try relaxftRanks(0, ["finetune"] + Self.swArgs + ["--epochs", "2", "-o", "run"], in: one.url).status == 0)
+        let first = try relaxftRanks(2, ["finetune"] + Self.swArgs + ["--epochs", "1", "-o", "run"], in: split.url)
+        #expect(first.status == 0, "\(first.stderr)")
+        let second = try relaxftRanks(3, ["finetune", "--resume", "run", "--epochs", "2"], in: split.url)
+        #expect(second.status == 0, "\(second.stderr)")
+        for f in ["best.safetensors", "last.safetensors"] {
+            #expect(try modelFileDifferences(one.path("run/" + f), split.path("run/" + f)).isEmpty)
+        }
+        #expect(try metricsWithoutSeconds(split.path("run/metrics.csv")) == metricsWithoutSeconds(one.path("run/metrics.csv")))
+        let cost = try JSONSerialization.jsonObject(with: Data(contentsOf: split.url.appendingPathComponent("run/cost.json"))) as! [String: Any]
+        #expect(cost["sessions"] as? Int == 2)
+    }
+
+    /// A tiny SchNet pretrained on labelled frames (per-frame gradient pieces summed in frame order), resumed with
+    /// another rank count, then fine-tuned through relaxations: one process's bits for 2 and 3 ranks.
+    @Test func neuralPretrainAndFinetuneGiveOneProcessBits() throws {
+        guard mpirunPath != nil else { Issue.record("RELAXFT_TEST_REQUIRE_MPI=1 but mpirun is not installed"); return }
+        let pre = ["pretrain", "--data", repoPath("Fixtures/data/si-defects/trajectories-tiny.extxyz"), "--frames", ":30", "--architecture", "schnet",
+                   "--features", "8", "--layers", "1", "--radial-basis", "8", "--batch", "5", "--seed", "3", "--energy-weight", "0.3", "-o", "pre"]
+        let dirs = try (0..<4).map { _ in try Scratch() }
+        defer { dirs.forEach { $0.remove() } }
+        for (dir, ranks) in zip(dirs.prefix(3), [0, 2, 3]) {
+            let r = try relaxftRanks(ranks, pre + ["--epochs", "2"], in: dir.url)
+            #expect(r.status == 0, "pretrain, \(ranks) ranks: \(r.stderr)")
+        }
+        // 3 ranks for the first epoch, 2 for the second.
+        #expect(try relaxftRanks(3, pre + ["--epochs", "1"], in: dirs[3].url).status == 0)
+        let resumed = try relaxftRanks(2, ["pretrain", "--resume", "pre", "--epochs", "2"], in: dirs[3].url)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        for dir in dirs.dropFirst() {
+            for f in ["best.safetensors", "last.safetensors"] {
+                #expect(try modelFileDifferences(dirs[0].path("pre/" + f), dir.path("pre/" + f), ignoring: ["training_command"]).isEmpty, "\(f)")
+            }
+            #expect(try metricsWithoutSeconds(dir.path("pre/metrics.csv")) == metricsWithoutSeconds(dirs[0].path("pre/metrics.csv")))
+        }
+        #expect(FileManager.default.contentsEqual(atPath: dirs[0].path("pre/best.safetensors"), andPath: dirs[2].path("pre/best.safetensors")))
+        // Fine-tuning the tiny SchNet through 6-step relaxations (ranks: 12 structures, batches of 5).
+        let ft = ["finetune", "--potential", "pre/best.safetensors", "--data", repoPath("Fixtures/data/si-defects/tiny.extxyz"),
+                  "--skip-unknown-elements", "--steps", "6", "--epochs", "1", "--batch", "5", "--lr", "0.002", "--val-fraction", "0.2",
+                  "--seed", "1", "--threads", "1", "-o", "ft"]
+        for (dir, ranks) in zip(dirs.prefix(3), [0, 2, 3]) {
+            let r = try relaxftRanks(ranks, ft, in: dir.url)
+            #expect(r.status == 0, "finetune, \(ranks) ranks: \(r.stderr)")
+        }
+        #expect(try !modelFileDifferences(dirs[0].path("pre/best.safetensors"), dirs[0].path("ft/last.safetensors"), ignoring: ["training", "relaxation_protocol"]).isEmpty,
+                "fine-tuning must move the weights")
+        for dir in dirs.dropFirst().prefix(2) {
+            #expect(FileManager.default.contentsEqual(atPath: dirs[0].path("ft/last.safetensors"), andPath: dir.path("ft/last.safetensors")))
+            #expect(try metricsWithoutSeconds(dir.path("ft/metrics.csv")) == metricsWithoutSeconds(dirs[0].path("ft/metrics.csv")))
+        }
+    }
+
+    @Test func evaluateOutputIsByteIdentical() throws {
+        guard mpirunPath != nil else { Issue.record("RELAXFT_TEST_REQUIRE_MPI=1 but mpirun is not installed"); return }
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let jobs: [(String, [String])] = [
+            ("relaxations", ["--potential", "sw", "--potential", perturbedSW, "--data", repoPath("Fixtures/data/sw-recovery/test.extxyz"), "--steps", "40"]),
+            ("labelled", ["--potential", "sw", "--data", repoPath("Fixtures/data/si-defects/trajectories-tiny.extxyz"), "--frames", ":40",
+                          "--skip-unknown-elements"]),
+        ]
+        for (name, args) in jobs {
+            var outputs: [(String, String)] = []
+            for ranks in [0, 2] {
+                let csv = "\(name)-\(ranks).csv"
+                let r = try relaxftRanks(ranks, ["evaluate"] + args + ["--threads", "1", "-o", csv], in: dir.url)
+                #expect(r.status == 0, "\(name), \(ranks) ranks: \(r.stderr)")
+                outputs.append((r.stdout, try String(contentsOfFile: dir.path(csv), encoding: .utf8)))
+            }
+            #expect(!outputs[0].0.isEmpty && outputs[0].1.split(separator: "\n").count > 4)
+            #expect(outputs[1].0 == outputs[0].0, "\(name): standard output differs")
+            #expect(outputs[1].1 == outputs[0].1, "\(name): CSV differs")
+        }
+    }
+
+    /// Rank 0 cannot create the run directory (its parent is a file) while the other ranks go on: the job ends
+    /// with rank 0's message, nothing hangs.
+    @Test func aRankThatFailsEndsTheTrainingJob() throws {
+        guard mpirunPath != nil else { Issue.record("RELAXFT_TEST_REQUIRE_MPI=1 but mpirun is not installed"); return }
+        let dir = try Scratch()
+        defer { dir.remove() }
+        try "not a directory".write(toFile: dir.path("blocker"), atomically: true, encoding: .utf8)
+        let start = Date()
+        let r = try relaxftRanks(3, ["finetune"] + Self.swArgs + ["--epochs", "1", "-o", "blocker/run"], in: dir.url, timeout: 120)
+        #expect(!r.stderr.contains("[killed after"), "the job hung after rank 0 failed: \(r.stderr)")
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("[rank 0 of 3] relaxft finetune:") && r.stderr.contains("blocker"), "\(r.stderr)")
+        #expect(Date().timeIntervalSince(start) < 100)
     }
 }
