@@ -113,7 +113,7 @@ enum CHGNetBPTTBench {
         var results: [BPTTResult] = []
         func epoch() -> (cpu: Double, wall: Double, faults: Int) {
             let (c0, t0, f0) = (cpuTime(), now(), minorFaults())
-            results = exs.map { relaxationLossAndGradient($0, potential: model, settings: settings) }
+            results = IntraOpThreads.$count.withValue(Int(args[4]) ?? 1) { exs.map { relaxationLossAndGradient($0, potential: model, settings: settings) } }
             return (cpuTime() - c0, now() - t0, minorFaults() - f0)
         }
         let warm = (0..<warmup).map { _ in epoch() }

@@ -28,7 +28,9 @@ enum CHGNetBench {
             // Fixed work for `perf stat`/`perf record`: that many calls on 216 atoms.
             let s = structure(repeats: 3)
             let sys = AtomicSystem(s, cutoff: model.cutoff)
-            for _ in 0..<calls { _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3])) }
+            IntraOpThreads.$count.withValue(ProcessInfo.processInfo.environment["CHGNET_PROFILE_THREADS"].flatMap(Int.init) ?? 1) {
+                for _ in 0..<calls { _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3])) }
+            }
             return
         }
         let sizes = [2, 3]
@@ -50,6 +52,7 @@ enum CHGNetBench {
             print("\(String(s.count).padding(toLength: 7, withPad: " ", startingAt: 0)) \(fmtTime(full.median)) (min \(fmtTime(full.min)))".padding(toLength: 34, withPad: " ", startingAt: 0)
                   + "\(fmtTime(only.median)) (min \(fmtTime(only.min)), CPU \(fmtTime(cpu)))".padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%.8f", energy))
         }
+        threads(model)
         guard let python = ProcessInfo.processInfo.environment["RELAXFT_PEERS_PYTHON"], !python.isEmpty else {
             print("PyTorch comparison skipped: set RELAXFT_PEERS_PYTHON to a Python with torch and chgnet 0.4.2")
             return
@@ -81,6 +84,35 @@ enum CHGNetBench {
             print("  \(n) atoms: torch full \(fmtTime(tf)), model \(fmtTime(tm)) (CPU \(fmtTime(tc))); ratio full \(fmt(tf / mine.full)), "
                   + "model \(fmt(tm / mine.model)), model CPU \(fmt(tc / mine.cpu))"
                   + String(format: "; E(torch float32) − E(relaxft) = %.2e eV", ((j["energy"] as? Double) ?? .nan) - mine.energy))
+        }
+    }
+
+    /// One structure on one and two threads (`IntraOpThreads`), alternated: wall time per call, the speed-up and
+    /// whether the energy and forces are the same bits.
+    static func threads(_ model: CHGNet) {
+        print("one structure on 2 threads (model only, E+F; alternated, median of ≥ 5 calls each, 3 rounds):")
+        for r in [2, 3] {
+            let s = structure(repeats: r)
+            let cells = s.cell.reshaped([1, 3, 3])
+            let sys = AtomicSystem(s, cutoff: model.cutoff)
+            var t1: [Double] = [], t2: [Double] = []
+            var out: [Int: [Double]] = [:]
+            for _ in 0..<3 {
+                for n in [1, 2] {
+                    var result: [Double] = []
+                    let m = IntraOpThreads.$count.withValue(n) {
+                        measureBoth(minRuns: 5, minSeconds: 1) {
+                            let e = model.evaluate(sys, positions: s.positions, cells: cells)
+                            result = [e.energy] + e.forces.array
+                        }
+                    }
+                    out[n] = result
+                    if n == 1 { t1.append(m.median) } else { t2.append(m.median) }
+                }
+            }
+            let a = t1.sorted()[1], b = t2.sorted()[1]
+            print("  \(s.count) atoms: 1 thread \(fmtTime(a)), 2 threads \(fmtTime(b)): speed-up \(fmt(a / b))×; energy and forces "
+                  + (out[1]! == out[2]! ? "bit-identical" : "DIFFER (max |Δ| \(zip(out[1]!, out[2]!).map { abs($0 - $1) }.max()!))"))
         }
     }
 }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Tape
 
 /// Results written from worker threads into distinct slots of a buffer.
 final class ResultSlots<T>: @unchecked Sendable {
@@ -11,16 +12,21 @@ final class ResultSlots<T>: @unchecked Sendable {
 }
 
 /// Maps `body` over 0..<n on up to `threads` threads; the result order is the index order, so the outcome
-/// does not depend on the thread count (each task must be independent and deterministic).
+/// does not depend on the thread count (each task must be independent and deterministic). With fewer tasks than
+/// threads, each task's operations get the spare threads (`IntraOpThreads`, which change no bit), so one large
+/// structure still uses every core.
 public func parallelMap<T>(_ n: Int, threads: Int, _ body: @escaping @Sendable (Int) -> T) -> [T] {
-    if threads <= 1 || n <= 1 { return (0..<n).map(body) }
+    let inner = Swift.max(1, threads / Swift.max(1, Swift.min(threads, n)))
+    if threads <= 1 || n <= 1 { return IntraOpThreads.$count.withValue(inner) { (0..<n).map(body) } }
     let slots = ResultSlots<T>(count: n)
     let counter = AtomicCounter()
     DispatchQueue.concurrentPerform(iterations: Swift.min(threads, n)) { _ in
-        while true {
-            let i = counter.next()
-            if i >= n { break }
-            slots.set(i, body(i))
+        IntraOpThreads.$count.withValue(inner) {
+            while true {
+                let i = counter.next()
+                if i >= n { break }
+                slots.set(i, body(i))
+            }
         }
     }
     return slots.values

@@ -62,7 +62,7 @@ extension Tensor {
         let out = Tensor(uninitializedShape: shape)
         let n = count
         let src = storage.pointer, dst = out.storage.pointer
-        for i in 0..<n { dst[i] = f(src[i]) }
+        parallelRows(n, perRow: 2, align: 512) { r in for i in r { dst[i] = f(src[i]) } }
         return out
     }
 
@@ -72,7 +72,7 @@ extension Tensor {
         precondition(a.shape == b.shape && a.shape == c.shape, "zip3 needs equal shapes, got \(a.shape), \(b.shape), \(c.shape)")
         let out = Tensor(uninitializedShape: a.shape)
         let pa = a.storage.pointer, pb = b.storage.pointer, pc = c.storage.pointer, po = out.storage.pointer
-        for i in 0..<a.count { po[i] = f(pa[i], pb[i], pc[i]) }
+        parallelRows(a.count, perRow: 2, align: 512) { r in for i in r { po[i] = f(pa[i], pb[i], pc[i]) } }
         return out
     }
 
@@ -82,7 +82,7 @@ extension Tensor {
         if a.shape == b.shape {
             let out = Tensor(uninitializedShape: a.shape)
             let pa = a.storage.pointer, pb = b.storage.pointer, po = out.storage.pointer
-            for i in 0..<a.count { po[i] = f(pa[i], pb[i]) }
+            parallelRows(a.count, perRow: 2, align: 512) { r in for i in r { po[i] = f(pa[i], pb[i]) } }
             return out
         }
         guard let s = Broadcast.shape(a.shape, b.shape) else {
@@ -228,7 +228,7 @@ extension Tensor {
         let q = x.storage.pointer
         withUnsafeMutableBufferPointer { p in
             guard let b = p.baseAddress else { return }
-            for i in 0..<p.count { b[i] = b[i] + q[i] }
+            parallelRows(p.count, perRow: 1, align: 512) { r in for i in r { b[i] = b[i] + q[i] } }
         }
     }
 
@@ -287,8 +287,35 @@ extension Tensor {
             }
             return out
         }
-        cblas_dgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), 1.0, pa, Int32(lda), pb, Int32(ldb), 0.0, pc, Int32(n))
+        let ta = transposeA ? CblasTrans : CblasNoTrans, tb = transposeB ? CblasTrans : CblasNoTrans
+        // Fixed blocks of C's rows (A's rows or, transposed, columns), one BLAS call each, whatever the thread count:
+        // OpenBLAS rounds a block the same wherever it is computed, but not always like a differently sized call
+        // (its small-matrix kernels take products under a size), so the blocks, not the threads, decide the calls.
+        let block = IntraOpThreads.productRowBlock
+        if m < 2 * block && k >= 2 * block {
+            // Few output rows and a long inner dimension (the weight gradients Gᵀ·X over all pairs): fixed chunks of
+            // the inner dimension, one partial product each, added in chunk order (again independent of the threads).
+            let chunks = (k + block - 1) / block, size = m * n
+            let partials = UnsafeMutablePointer<Double>.allocate(capacity: chunks * size)
+            defer { partials.deallocate() }
+            parallelRows(chunks, perRow: block * size) { range in
+                for q in range {
+                    let k0 = q * block, kc = Swift.min(block, k - k0)
+                    cblas_dgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(kc), 1.0, pa + (transposeA ? k0 * lda : k0), Int32(lda),
+                                pb + (transposeB ? k0 : k0 * ldb), Int32(ldb), 0.0, partials + q * size, Int32(n))
+                }
+            }
+            pc.update(from: partials, count: size)
+            for q in 1..<chunks { let p = partials + q * size; for i in 0..<size { pc[i] += p[i] } }
+            return out
+        }
+        parallelRows((m + block - 1) / block, perRow: block * n * k) { blocks in
+            for q in blocks {
+                let r0 = q * block, rows = Swift.min(block, m - r0)
+                cblas_dgemm(CblasRowMajor, ta, tb, Int32(rows), Int32(n), Int32(k), 1.0, pa + (transposeA ? r0 : r0 * lda),
+                            Int32(lda), pb, Int32(ldb), 0.0, pc + r0 * n, Int32(n))
+            }
+        }
         return out
     }
 

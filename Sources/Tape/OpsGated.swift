@@ -19,9 +19,12 @@ public func gatheredMLP(_ blocks: [GatheredBlock], bias b1: Variable?, weight w2
     let first = blocks.map(\.x) + (b1.map { [$0] } ?? [])
     let h = spec.sum(first.map(\.value))
     let sig = Tensor(uninitializedShape: h.shape)
-    let hp = ptr(h), sp = ptr(sig), n = h.count
-    for q in 0..<n { sp[q] = fastSigmoid(hp[q]) }
-    for q in 0..<n { hp[q] = hp[q] * sp[q] }
+    let hp = ptr(h), sp = ptr(sig), w = spec.width
+    parallelRows(spec.rows, perRow: 20 * w) { part in
+        let lo = part.lowerBound * w, hi = part.upperBound * w
+        for q in lo..<hi { sp[q] = fastSigmoid(hp[q]) }
+        for q in lo..<hi { hp[q] = hp[q] * sp[q] }
+    }
     let y = Tensor.matmul(h, w2.value, transposeB: true)
     if let b2 { addRows(y, b2.value) }
     let layout = GatheredMLPLayout(spec: spec, hasBias2: b2 != nil)
@@ -52,8 +55,10 @@ struct GatheredMLPLayout {
     /// forward pass's values, bit for bit).
     func hidden(_ first: [Tensor], _ sig: Tensor) -> Tensor {
         let y1 = spec.sum(first)
-        let p = ptr(y1), s = ptr(sig)
-        for q in 0..<y1.count { p[q] = p[q] * s[q] }
+        let p = ptr(y1), s = ptr(sig), w = spec.width
+        parallelRows(spec.rows, perRow: w) { part in
+            for q in part.lowerBound * w ..< part.upperBound * w { p[q] = p[q] * s[q] }
+        }
         return y1
     }
 }
@@ -107,18 +112,20 @@ private func gatheredMLPDoubleBackward(_ layout: GatheredMLPLayout, _ c: Backwar
     var gG: Tensor? = nil, gW: Tensor? = nil, hbar: Tensor? = nil
     func add(_ t: inout Tensor?, _ x: Tensor) { if t == nil { t = x } else { t!.addInPlace(x) } }
     let src = first.map(ptr), sp = ptr(sig)
-    let scratch = Scratch(2 * w)
-    let h = scratch[0, width: w], v = scratch[1, width: w]
     if (0..<nFirst).contains(where: { up[$0] != nil }) {
         let gh = Tensor.matmul(g, w2)
         let reach = Tensor(uninitializedShape: [rows, w]), hb = Tensor(uninitializedShape: [rows, w])
-        let ghp = ptr(gh), rp = ptr(reach), hbp = ptr(hb), ups = up[0..<nFirst].map { $0.map(ptr) }
-        for r in 0..<rows {
-            spec.sumRow(r, src, h)
-            spec.gatherRow(r, ups, v)
-            let gr = ghp + r * w, sr = sp + r * w, rr = rp + r * w, hr = hbp + r * w
-            for j in 0..<w { rr[j] = v[j] * siluSlope(h[j], sr[j]) }
-            for j in 0..<w { hr[j] = v[j] * gr[j] * siluCurvature(h[j], sr[j]) }
+        let ghp = ptr(gh), rp = ptr(reach), hbp = ptr(hb), ups = Array(up[0..<nFirst].map { $0.map(ptr) })
+        parallelRows(rows, perRow: 30 * w) { part in
+            let scratch = Scratch(2 * w)
+            let h = scratch[0, width: w], v = scratch[1, width: w]
+            for r in part {
+                spec.sumRow(r, src, h)
+                spec.gatherRow(r, ups, v)
+                let gr = ghp + r * w, sr = sp + r * w, rr = rp + r * w, hr = hbp + r * w
+                for j in 0..<w { rr[j] = v[j] * siluSlope(h[j], sr[j]) }
+                for j in 0..<w { hr[j] = v[j] * gr[j] * siluCurvature(h[j], sr[j]) }
+            }
         }
         if needG { add(&gG, Tensor.matmul(reach, w2, transposeB: true)) }
         if needW { add(&gW, Tensor.matmul(g, reach, transposeA: true)) }
@@ -129,10 +136,14 @@ private func gatheredMLPDoubleBackward(_ layout: GatheredMLPLayout, _ c: Backwar
         if firstNeeds.contains(true) {
             // ∂/∂SiLU(h) = g·U, into h through SiLU'(h).
             let gy = Tensor.matmul(g, uw), gyp = ptr(gy)
-            for r in 0..<rows {
-                spec.sumRow(r, src, h)
-                let gr = gyp + r * w, sr = sp + r * w
-                for j in 0..<w { gr[j] = gr[j] * siluSlope(h[j], sr[j]) }
+            parallelRows(rows, perRow: 20 * w) { part in
+                let scratch = Scratch(w)
+                let h = scratch[0, width: w]
+                for r in part {
+                    spec.sumRow(r, src, h)
+                    let gr = gyp + r * w, sr = sp + r * w
+                    for j in 0..<w { gr[j] = gr[j] * siluSlope(h[j], sr[j]) }
+                }
             }
             add(&hbar, gy)
         }
@@ -169,9 +180,12 @@ public func gatedNorm(core: Variable, _ w1: Variable, _ b1: Variable, gate: Vari
     let out = Tensor(uninitializedShape: core.shape), sigC = Tensor(uninitializedShape: core.shape), sigG = Tensor(uninitializedShape: core.shape)
     let xc = ptr(core.value), wc = ptr(w1.value), bc = ptr(b1.value), xg = ptr(gate.value), wg = ptr(w2.value), bg = ptr(b2.value)
     let m = ptr(weight?.value ?? core.value), o = ptr(out), s1 = ptr(sigC), s2 = ptr(sigG)
-    let scratch = Scratch(2 * d)
-    let yc = scratch[0, width: d], yg = scratch[1, width: d]
-    for r in 0..<rows {
+    stats.withUnsafeMutableBufferPointer { st in
+      let stats = st.baseAddress!
+      parallelRows(rows, perRow: 40 * d) { part in
+       let scratch = Scratch(2 * d)
+       let yc = scratch[0, width: d], yg = scratch[1, width: d]
+       for r in part {
         let o0 = r * d
         let xcr = xc + o0, xgr = xg + o0, s1r = s1 + o0, s2r = s2 + o0, or = o + o0, mr = m + o0
         let (mc, sc) = rowStatistics(xcr, d, eps), (mg, sg) = rowStatistics(xgr, d, eps)
@@ -187,6 +201,8 @@ public func gatedNorm(core: Variable, _ w1: Variable, _ b1: Variable, gate: Vari
         } else {
             for k in 0..<d { or[k] = yc[k] * s1r[k] * s2r[k] }
         }
+       }
+      }
     }
     let inputs = [core, w1, b1, gate, w2, b2] + (weight.map { [$0] } ?? [])
     return makeFusedOp("gatedNorm", inputs, [out], saving: .allInputs, extras: [sigC, sigG]) { c in
@@ -205,10 +221,15 @@ func gatedNormBackward(_ g: Variable, _ inputs: [Variable], sigmoids: (Tensor, T
     let gp = ptr(g.value), xc = ptr(inputs[0].value), wc = ptr(inputs[1].value), bc = ptr(inputs[2].value)
     let xg = ptr(inputs[3].value), wg = ptr(inputs[4].value), m = weighted ? ptr(inputs[6].value) : gp
     let s1 = ptr(sigmoids.0), s2 = ptr(sigmoids.1)
-    let scratch = Scratch(4 * d)
-    let gyc = scratch[0, width: d], gyg = scratch[1, width: d], yc = scratch[2, width: d], qs = scratch[3, width: d]
-    let gwcp = ptr(gwc), gbcp = ptr(gbc), gwgp = ptr(gwg), gbgp = ptr(gbg)
-    for r in 0..<rows {
+    let acc = UnsafeMutablePointer<Double>.allocate(capacity: 4 * d)
+    defer { acc.deallocate() }
+    acc.initialize(repeating: 0, count: 4 * d)
+    // Row-parallel; the weight and bias gradients sum over rows in fixed chunks (the same bits for any thread count).
+    chunkedRowSum(rows, width: 4 * d, perRow: 40 * d, into: acc) { part, partial in
+      let gwcp = partial, gbcp = partial + d, gwgp = partial + 2 * d, gbgp = partial + 3 * d
+      let scratch = Scratch(4 * d)
+      let gyc = scratch[0, width: d], gyg = scratch[1, width: d], yc = scratch[2, width: d], qs = scratch[3, width: d]
+      for r in part {
         let o0 = r * d
         let mc = stats[4 * r], sc = stats[4 * r + 1], mg = stats[4 * r + 2], sg = stats[4 * r + 3]
         let xcr = xc + o0, s1r = s1 + o0, s2r = s2 + o0, gr = gp + o0, mr = m + o0
@@ -221,7 +242,10 @@ func gatedNormBackward(_ g: Variable, _ inputs: [Variable], sigmoids: (Tensor, T
         if let gm { let gmr = ptr(gm) + o0; for k in 0..<d { gmr[k] = gr[k] * yc[k] * s1r[k] * s2r[k] } }
         layerNormRowBackward(x: xc + o0, mean: mc, rstd: sc, w: wc, gy: gyc, d: d, gx: gxc.map { ptr($0) + o0 }, gw: gwcp, gb: gbcp)
         layerNormRowBackward(x: xg + o0, mean: mg, rstd: sg, w: wg, gy: gyg, d: d, gx: gxg.map { ptr($0) + o0 }, gw: gwgp, gb: gbgp)
+      }
     }
+    ptr(gwc).update(from: acc, count: d); ptr(gbc).update(from: acc + d, count: d)
+    ptr(gwg).update(from: acc + 2 * d, count: d); ptr(gbg).update(from: acc + 3 * d, count: d)
     let values = [gxc, needs[1] ? gwc : nil, needs[2] ? gbc : nil, gxg, needs[4] ? gwg : nil, needs[5] ? gbg : nil] + (weighted ? [gm] : [])
     let outs = makeFusedOp("gatedNormBackward", [g] + inputs, values.compactMap { $0 }, saving: .allInputs, extras: [sigmoids.0, sigmoids.1]) { c in
         gatedNormDoubleBackward(c, stats: stats, eps: eps, produced: needs)
@@ -263,6 +287,13 @@ private func gatedNormDoubleBackward(_ c: BackwardContext, stats: [Double], eps:
     let gp = ptr(vals[0]), xc = ptr(vals[1]), wc = ptr(vals[2]), bc = ptr(vals[3]), xg = ptr(vals[4]), wg = ptr(vals[5]), bg = ptr(vals[6])
     let m = weighted ? ptr(vals[7]) : gp
     let s1p = ptr(c.extra(0)), s2p = ptr(c.extra(1))
+    let acc = UnsafeMutablePointer<Double>.allocate(capacity: 4 * d)
+    defer { acc.deallocate() }
+    acc.initialize(repeating: 0, count: 4 * d)
+    let upw = up.map { $0.map(ptr) }
+    // Row-parallel; w and b gradients summed over rows in fixed chunks, as in gatedNormBackward.
+    chunkedRowSum(rows, width: 4 * d, perRow: 120 * d, into: acc) { part, partial in
+    let wcAcc = partial, wgAcc = partial + d, bcAcc = partial + 2 * d, bgAcc = partial + 3 * d
     let scratch = Scratch(20 * d)
     let hc = scratch[0, width: d], hg = scratch[1, width: d], yc = scratch[2, width: d], yg = scratch[3, width: d]
     let gyc = scratch[4, width: d], gyg = scratch[5, width: d], pc = scratch[6, width: d], pg = scratch[7, width: d]
@@ -270,10 +301,9 @@ private func gatedNormDoubleBackward(_ c: BackwardContext, stats: [Double], eps:
     let qs = scratch[12, width: d], slope = scratch[13, width: d], curv = scratch[14, width: d], db = scratch[15, width: d]
     let ya = scratch[16, width: d], qbar = scratch[17, width: d], zeros = scratch[18, width: d]
     // Upstream gradients of the first backward's outputs ∂L/∂(gxc, gwc, gbc, gxg, gwg, gbg, gm); zeros where none arrived.
-    let uwc = up[1].map(ptr) ?? zeros, ubc = up[2].map(ptr) ?? zeros, uwg = up[4].map(ptr) ?? zeros, ubg = up[5].map(ptr) ?? zeros
-    let uxc = up[0].map(ptr), uxg = up[3].map(ptr), um = weighted ? up[6].map(ptr) : nil
-    let wcAcc = ptr(gWc), wgAcc = ptr(gWg), bcAcc = ptr(gBc), bgAcc = ptr(gBg)
-    for r in 0..<rows {
+    let uwc = upw[1] ?? zeros, ubc = upw[2] ?? zeros, uwg = upw[4] ?? zeros, ubg = upw[5] ?? zeros
+    let uxc = upw[0], uxg = upw[3], um = weighted ? upw[6] : nil
+    for r in part {
         let o = r * d
         let mc = stats[4 * r], sc = stats[4 * r + 1], mg = stats[4 * r + 2], sg = stats[4 * r + 3]
         let s1 = s1p + o, s2 = s2p + o, xcr = xc + o, xgr = xg + o, gr = gp + o, mr = m + o
@@ -319,6 +349,9 @@ private func gatedNormDoubleBackward(_ c: BackwardContext, stats: [Double], eps:
         if let gXc { layerNormRowInputGradient(h: hc, s: sc, hbar: hbc, sbar: sbc, d: d, gx: ptr(gXc) + o) }
         if let gXg { layerNormRowInputGradient(h: hg, s: sg, hbar: hbg, sbar: sbg, d: d, gx: ptr(gXg) + o) }
     }
+    }
+    ptr(gWc).update(from: acc, count: d); ptr(gWg).update(from: acc + d, count: d)
+    ptr(gBc).update(from: acc + 2 * d, count: d); ptr(gBg).update(from: acc + 3 * d, count: d)
     let values: [Tensor?] = [gG, gXc, needs[2] ? gWc : nil, needs[3] ? gBc : nil, gXg, needs[5] ? gWg : nil, needs[6] ? gBg : nil] + (weighted ? [gM] : [])
     return values.map { $0.map { Variable(constant: $0) } }
 }

@@ -363,7 +363,7 @@ struct GatheredSumSpec {
     func sum(_ values: [Tensor]) -> Tensor {
         let out = Tensor(uninitializedShape: [rows, width])
         let src = values.map(ptr), o = ptr(out)
-        for r in 0..<rows { sumRow(r, src, o + r * width) }
+        parallelRows(rows, perRow: (blockCount + 1) * width) { part in for r in part { sumRow(r, src, o + r * width) } }
         return out
     }
 
@@ -393,6 +393,21 @@ struct GatheredSumSpec {
     /// saved, scattered into `grads` (the blocks' and the bias's gradients).
     func scatterSiluGradient(_ g: Tensor, _ src: [UnsafeMutablePointer<Double>], sigmoids: Tensor, into grads: [Tensor?]) {
         let w = width, gp = ptr(g), sp = ptr(sigmoids), gptrs = grads.map { $0.map(ptr) }
+        if IntraOpThreads.count > 1 && rows * w * (blockCount + 6) >= IntraOpThreads.minimumWork {
+            // u for all rows on several threads, then the scatter in row order on this one (the serial sums' order).
+            let u = Tensor(uninitializedShape: [rows, w]), up = ptr(u)
+            parallelRows(rows, perRow: (blockCount + 6) * w) { part in
+                let scratch = Scratch(w)
+                let h = scratch[0, width: w]
+                for r in part {
+                    sumRow(r, src, h)
+                    let gr = gp + r * w, sr = sp + r * w, ur = up + r * w
+                    for j in 0..<w { ur[j] = gr[j] * siluSlope(h[j], sr[j]) }
+                }
+            }
+            for r in 0..<rows { scatterRow(r, up + r * w, gptrs) }
+            return
+        }
         let scratch = Scratch(2 * w)
         let h = scratch[0, width: w], u = scratch[1, width: w]
         for r in 0..<rows {

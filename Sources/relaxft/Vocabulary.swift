@@ -17,7 +17,7 @@ enum Vocabulary {
     static let json = OptionSpec("--json", help: "machine-readable results on standard output (JSON); log lines go to standard error")
     static let quiet = OptionSpec("--quiet", help: "no log or progress lines (results, warnings and errors are still printed)")
     static let seed = OptionSpec("--seed", value: "N", default: "1", help: "seed of the run's random numbers")
-    static let threads = OptionSpec("--threads", value: "N", help: "structures processed in parallel (default: the number of cores; per rank, its share of the node)")
+    static let threads = OptionSpec("--threads", value: "N", help: "cores to use: structures in parallel, spare cores inside one structure's operations, same bits (default: the number of cores; per rank, its share of the node)")
 
     // Relaxations
     static let relaxer = OptionSpec("--relaxer", value: "NAME", default: "fire", help: "relaxer: fire, fire-jaxmd, bfgs, lbfgs or frame")

@@ -45,4 +45,23 @@ import Loss
             }
         }
     }
+
+    /// Two threads on one structure (the trainers' spare threads go inside its operations) give the bits of one: a
+    /// BPTT gradient through five FIRE steps of CHGNet on a 63-atom cell, large enough that products and fused
+    /// operations are split.
+    @Test(.enabled(if: model != nil, skipMessage))
+    func twoThreadsOnOneStructureGiveTheBitsOfOne() throws {
+        let model = Self.model!
+        let s = rattledSilicon(repeats: 2, vacancy: true, rattle: 0.1, seed: 4)
+        var rng = SeededGenerator(seed: 7)
+        let example = RelaxationExample(name: "si63", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
+        let settings = BPTTSettings(relaxer: FIRE(), steps: 3)
+        let one = parallelMap(1, threads: 1) { _ in relaxationLossAndGradient(example, potential: model, settings: settings) }[0]
+        let splitsBefore = IntraOpThreads.splits
+        let two = parallelMap(1, threads: 2) { _ in relaxationLossAndGradient(example, potential: model, settings: settings) }[0]
+        #expect(IntraOpThreads.splits - splitsBefore >= 100, "only \(IntraOpThreads.splits - splitsBefore) operations were split over threads")
+        #expect(two.loss.bitPattern == one.loss.bitPattern, "loss \(two.loss) vs \(one.loss)")
+        let differing = one.gradients.keys.filter { !two.gradients[$0]!.bitwiseEqual(one.gradients[$0]!) }
+        #expect(differing.isEmpty, "\(differing.count) gradients differ, e.g. \(differing.sorted().prefix(3))")
+    }
 }

@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+@testable import Tape
+
+/// Threads inside one operation (`IntraOpThreads`) change no bit: matrix products split over rows or columns, the
+/// fused CHGNet operations and their first and second backward passes give the same values on 1, 2 and 3 threads.
+@Suite("Threads inside one operation")
+struct IntraOpThreadsTests {
+    /// Shapes of CHGNet's products (pairs × features, features × features, transposed weight gradients) and odd ones.
+    static let products: [(m: Int, n: Int, k: Int)] = [(2000, 64, 64), (64, 64, 2000), (64, 3, 5000), (300, 64, 1100), (1100, 64, 1100), (6500, 64, 64), (216, 64, 64), (400, 64, 64), (700, 64, 32),
+                                                        (64, 128, 300), (130, 67, 45), (45, 300, 70), (1000, 3, 64)]
+
+    @Test func matrixProductsAreTheSameBitsOnAnyThreadCount() {
+        var rng = SeededGenerator(seed: 31)
+        for (m, n, k) in Self.products {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = rng.normalTensor(ta ? [k, m] : [m, k]), b = rng.normalTensor(tb ? [n, k] : [k, n])
+                let one = Tensor.matmul(a, b, transposeA: ta, transposeB: tb)
+                for t in [2, 3] {
+                    let many = IntraOpThreads.$count.withValue(t) { Tensor.matmul(a, b, transposeA: ta, transposeB: tb) }
+                    let same = many.bitwiseEqual(one)
+                    #expect(same, "\(m)×\(n)×\(k) ta \(ta) tb \(tb) on \(t) threads: max |Δ| \(many.maxAbsDifference(one))")
+                }
+            }
+        }
+    }
+
+    /// Value, gradient and a second-order gradient (through the fused double backward) of a scalar built from the
+    /// fused operations on inputs large enough to be split.
+    static func secondOrder(seed: UInt64) -> [Tensor] {
+        var rng = SeededGenerator(seed: seed)
+        let rows = 1500, atoms = 90, d = 16
+        let gi = (0..<rows).map { ($0 * 7) % atoms }, gj = (0..<rows).map { ($0 * 13 + 5) % atoms }
+        let tape = Tape()
+        let atomX = tape.variable(rng.normalTensor([atoms, d])), pair = tape.variable(rng.normalTensor([rows, d]))
+        let b1 = tape.variable(rng.normalTensor([d])), w2 = tape.variable(rng.normalTensor([2 * d, d], scale: 0.3)), b2 = tape.variable(rng.normalTensor([2 * d]))
+        let lw1 = tape.variable(rng.normalTensor([d])), lb1 = tape.variable(rng.normalTensor([d]))
+        let lw2 = tape.variable(rng.normalTensor([d])), lb2 = tape.variable(rng.normalTensor([d]))
+        let m = tape.variable(rng.normalTensor([rows, d]))
+        let leaves = [atomX, pair, b1, w2, b2, lw1, lb1, lw2, lb2, m]
+        let h = gatheredMLP([(atomX, gi), (pair, nil), (atomX, gj)], bias: b1, weight: w2, bias2: b2)
+        let y = gatedNorm(core: h.slice(axis: 1, 0..<d), lw1, lb1, gate: h.slice(axis: 1, d..<(2 * d)), lw2, lb2, weight: m)
+        let e = (y.scatterAddRows(gi, count: atoms) * y.scatterAddRows(gi, count: atoms)).sum()
+        let g = tape.gradient(of: e, wrt: leaves, createGraph: true)
+        var f = Variable(constant: 0)
+        for gk in g { f = f + (gk * rng.normalTensor(gk.shape)).sum() }
+        let gg = tape.gradient(of: f, wrt: leaves)
+        return [e.value] + g.map(\.value) + gg.map(\.value)
+    }
+
+    @Test func fusedOperationsAreTheSameBitsOnAnyThreadCount() {
+        let one = Self.secondOrder(seed: 5)
+        for t in [2, 3] {
+            let before = IntraOpThreads.splits
+            let many = IntraOpThreads.$count.withValue(t) { Self.secondOrder(seed: 5) }
+            #expect(IntraOpThreads.splits - before >= 20, "only \(IntraOpThreads.splits - before) operations were split")
+            for (k, (a, b)) in zip(one, many).enumerated() {
+                #expect(a.bitwiseEqual(b), "output \(k) on \(t) threads: max |Δ| \(a.maxAbsDifference(b))")
+            }
+        }
+    }
+}
