@@ -132,7 +132,8 @@ enum CHGNetBPTTBench {
         let obj: [String: Any] = ["side": "relaxft", "mode": mode, "T": T, "parameters": model.parameterCount,
                                   "warmup_epoch_cpu_s": warm.map(\.cpu), "warmup_epoch_faults": warm.map(\.faults),
                                   "epoch_cpu_s": timed.map(\.cpu), "epoch_wall_s": timed.map(\.wall), "epoch_faults": timed.map(\.faults),
-                                  "rss_before_mib": rssBefore, "peak_rss_mib": peak, "frames": frameOut]
+                                  "rss_before_mib": rssBefore, "peak_rss_mib": peak, "frames": frameOut,
+                                  "operations_split_per_epoch": IntraOpThreads.splits / Swift.max(1, warmup + repeats)]
         print(String(decoding: try! JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
     }
 
