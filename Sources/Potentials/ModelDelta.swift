@@ -7,12 +7,16 @@ import Tape
 /// (`relaxft models pull NAME`) back on, after checking that the store holds the very weights the difference was
 /// taken from (a SHA-256 of their values). Models whose weights this repository must not redistribute (CHGNet's)
 /// can so be shared as a file that is useless without the pulled original; the sum reproduces the fine-tuned
-/// weights bit for bit.
+/// weights bit for bit. A weight that no double added to its base weight gives exactly (a fine-tuned value far
+/// smaller than the base value: the sum is rounded on the base's coarser grid) is stored as itself, in three extra
+/// tensors (`exactTensors`: its tensor's position in name order, its offset, its value).
 public enum ModelDelta {
     public static let kind = "delta"
     /// Metadata keys of a delta file: the base's model-store name and the SHA-256 of its parameter values.
     public static let baseKey = "delta_base"
     public static let baseDigestKey = "delta_base_parameters_sha256"
+    /// Tensors of the weights stored as themselves: tensor position (base names sorted), offset, value.
+    public static let exactTensors = ["delta_exact/tensor", "delta_exact/offset", "delta_exact/value"]
 
     /// SHA-256 over the parameters in name order: each name, its shape and its values as little-endian float64.
     public static func parameterDigest(_ parameters: OrderedDictionary<Tensor>) -> String {
@@ -27,16 +31,17 @@ public enum ModelDelta {
     }
 
     /// The difference d with base + d == value exactly in floating point (d = value − base is exact unless the
-    /// two differ by orders of magnitude; then a neighbouring double is taken). A nonzero value below the base's
-    /// rounding granularity (|value| ≲ 1e-16·|base|) has none: an error.
-    static func exactDifference(_ value: Double, _ base: Double) throws -> Double {
+    /// two differ by orders of magnitude; then a neighbouring double is taken), or nil when none exists (a value
+    /// off the grid the sum is rounded on).
+    static func exactDifference(_ value: Double, _ base: Double) -> Double? {
         var d = value - base
         for _ in 0..<64 {
             let sum = base + d
             if sum.bitPattern == value.bitPattern { return d }
+            guard sum.isFinite, d.isFinite else { return nil }
             d = sum < value ? d.nextUp : d.nextDown
         }
-        throw PotentialSpecError(message: "weight \(value) cannot be stored as a difference from \(base)")
+        return nil
     }
 
     /// Writes `potential` (trained from the model-store model `base`, whose weights are `baseParameters`) as a delta
@@ -47,11 +52,20 @@ public enum ModelDelta {
             throw PotentialSpecError(message: "\(base) and the model to store have different tensors: not a fine-tuned \(base)")
         }
         var tensors: SafeTensors.OrderedTensors = []
+        var exact: [[Double]] = [[], [], []]
+        let order = baseParameters.keys.sorted()
         for name in baseParameters.keys {
             let b = baseParameters[name]!, t = potential.parameters[name]!
             guard b.shape == t.shape else { throw PotentialSpecError(message: "tensor '\(name)': shape \(t.shape), \(base) has \(b.shape)") }
-            tensors.append((name, Tensor(shape: t.shape, try zip(t.array, b.array).map { try exactDifference($0, $1) })))
+            guard t.array.allSatisfy(\.isFinite) else { throw PotentialSpecError(message: "tensor '\(name)' has non-finite weights") }
+            var diff = [Double](repeating: 0, count: t.count)
+            for (i, (v, bv)) in zip(t.array, b.array).enumerated() {
+                if let d = exactDifference(v, bv) { diff[i] = d; continue }
+                exact[0].append(Double(order.firstIndex(of: name)!)); exact[1].append(Double(i)); exact[2].append(v)
+            }
+            tensors.append((name, Tensor(shape: t.shape, diff)))
         }
+        if !exact[0].isEmpty { for (k, n) in exactTensors.enumerated() { tensors.append((n, Tensor(exact[k]))) } }
         var meta = potential.metadata
         for (k, v) in extraMetadata { meta[k] = v }
         meta["relaxft_kind"] = kind
@@ -80,13 +94,29 @@ public enum ModelDelta {
         guard parameterDigest(params) == digest else {
             throw PotentialSpecError(message: "\(path): the weights in \(basePath) are not the ones this difference was taken from (parameter SHA-256 differs); pull \(base) again")
         }
-        guard Set(tensors.keys) == Set(params.keys) else {
+        let exactParts = exactTensors.map { tensors[$0] }
+        guard Set(tensors.keys).subtracting(exactTensors) == Set(params.keys), exactParts.allSatisfy({ $0 != nil }) || exactParts.allSatisfy({ $0 == nil }) else {
             throw PotentialSpecError(message: "\(path): its tensors are not those of \(base)")
         }
-        for (name, d) in tensors {
+        for (name, d) in tensors where !exactTensors.contains(name) {
             let b = params[name]!
             guard b.shape == d.shape else { throw PotentialSpecError(message: "\(path): tensor '\(name)' has shape \(d.shape), \(base) has \(b.shape)") }
             params[name] = b + d
+        }
+        if let which = exactParts[0], let offsets = exactParts[1], let values = exactParts[2] {
+            let order = params.keys.sorted()
+            guard which.rank == 1, offsets.shape == which.shape, values.shape == which.shape else {
+                throw PotentialSpecError(message: "\(path): tensors \(exactTensors.joined(separator: ", ")) must be vectors of one length")
+            }
+            for (k, (w, o)) in zip(which.array, offsets.array).enumerated() {
+                guard w >= 0, w < Double(order.count), w == w.rounded(), o >= 0, o == o.rounded(),
+                      case let name = order[Int(w)], Int(o) < params[name]!.count else {
+                    throw PotentialSpecError(message: "\(path): entry \(k) of \(exactTensors[0]) / \(exactTensors[1]) names no weight of \(base)")
+                }
+                var a = params[name]!.array
+                a[Int(o)] = values.array[k]
+                params[name] = Tensor(shape: params[name]!.shape, a)
+            }
         }
         guard let baseKind = baseMeta["relaxft_kind"], let loader = ModelFile.loaders[baseKind], baseKind != kind else {
             throw PotentialSpecError(message: "\(basePath): not a model file a difference can be applied to")

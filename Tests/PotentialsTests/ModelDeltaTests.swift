@@ -51,14 +51,20 @@ import Atoms
         #expect(loaded.metadata[ModelDelta.baseKey] == nil, "a re-saved model is a full model file")
         let s = randomSiCell()
         #expect(eval(loaded, s).energy.bitPattern == eval(tuned, s).energy.bitPattern)
-        // A weight below the base's rounding granularity (≈ 1e-17 × the base weight, never reached by training) has no
-        // exact difference: an error, not a silently different model.
+        // A weight below the base's rounding granularity (≈ 1e-17 × the base weight) has no exact difference: it is
+        // stored as itself, and the model still loads bit for bit.
         var unreachable = tuned
         w[2] = 1e-300
         unreachable.parameters["readout.1.weight"] = Tensor(shape: tuned.parameters["readout.1.weight"]!.shape, w)
-        #expect(w[2] != 0 && base.parameters["readout.1.weight"]!.array[2] != 0)
-        #expect { try ModelDelta.save(unreachable, base: "tiny-base-1.0", baseParameters: base.parameters, to: dir + "/x.safetensors") }
-            throws: { "\($0)".contains("cannot be stored as a difference") }
+        let bw = base.parameters["readout.1.weight"]!.array
+        #expect(w[2] != 0 && bw[2] != 0 && ModelDelta.exactDifference(w[2], bw[2]) == nil)
+        let xpath = dir + "/x.safetensors"
+        try ModelDelta.save(unreachable, base: "tiny-base-1.0", baseParameters: base.parameters, to: xpath)
+        let reloaded = try loadDelta(xpath, store: dir).potential
+        for (name, t) in unreachable.parameters { #expect(reloaded.parameters[name]!.bitwiseEqual(t), "\(name)") }
+        let (xraw, _) = try SafeTensors.read(xpath)
+        let stored = xraw.first { $0.name == ModelDelta.exactTensors[2] }?.tensor.array ?? []
+        #expect(stored == [1e-300], "weights stored as themselves: \(stored)")
         // The stored tensors are differences, not weights.
         let (raw, _) = try SafeTensors.read(path)
         let d = raw.first { $0.name == "readout.1.weight" }!.tensor
