@@ -157,7 +157,7 @@ private func gatheredMLPDoubleBackward(_ layout: GatheredMLPLayout, _ c: Backwar
     if let hbar, firstNeeds.contains(true) {
         firstGrads = spec.zeroGradients(firstNeeds)
         let hp = ptr(hbar), gptrs = firstGrads.map { $0.map(ptr) }
-        for r in 0..<rows { spec.scatterRow(r, hp + r * w, gptrs) }
+        spec.scatterRows(hp, gptrs)
     }
     // The first backward does not depend on b₂.
     let values: [Tensor?] = [gG] + firstGrads + [gW] + (layout.hasBias2 ? [nil] : [])

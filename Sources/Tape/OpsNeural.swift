@@ -378,6 +378,48 @@ struct GatheredSumSpec {
         if hasBias, let g = grads[blockCount] { for j in 0..<width { g[j] += u[j] } }
     }
 
+    /// `scatterRow` for every row of `u` (rows × width), in row order or, with several threads, split by destination:
+    /// each gradient row (and each bias column) still receives its contributions in increasing row order, so the
+    /// sums are the serial ones, bit for bit.
+    func scatterRows(_ u: UnsafePointer<Double>, _ grads: [UnsafeMutablePointer<Double>?]) {
+        let w = width
+        if IntraOpThreads.count <= 1 || rows * w * (blockCount + 1) < IntraOpThreads.minimumWork {
+            for r in 0..<rows { scatterRow(r, u + r * w, grads) }
+            return
+        }
+        for k in 0..<blockCount {
+            guard let g = grads[k] else { continue }
+            guard let index = indices[k] else {
+                parallelRows(rows, perRow: w) { part in
+                    for r in part { let d = g + r * w, s = u + r * w; for j in 0..<w { d[j] += s[j] } }
+                }
+                continue
+            }
+            // Rows grouped by destination, in increasing row order within each (a counting sort).
+            let n = counts[k]
+            var start = [Int](repeating: 0, count: n + 1)
+            for r in 0..<rows { start[index[r] + 1] += 1 }
+            for d in 0..<n { start[d + 1] += start[d] }
+            var order = [Int](repeating: 0, count: rows), fill = start
+            for r in 0..<rows { order[fill[index[r]]] = r; fill[index[r]] += 1 }
+            start.withUnsafeBufferPointer { st in
+                order.withUnsafeBufferPointer { ord in
+                    parallelRows(n, perRow: w * Swift.max(1, rows / Swift.max(n, 1))) { part in
+                        for d in part {
+                            let dst = g + d * w
+                            for q in st[d]..<st[d + 1] { let s = u + ord[q] * w; for j in 0..<w { dst[j] += s[j] } }
+                        }
+                    }
+                }
+            }
+        }
+        if hasBias, let g = grads[blockCount] {
+            parallelRows(w, perRow: rows) { cols in
+                for r in 0..<rows { let s = u + r * w; for j in cols { g[j] += s[j] } }
+            }
+        }
+    }
+
     /// Row r of the gradients `ups` of the blocks and the bias gathered back onto the row, into `v` (nil: none arrived).
     @inline(__always)
     func gatherRow(_ r: Int, _ ups: [UnsafeMutablePointer<Double>?], _ v: UnsafeMutablePointer<Double>) {
@@ -405,7 +447,7 @@ struct GatheredSumSpec {
                     for j in 0..<w { ur[j] = gr[j] * siluSlope(h[j], sr[j]) }
                 }
             }
-            for r in 0..<rows { scatterRow(r, up + r * w, gptrs) }
+            scatterRows(up, gptrs)
             return
         }
         let scratch = Scratch(2 * w)
@@ -430,7 +472,7 @@ func gatheredSumTranspose(_ spec: GatheredSumSpec, _ g: Variable, needs: [Bool])
     let identity = (0..<needs.count).map { k in k < spec.blockCount && spec.indices[k] == nil }
     var grads = spec.zeroGradients(zip(needs, identity).map { $0 && !$1 })
     let gp = ptr(g.value), gptrs = grads.map { $0.map(ptr) }
-    for r in 0..<spec.rows { spec.scatterRow(r, gp + r * spec.width, gptrs) }
+    spec.scatterRows(gp, gptrs)
     for k in 0..<needs.count where needs[k] && identity[k] { grads[k] = g.value }
     let outs = makeMultiOp("gatheredSumTranspose", [g], grads.compactMap { $0 }, saving: .nothing) { c in
         // Linear: the backward is the gathered sum of the upstream gradients.

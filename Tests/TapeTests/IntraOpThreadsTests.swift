@@ -2,8 +2,9 @@ import Foundation
 import Testing
 @testable import Tape
 
-/// Threads inside one operation (`IntraOpThreads`) change no bit: matrix products split over rows or columns, the
-/// fused CHGNet operations and their first and second backward passes give the same values on 1, 2 and 3 threads.
+/// Threads inside one operation (`IntraOpThreads`) change no bit: matrix products in fixed blocks, the fused CHGNet
+/// operations (gathered MLP, gated norm, gathered sums with their scatter-adds split by destination) and their first
+/// and second backward passes give the same values on 1, 2 and 3 threads.
 @Suite("Threads inside one operation")
 struct IntraOpThreadsTests {
     /// Shapes of CHGNet's products (pairs × features, features × features, transposed weight gradients) and odd ones.
@@ -40,7 +41,8 @@ struct IntraOpThreadsTests {
         let leaves = [atomX, pair, b1, w2, b2, lw1, lb1, lw2, lb2, m]
         let h = gatheredMLP([(atomX, gi), (pair, nil), (atomX, gj)], bias: b1, weight: w2, bias2: b2)
         let y = gatedNorm(core: h.slice(axis: 1, 0..<d), lw1, lb1, gate: h.slice(axis: 1, d..<(2 * d)), lw2, lb2, weight: m)
-        let e = (y.scatterAddRows(gi, count: atoms) * y.scatterAddRows(gi, count: atoms)).sum()
+        let z = gatheredSum([(atomX, gj), (pair, nil)], bias: b1, silu: true) + gatheredSum([(y, nil), (atomX, gi)], bias: nil, silu: false)
+        let e = (y.scatterAddRows(gi, count: atoms) * y.scatterAddRows(gi, count: atoms)).sum() + (z * z).sum()
         let g = tape.gradient(of: e, wrt: leaves, createGraph: true)
         var f = Variable(constant: 0)
         for gk in g { f = f + (gk * rng.normalTensor(gk.shape)).sum() }
