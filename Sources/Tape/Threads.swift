@@ -31,8 +31,10 @@ public enum IntraOpThreads {
 /// write only what its own rows own.
 @inline(__always)
 func parallelRows(_ n: Int, perRow: Int, align: Int = 1, _ body: (Range<Int>) -> Void) {
+    // The size test first: it is free, and most operations (classical potentials, small cells) stop there.
+    if n < 2 * align || n &* perRow < IntraOpThreads.minimumWork { body(0..<n); return }
     let threads = IntraOpThreads.count
-    if threads <= 1 || n < 2 * align || n &* perRow < IntraOpThreads.minimumWork { body(0..<n); return }
+    if threads <= 1 { body(0..<n); return }
     let units = (n + align - 1) / align
     let parts = Swift.min(threads, units)
     IntraOpThreads.splitCounter.add(1, ordering: .relaxed)

@@ -12,6 +12,13 @@ import Loss
     static let model: (any Potential)? = try? ModelFile.load(path).potential
     static let skipMessage = Comment(rawValue: "CHGNet weights not found at \(path): run 'relaxft models pull chgnet-0.3.0' (or set RELAXFT_HOME)")
 
+    /// A rattled diamond Si cell with a vacancy and a target 0.05 Å (rms per component) away from it.
+    static func vacancyExample(repeats: Int, targetSeed: UInt64) -> RelaxationExample {
+        let s = rattledSilicon(repeats: repeats, vacancy: true, rattle: 0.1, seed: 4)
+        var rng = SeededGenerator(seed: targetSeed)
+        return RelaxationExample(name: "si\(s.count)", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
+    }
+
     /// The gradient of the relaxed-structure loss after 10 FIRE steps with CHGNet 0.3.0, by backpropagation
     /// through the steps (which differentiates the forces with respect to the weights: CHGNet's second
     /// derivatives), against five-point differences of the unrolled loss for randomly chosen weights.
@@ -26,9 +33,7 @@ import Loss
     @Test(.enabled(if: model != nil, skipMessage))
     func checkpointedGradientsEqualFullBitForBit() throws {
         let model = Self.model!
-        let s = rattledSilicon(repeats: 1, vacancy: true, rattle: 0.1, seed: 4)
-        var rng = SeededGenerator(seed: 6)
-        let example = RelaxationExample(name: "si7", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
+        let example = Self.vacancyExample(repeats: 1, targetSeed: 6)
         let names = Array(model.parameters.keys)
         for relaxer in [FIRE() as any Relaxer, ForceFollowing(eta: 0.01)] {
             func run(_ mode: GradientMode) -> BPTTResult {
@@ -52,9 +57,7 @@ import Loss
     @Test(.enabled(if: model != nil, skipMessage))
     func twoThreadsOnOneStructureGiveTheBitsOfOne() throws {
         let model = Self.model!
-        let s = rattledSilicon(repeats: 2, vacancy: true, rattle: 0.1, seed: 4)
-        var rng = SeededGenerator(seed: 7)
-        let example = RelaxationExample(name: "si63", initial: s, target: s.positions + rng.normalTensor([s.count, 3], scale: 0.05))
+        let example = Self.vacancyExample(repeats: 2, targetSeed: 7)
         let settings = BPTTSettings(relaxer: FIRE(), steps: 3)
         let one = parallelMap(1, threads: 1) { _ in relaxationLossAndGradient(example, potential: model, settings: settings) }[0]
         let splitsBefore = IntraOpThreads.splits
