@@ -6,7 +6,7 @@ import Relax
 import Tape
 
 /// Fixed-size workloads for instruction-count profiling (valgrind --tool=callgrind), where timing loops would
-/// make the work depend on the machine's speed: `relaxft-bench profile chain|fire|bptt|so3krates|schnet`.
+/// make the work depend on the machine's speed: `relaxft-bench profile chain|fire|bptt|so3krates|schnet|ef|chgnet-step|kernels`.
 enum Profile {
     static func run(_ args: [String]) {
         switch args.first ?? "" {
@@ -33,6 +33,15 @@ enum Profile {
             let sys = AtomicSystem(s, cutoff: model.cutoff)
             _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3]))
             NeuralBench.bpttStep(model, sys, s)
+        case "ef":
+            // Energy+forces only, N calls on r×r×r diamond cells: `profile ef so3krates|schnet [r] [N]`.
+            let name = args.count > 1 ? args[1] : "schnet"
+            let model = NeuralBench.models().first { $0.0.hasPrefix(name) }!.1
+            let s = NeuralBench.rattledDiamond(repeats: args.count > 2 ? Int(args[2])! : 3)
+            let sys = AtomicSystem(s, cutoff: model.cutoff)
+            for _ in 0..<(args.count > 3 ? Int(args[3])! : 20) {
+                _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3]))
+            }
         case "chgnet-step":
             // One BPTT step of CHGNet on the 63-atom vacancy cell of chgnet-bptt (E, F with createGraph, x + 0.01·F,
             // gradient of a scalar of it with respect to all parameters), N times; prints the tape by operation.
@@ -40,7 +49,7 @@ enum Profile {
         case "kernels":
             kernels()
         default:
-            print("profile workloads: chain, fire, bptt, so3krates, schnet, chgnet-step [N], kernels")
+            print("profile workloads: chain, fire, bptt, so3krates, schnet, ef MODEL [r] [N], chgnet-step [N], kernels")
         }
     }
 }

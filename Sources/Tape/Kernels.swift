@@ -119,6 +119,15 @@ extension Tensor {
                 return out
             }
         }
+        // A column against a row ([rows, 1] with [inner] or [1, inner]: radial bases of pair distances).
+        if s.count == 2 && a.shape == [s[0], 1] && b.count == s[1] && (b.rank == 1 || b.shape == [1, s[1]]) {
+            let rows = s[0], inner = s[1]
+            for r in 0..<rows {
+                let o = po + r * inner, x = pa[r]
+                for k in 0..<inner { o[k] = f(x, pb[k]) }
+            }
+            return out
+        }
         if s == b.shape && s.count == 2 && a.shape == [s[0], 1] {
             let rows = s[0], inner = s[1]
             for r in 0..<rows {

@@ -20,43 +20,6 @@ import Foundation
 @inline(__always)
 func ptr(_ t: Tensor) -> UnsafeMutablePointer<Double> { t.storage.pointer }
 
-/// eˣ for the activations: x clamped to [−708, 709], x = k·ln 2 + r with |r| ≤ ln 2/2, e^r by its Taylor series
-/// to degree 13 (truncation < 10⁻¹⁷ relative), 2^k assembled from bits. Within 2 ulp of libm's exp, inlined and
-/// branch-free (libm's exp took a sixth of CHGNet's time).
-@inline(__always)
-func fastExp(_ x: Double) -> Double {
-    let xc = Swift.min(Swift.max(x, -708.0), 709.0)
-    // Adding 1.5·2⁵² rounds x/ln 2 to an integer k held in the low bits of the sum.
-    let magic = 6755399441055744.0
-    let t = xc * 1.4426950408889634 + magic
-    let k = t - magic
-    // ln 2 in two parts (Cody–Waite): k·ln2hi is exact for |k| < 2²¹.
-    let r = (xc - k * 0.6931471803691238) - k * 1.9082149292705877e-10
-    var p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    let scale = Double(bitPattern: (t.bitPattern &- magic.bitPattern &+ 1023) << 52)
-    return p * scale
-}
-
-/// 1/(1 + e⁻ˣ), evaluated as e/(1 + e) with e = e^−|x| for negative x, so that it never overflows.
-@inline(__always)
-func fastSigmoid(_ x: Double) -> Double {
-    let e = fastExp(-Swift.abs(x))
-    return x >= 0 ? 1 / (1 + e) : e / (1 + e)
-}
-
 /// d/dx (x·σ(x)) given s = σ(x).
 @inline(__always)
 func siluSlope(_ x: Double, _ s: Double) -> Double { s * (1 + x * (1 - s)) }
@@ -108,6 +71,22 @@ extension Variable {
             let g = c.grad
             return [c.needs[0] ? matmul(g, c.input(1)) : nil,
                     c.needs[1] ? matmul(g, c.input(0), transposeA: true) : nil,
+                    c.needs[2] ? g.sum(toShape: [n]) : nil]
+        }
+    }
+
+    /// x·W + b with W of shape [in, out] (dense layers of the in-house potentials): the bias is added in place,
+    /// one node instead of two; values and gradients are the bits of `matmul(x, W) + b`.
+    public func affine(_ weight: Variable, _ bias: Variable) -> Variable {
+        let y = Tensor.matmul(value, weight.value)
+        let n = weight.shape[1], rows = y.count / Swift.max(n, 1)
+        precondition(bias.shape == [n], "affine: bias of shape \(bias.shape) for \(n) outputs")
+        let yp = ptr(y), bp = ptr(bias.value)
+        parallelRows(rows, perRow: n, align: 64) { r in for i in r { let yr = yp + i * n; for k in 0..<n { yr[k] += bp[k] } } }
+        return makeOp("affine", [self, weight, bias], y, saving: .inputs(0, 1)) { c in
+            let g = c.grad
+            return [c.needs[0] ? matmul(g, c.input(1), transposeB: true) : nil,
+                    c.needs[1] ? matmul(c.input(0), g, transposeA: true) : nil,
                     c.needs[2] ? g.sum(toShape: [n]) : nil]
         }
     }

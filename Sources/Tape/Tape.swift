@@ -251,7 +251,8 @@ public final class Tape {
     /// k is recovered from the element counts, |A|·|B| = m·k²·n, whatever the transpose flags).
     public func matmulFlops() -> Double {
         var total = 0.0
-        for n in nodes where "\(n.name)" == "matmul" {
+        // Fused products with a bias (affine, linear) count as their product.
+        for n in nodes where ["matmul", "affine", "linear"].contains("\(n.name)") {
             let a = Double(Tensor.elementCount(n.inputs[0].shape)), b = Double(Tensor.elementCount(n.inputs[1].shape))
             let c = Double(Tensor.elementCount(n.shape0))
             guard c > 0 else { continue }

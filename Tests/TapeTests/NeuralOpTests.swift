@@ -9,6 +9,7 @@ let neuralOpCases: [OpCase] = {
     var c: [OpCase] = []
     c.append(OpCase(name: "linear", shapes: [[5, 3], [4, 3], [4]]) { $0[0].linear($0[1], $0[2]) })
     c.append(OpCase(name: "linearNoBias", shapes: [[5, 3], [4, 3]]) { $0[0].linear($0[1], nil) })
+    c.append(OpCase(name: "affine", shapes: [[5, 3], [3, 4], [4]]) { $0[0].affine($0[1], $0[2]) })
     c.append(OpCase(name: "layerNorm", shapes: [[5, 4], [4], [4]]) { $0[0].layerNorm(weight: $0[1], bias: $0[2]) })
     c.append(OpCase(name: "layerNorm3d", shapes: [[2, 3, 4], [4], [4]]) { $0[0].layerNorm(weight: $0[1], bias: $0[2]) })
     c.append(OpCase(name: "acos", shapes: [[3, 4]], domain: .unit) { $0[0].acos() })
@@ -42,7 +43,34 @@ let neuralOpCases: [OpCase] = {
 
 @Suite("Fused neural-network operations")
 struct NeuralOpTests {
-    static let fused = neuralOpCases.filter { !$0.name.hasPrefix("linear") && $0.name != "acos" }
+    static let fused = neuralOpCases.filter { !$0.name.hasPrefix("linear") && $0.name != "affine" && $0.name != "acos" }
+
+    /// `affine` and `softplus(minus:)` replace two operations each in the neural potentials. `affine` gives the
+    /// bits of matmul + bias (values and gradients; second derivatives add the same terms in another order);
+    /// `softplus(minus:)` uses the vectorised exp and log1p, so everything agrees to rounding.
+    @Test func fusedPairsAgreeWithTheirCompositions() {
+        var rng = SeededGenerator(seed: 12)
+        let xt = rng.normalTensor([700, 24]) * 3, wt = rng.normalTensor([24, 16]), bt = rng.normalTensor([16])
+        func run(fusedAffine: Bool, fusedSoftplus: Bool) -> [Tensor] {
+            let tape = Tape()
+            let x = tape.variable(xt), w = tape.variable(wt), b = tape.variable(bt)
+            let h = fusedAffine ? x.affine(w, b) : matmul(x, w) + b
+            let y = fusedSoftplus ? h.softplus(minus: log(2.0)) : h.softplus() - log(2.0)
+            let e = (y * y).sum()
+            let g = tape.gradient(of: e, wrt: [x, w, b], createGraph: true)
+            let s = (g[0] * g[0]).sum() + (g[1] * g[1]).sum() + (g[2] * g[2]).sum()
+            return [y.value] + g.map(\.value) + tape.gradient(of: s, wrt: [x, w, b]).map(\.value)
+        }
+        let reference = run(fusedAffine: false, fusedSoftplus: false)
+        let affine = run(fusedAffine: true, fusedSoftplus: false), both = run(fusedAffine: true, fusedSoftplus: true)
+        for k in 0..<reference.count {
+            let scale = reference[k].maxAbs
+            if k < 4 { #expect(affine[k].bitwiseEqual(reference[k]), "affine, output \(k)") }
+            #expect(affine[k].maxAbsDifference(reference[k]) <= 1e-14 * scale, "affine, output \(k)")
+            #expect(both[k].maxAbsDifference(reference[k]) <= 1e-14 * scale, "softplus, output \(k)")
+        }
+        #expect(!both[0].bitwiseEqual(reference[0]), "softplus: the vectorised path should not give the C library's bits")
+    }
 
     /// The fused values equal their compositions of primitives to rounding.
     @Test func fusedForwardsMatchCompositions() {

@@ -65,6 +65,7 @@ let opCases: [OpCase] = {
         c.append(OpCase(name: "sigmoid", shapes: [s]) { $0[0].sigmoid() })
         c.append(OpCase(name: "silu", shapes: [s]) { $0[0].silu() })
         c.append(OpCase(name: "softplus", shapes: [s]) { ($0[0] * 3).softplus() })
+        c.append(OpCase(name: "softplusShifted", shapes: [s]) { ($0[0] * 3).softplus(minus: 0.7) })
         c.append(OpCase(name: "cos", shapes: [s]) { $0[0].cos() })
         c.append(OpCase(name: "sin", shapes: [s]) { $0[0].sin() })
         c.append(OpCase(name: "abs", shapes: [s], domain: .awayFromZero) { $0[0].abs() })
@@ -165,6 +166,21 @@ struct OpGradientTests {
 
 @Suite("Tape semantics")
 struct TapeSemanticsTests {
+    /// Every broadcast of two rank-2 shapes (fast paths included) against an explicit loop.
+    @Test func broadcastPathsMatchExplicitLoops() {
+        var rng = SeededGenerator(seed: 31)
+        for (sa, sb) in [([5, 1], [4]), ([5, 1], [1, 4]), ([5, 4], [4]), ([5, 4], [5, 1]), ([5, 1], [5, 4]), ([1, 4], [5, 1]), ([4], [5, 1])] {
+            let a = rng.normalTensor(sa), b = rng.normalTensor(sb)
+            let y = Tensor.zipWith(a, b) { $0 - 2 * $1 }
+            #expect(y.shape == [5, 4], "\(sa) with \(sb)")
+            func at(_ t: Tensor, _ r: Int, _ k: Int) -> Double {
+                let s = t.shape.count == 1 ? [1, t.shape[0]] : t.shape
+                return t.array[(s[0] == 1 ? 0 : r) * s[1] + (s[1] == 1 ? 0 : k)]
+            }
+            for r in 0..<5 { for k in 0..<4 { #expect(y.array[r * 4 + k] == at(a, r, k) - 2 * at(b, r, k), "\(sa) with \(sb) at \(r), \(k)") } }
+        }
+    }
+
     @Test func normHasZeroGradientAtZero() {
         let tape = Tape()
         let x = tape.variable(Tensor(shape: [2, 3], [0, 0, 0, 1, 2, 2]))

@@ -26,9 +26,8 @@ struct ParameterInit {
 @inline(__always)
 func dense(_ x: Variable, _ p: [String: Variable], _ name: String) -> Variable {
     guard let w = p["\(name).weight"] else { preconditionFailure("missing parameter \(name).weight") }
-    let y = matmul(x, w)
-    if let b = p["\(name).bias"] { return y + b }
-    return y
+    if let b = p["\(name).bias"] { return x.affine(w, b) }
+    return matmul(x, w)
 }
 
 /// ½(cos(πd/r_c) + 1) for d < r_c (SO3krates Eq. 17, Behler's cutoff): C¹ at r_c, so energies and forces
@@ -56,7 +55,7 @@ func gaussianBasis(_ d: Variable, cutoff: Double, count k: Int) -> Variable {
 }
 
 /// Shifted softplus ssp(x) = ln(1 + eˣ) − ln 2 (SchNet), zero at x = 0.
-func shiftedSoftplus(_ x: Variable) -> Variable { x.softplus() - Foundation.log(2.0) }
+func shiftedSoftplus(_ x: Variable) -> Variable { x.softplus(minus: Foundation.log(2.0)) }
 
 /// The elements a model knows, as atomic numbers in model order, and the species index of each atom.
 struct SpeciesTable: Sendable {
