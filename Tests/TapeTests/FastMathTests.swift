@@ -13,7 +13,7 @@ struct FastMathTests {
     @Test func log1pOnTheUnitIntervalWithinTwoUlp() {
         var rng = SeededGenerator(seed: 22)
         var worst: UInt64 = 0, differ = 0
-        var es: [Double] = [0, 1, 5e-324, 1e-300, 1e-17, 2.2e-16, 0.5, Foundation.sqrt(2) - 1, Foundation.sqrt(2) - 1 + 1e-16, 0.999999999]
+        var es: [Double] = [0, 1, .leastNonzeroMagnitude, 1e-300, 1e-17, 2.2e-16, 0.5, Foundation.sqrt(2) - 1, Foundation.sqrt(2) - 1 + 1e-16, 0.999999999]
         for _ in 0..<200_000 { es.append(rng.uniform()) }
         for _ in 0..<100_000 { es.append(Foundation.pow(10, -300 * rng.uniform())) }
         for e in es {
