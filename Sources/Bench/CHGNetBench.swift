@@ -25,11 +25,14 @@ enum CHGNetBench {
             return
         }
         if let calls = ProcessInfo.processInfo.environment["CHGNET_PROFILE"].flatMap(Int.init) {
-            // Fixed work for `perf stat`/`perf record`: that many calls on 216 atoms.
+            // Fixed work for `perf stat`/`perf record`: that many calls on 216 atoms (BPTT steps with CHGNET_PROFILE_STEP=1).
             let s = structure(repeats: 3)
             let sys = AtomicSystem(s, cutoff: model.cutoff)
             IntraOpThreads.$count.withValue(ProcessInfo.processInfo.environment["CHGNET_PROFILE_THREADS"].flatMap(Int.init) ?? 1) {
-                for _ in 0..<calls { _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3])) }
+                let step = ProcessInfo.processInfo.environment["CHGNET_PROFILE_STEP"] == "1"
+                for _ in 0..<calls {
+                    if step { NeuralBench.bpttStep(model, sys, s) } else { _ = model.evaluate(sys, positions: s.positions, cells: s.cell.reshaped([1, 3, 3])) }
+                }
             }
             return
         }
@@ -114,5 +117,23 @@ enum CHGNetBench {
             print("  \(s.count) atoms: 1 thread \(fmtTime(a)), 2 threads \(fmtTime(b)): speed-up \(fmt(a / b))×; energy and forces "
                   + (out[1]! == out[2]! ? "bit-identical" : "DIFFER (max |Δ| \(zip(out[1]!, out[2]!).map { abs($0 - $1) }.max()!))"))
         }
+        // One BPTT step on 216 atoms: E and F with their graph, x' = x + 0.01·F, the gradient of a scalar of x' with
+        // respect to all parameters (second derivatives through the forces).
+        print("one BPTT step on 2 threads (216 atoms; alternated, median of ≥ 3 steps each, 3 rounds):")
+        let s = structure(repeats: 3)
+        let sys = AtomicSystem(s, cutoff: model.cutoff)
+        var t1: [Double] = [], t2: [Double] = []
+        var out: [Int: [Double]] = [:]
+        for _ in 0..<3 {
+            for n in [1, 2] {
+                var g: [Double] = []
+                let m = IntraOpThreads.$count.withValue(n) { measureBoth(minRuns: 3, minSeconds: 1) { g = NeuralBench.bpttStep(model, sys, s) } }
+                out[n] = g
+                if n == 1 { t1.append(m.median) } else { t2.append(m.median) }
+            }
+        }
+        let a = t1.sorted()[1], b = t2.sorted()[1]
+        print("  216 atoms: 1 thread \(fmtTime(a)), 2 threads \(fmtTime(b)): speed-up \(fmt(a / b))×; parameter gradients "
+              + (out[1]! == out[2]! ? "bit-identical" : "DIFFER"))
     }
 }

@@ -66,14 +66,18 @@ enum NeuralBench {
         return s
     }
 
-    static func bpttStep(_ model: any Potential, _ sys: AtomicSystem, _ s: Structure) {
+    /// One BPTT-style step: the gradient of Σ 0.1·(x + 0.01·F(x)) with respect to every parameter (second
+    /// derivatives through the forces), flattened in the parameters' name order.
+    @discardableResult
+    static func bpttStep(_ model: any Potential, _ sys: AtomicSystem, _ s: Structure) -> [Double] {
         let tape = Tape()
         let x = tape.variable(s.positions)
         let params = model.parameterLeaves(on: tape)
         let (_, f) = model.energyAndForces(sys, positions: x, cells: Variable(constant: s.cell.reshaped([1, 3, 3])), parameters: params)
         let xNew = x + f * 0.01
         let loss = (xNew * Tensor(shape: xNew.shape, repeating: 0.1)).sum()
-        _ = tape.gradient(of: loss, wrt: Array(params.values))
+        let names = params.keys.sorted()
+        return tape.gradient(of: loss, wrt: names.map { params[$0]! }).flatMap { $0.value.array }
     }
 
     static func pad(_ x: Any, _ w: Int) -> String { "\(x)".padding(toLength: w, withPad: " ", startingAt: 0) }

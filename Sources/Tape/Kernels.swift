@@ -296,26 +296,41 @@ extension Tensor {
             }
             return out
         }
+        if transposeB && !transposeA && m > n && n * k <= 1 << 16 {
+            // A·Wᵀ with a small W (a layer's weights, stored [out, in]): OpenBLAS has no small-matrix kernel for this
+            // case at these sizes (its general kernel packs A block by block), so multiply by a transposed copy of W.
+            return matmul(a, b.transposed())
+        }
         let ta = transposeA ? CblasTrans : CblasNoTrans, tb = transposeB ? CblasTrans : CblasNoTrans
         // Fixed blocks of C's rows (A's rows or, transposed, columns), one BLAS call each, whatever the thread count:
         // OpenBLAS rounds a block the same wherever it is computed, but not always like a differently sized call
         // (its small-matrix kernels take products under a size), so the blocks, not the threads, decide the calls.
-        let block = IntraOpThreads.productRowBlock
-        if m < 2 * block && k >= 2 * block {
+        let block = IntraOpThreads.productBlock(perRow: n * k), kBlock = IntraOpThreads.productBlock(perRow: m * n)
+        if k > m && k >= 2 * kBlock {
             // Few output rows and a long inner dimension (the weight gradients Gᵀ·X over all pairs): fixed chunks of
-            // the inner dimension, one partial product each, added in chunk order (again independent of the threads).
-            let chunks = (k + block - 1) / block, size = m * n
+            // 512 of the inner dimension, one partial product each (calls of kBlock accumulated in order), added in
+            // chunk order (again independent of the threads).
+            let chunk = 512
+            let chunks = (k + chunk - 1) / chunk, size = m * n
             let partials = UnsafeMutablePointer<Double>.allocate(capacity: chunks * size)
             defer { partials.deallocate() }
-            parallelRows(chunks, perRow: block * size) { range in
+            parallelRows(chunks, perRow: chunk * size) { range in
                 for q in range {
-                    let k0 = q * block, kc = Swift.min(block, k - k0)
-                    cblas_dgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(kc), 1.0, pa + (transposeA ? k0 * lda : k0), Int32(lda),
-                                pb + (transposeB ? k0 : k0 * ldb), Int32(ldb), 0.0, partials + q * size, Int32(n))
+                    var k0 = q * chunk
+                    let end = Swift.min(k, k0 + chunk)
+                    while k0 < end {
+                        let kc = Swift.min(kBlock, end - k0)
+                        cblas_dgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(kc), 1.0, pa + (transposeA ? k0 * lda : k0), Int32(lda),
+                                    pb + (transposeB ? k0 : k0 * ldb), Int32(ldb), k0 == q * chunk ? 0.0 : 1.0, partials + q * size, Int32(n))
+                        k0 += kc
+                    }
                 }
             }
-            pc.update(from: partials, count: size)
-            for q in 1..<chunks { let p = partials + q * size; for i in 0..<size { pc[i] += p[i] } }
+            // Each element sums its partials in chunk order; elements are independent, so they split.
+            parallelRows(size, perRow: chunks, align: 512) { r in
+                for i in r { pc[i] = partials[i] }
+                for q in 1..<chunks { let p = partials + q * size; for i in r { pc[i] += p[i] } }
+            }
             return out
         }
         parallelRows((m + block - 1) / block, perRow: block * n * k) { blocks in

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import Tape
 
@@ -60,5 +61,28 @@ struct IntraOpThreadsTests {
                 #expect(a.bitwiseEqual(b), "output \(k) on \(t) threads: max |Δ| \(a.maxAbsDifference(b))")
             }
         }
+    }
+
+    /// The persistent workers serve one operation at a time: operations from several structures at once (the others
+    /// fall back to dispatch) and long runs of operations back to back (a worker arriving late must not take a part of
+    /// the next one) still give the one-thread bits.
+    @Test func concurrentCallersAndBackToBackOperationsKeepTheBits() {
+        let one = Self.secondOrder(seed: 7)
+        let results = Mutex<[[Tensor]]>([])
+        DispatchQueue.concurrentPerform(iterations: 3) { _ in
+            let r = IntraOpThreads.$count.withValue(2) { Self.secondOrder(seed: 7) }
+            results.withLock { $0.append(r) }
+        }
+        let all = results.withLock { $0 }
+        #expect(all.count == 3)
+        for r in all { #expect(zip(one, r).allSatisfy { $0.bitwiseEqual($1) }) }
+        var rng = SeededGenerator(seed: 3)
+        let a = rng.normalTensor([1100, 64]), b = rng.normalTensor([64, 64])
+        let reference = Tensor.matmul(a, b)
+        var differing = 0
+        IntraOpThreads.$count.withValue(3) {
+            for _ in 0..<300 where !Tensor.matmul(a, b).bitwiseEqual(reference) { differing += 1 }
+        }
+        #expect(differing == 0)
     }
 }
