@@ -91,49 +91,43 @@ enum CHGNetBench {
     }
 
     /// One structure on one and two threads (`IntraOpThreads`), alternated: wall time per call, the speed-up and
-    /// whether the energy and forces are the same bits.
+    /// whether the results (energy and forces; a BPTT step's parameter gradients) are the same bits.
     static func threads(_ model: CHGNet) {
         print("one structure on 2 threads (model only, E+F; alternated, median of ≥ 5 calls each, 3 rounds):")
         for r in [2, 3] {
             let s = structure(repeats: r)
             let cells = s.cell.reshaped([1, 3, 3])
             let sys = AtomicSystem(s, cutoff: model.cutoff)
-            var t1: [Double] = [], t2: [Double] = []
-            var out: [Int: [Double]] = [:]
-            for _ in 0..<3 {
-                for n in [1, 2] {
-                    var result: [Double] = []
-                    let m = IntraOpThreads.$count.withValue(n) {
-                        measureBoth(minRuns: 5, minSeconds: 1) {
-                            let e = model.evaluate(sys, positions: s.positions, cells: cells)
-                            result = [e.energy] + e.forces.array
-                        }
-                    }
-                    out[n] = result
-                    if n == 1 { t1.append(m.median) } else { t2.append(m.median) }
-                }
+            let (a, b, same) = oneAndTwoThreads(minRuns: 5) {
+                let e = model.evaluate(sys, positions: s.positions, cells: cells)
+                return [e.energy] + e.forces.array
             }
-            let a = t1.sorted()[1], b = t2.sorted()[1]
             print("  \(s.count) atoms: 1 thread \(fmtTime(a)), 2 threads \(fmtTime(b)): speed-up \(fmt(a / b))×; energy and forces "
-                  + (out[1]! == out[2]! ? "bit-identical" : "DIFFER (max |Δ| \(zip(out[1]!, out[2]!).map { abs($0 - $1) }.max()!))"))
+                  + (same ? "bit-identical" : "DIFFER"))
         }
         // One BPTT step on 216 atoms: E and F with their graph, x' = x + 0.01·F, the gradient of a scalar of x' with
         // respect to all parameters (second derivatives through the forces).
         print("one BPTT step on 2 threads (216 atoms; alternated, median of ≥ 3 steps each, 3 rounds):")
         let s = structure(repeats: 3)
         let sys = AtomicSystem(s, cutoff: model.cutoff)
-        var t1: [Double] = [], t2: [Double] = []
+        let (a, b, same) = oneAndTwoThreads(minRuns: 3) { NeuralBench.bpttStep(model, sys, s) }
+        print("  216 atoms: 1 thread \(fmtTime(a)), 2 threads \(fmtTime(b)): speed-up \(fmt(a / b))×; parameter gradients "
+              + (same ? "bit-identical" : "DIFFER"))
+    }
+
+    /// Median wall time of `body` on one and on two threads (3 alternated rounds, the middle round's median each) and
+    /// whether both gave the same bits.
+    static func oneAndTwoThreads(minRuns: Int, _ body: () -> [Double]) -> (Double, Double, Bool) {
+        var times: [Int: [Double]] = [1: [], 2: []]
         var out: [Int: [Double]] = [:]
         for _ in 0..<3 {
             for n in [1, 2] {
-                var g: [Double] = []
-                let m = IntraOpThreads.$count.withValue(n) { measureBoth(minRuns: 3, minSeconds: 1) { g = NeuralBench.bpttStep(model, sys, s) } }
-                out[n] = g
-                if n == 1 { t1.append(m.median) } else { t2.append(m.median) }
+                var result: [Double] = []
+                let m = IntraOpThreads.$count.withValue(n) { measureBoth(minRuns: minRuns, minSeconds: 1) { result = body() } }
+                out[n] = result
+                times[n]!.append(m.median)
             }
         }
-        let a = t1.sorted()[1], b = t2.sorted()[1]
-        print("  216 atoms: 1 thread \(fmtTime(a)), 2 threads \(fmtTime(b)): speed-up \(fmt(a / b))×; parameter gradients "
-              + (out[1]! == out[2]! ? "bit-identical" : "DIFFER"))
+        return (times[1]!.sorted()[1], times[2]!.sorted()[1], out[1]! == out[2]!)
     }
 }
