@@ -155,6 +155,15 @@ extension Tensor {
             po[0] = Tensor.sumBuffer(pg, count)
             return out
         }
+        if shape.count == 2 && target.last == shape[1] && target.reduce(1, *) == shape[1] {
+            // [rows, w] to [w] or [1, w] (bias gradients): each column sums its rows in row order, so columns split
+            // over threads without changing a bit.
+            let rows = shape[0], w = shape[1]
+            parallelRows(w, perRow: rows, align: 8) { cols in
+                for i in 0..<rows { let g = pg + i * w; for k in cols { po[k] += g[k] } }
+            }
+            return out
+        }
         let so = Broadcast.strides(of: target, in: shape)
         let r = shape.count, inner = shape[r - 1], io = so[r - 1]
         forEachRow(shape, so, so) { row, oo, _ in
@@ -441,11 +450,13 @@ extension Tensor {
                     dst[3 * i] += src[3 * m]; dst[3 * i + 1] += src[3 * m + 1]; dst[3 * i + 2] += src[3 * m + 2]
                 }
             } else {
-                for m in 0..<idx.count {
-                    let i = idx[m]
-                    precondition(i >= 0 && i < rows, "scatterAddRows: index \(i) out of range 0..<\(rows)")
-                    let d = dst + i * row, s = src + m * row
-                    for k in 0..<row { d[k] += s[k] }
+                for m in 0..<idx.count { precondition(idx[m] >= 0 && idx[m] < rows, "scatterAddRows: index \(idx[m]) out of range 0..<\(rows)") }
+                // Each column adds its source rows in order, so columns split over threads without changing a bit.
+                parallelRows(row, perRow: idx.count, align: 8) { cols in
+                    for m in 0..<idx.count {
+                        let d = dst + idx[m] * row, s = src + m * row
+                        for k in cols { d[k] += s[k] }
+                    }
                 }
             }
         }

@@ -21,7 +21,9 @@ public final class TensorStorage: ManagedBuffer<Int, Double> {
 
     static func make(count: Int, repeating value: Double) -> TensorStorage {
         let s = make(count: count)
-        s.pointer.initialize(repeating: value, count: count)
+        let p = s.pointer
+        // Large fills (the zeroed gradient buffers of the fused operations) split over the operation's threads.
+        parallelRows(count, perRow: 1, align: 4096) { r in (p + r.lowerBound).initialize(repeating: value, count: r.count) }
         return s
     }
 
