@@ -51,7 +51,7 @@ func parallelRows(_ n: Int, perRow: Int, align: Int = 1, _ body: (Range<Int>) ->
     if threads <= 1 { body(0..<n); return }
     let units = (n + align - 1) / align
     // More parts than threads: late or slower threads balance out.
-    let parts = Swift.min(units, 4 * threads)
+    let parts = Swift.min(units, 4 * threads, 0xFFFF)
     IntraOpThreads.splitCounter.add(1, ordering: .relaxed)
     withoutActuallyEscaping(body) { body in
         let task = UncheckedTask(body)
@@ -84,16 +84,17 @@ private struct UncheckedPart: @unchecked Sendable {
 /// BPTT step through CHGNet splits hundreds of them, so a worker that has to be woken for each (as with
 /// `concurrentPerform`) starts late and the calling thread waits: the workers spin for `spinNanoseconds` after each
 /// operation before they sleep. Parts are claimed through one atomic ticket holding the operation's number and the
-/// next part, so a worker that arrives after its operation finished can never take a part of the next one.
+/// next part (and the part count), so a worker that arrives after its operation finished can never take a part of
+/// the next one.
 final class WorkerPool: @unchecked Sendable {
     static let shared = WorkerPool()
     static let spinNanoseconds: UInt64 = 200_000
+    static let cores = Swift.max(1, ProcessInfo.processInfo.activeProcessorCount)
 
     private let busy = Atomic<Bool>(false)
-    /// (operation number << 24) | next part.
+    /// (operation number << 32) | (part count << 16) | next part.
     private let ticket = Atomic<Int>(0)
     private let finished = Atomic<Int>(0)
-    private var parts = 0
     private var body: ((Int) -> Void)?
     private let creation = Mutex<[Worker]>([])
 
@@ -105,12 +106,12 @@ final class WorkerPool: @unchecked Sendable {
     /// Runs parts 0..<parts on this thread and up to threads − 1 workers; false (nothing run) when the pool is busy.
     func run(parts: Int, threads: Int, _ part: @escaping (Int) -> Void) -> Bool {
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return false }
-        let workers = self.workers(threads - 1)
-        self.parts = parts
+        // Never more threads than cores: a spinning worker on an oversubscribed core would take it from the caller.
+        let workers = self.workers(Swift.min(threads, Self.cores) - 1)
         self.body = part
         finished.store(0, ordering: .relaxed)
-        let operation = (ticket.load(ordering: .relaxed) >> 24) &+ 1
-        ticket.store(operation << 24, ordering: .sequentiallyConsistent)
+        let operation = (ticket.load(ordering: .relaxed) >> 32) &+ 1
+        ticket.store(operation << 32 | parts << 16, ordering: .sequentiallyConsistent)
         for w in workers where w.sleeping.exchange(false, ordering: .sequentiallyConsistent) { w.wake.signal() }
         claimAndRun(operation)
         while finished.load(ordering: .acquiring) < parts {}
@@ -124,12 +125,12 @@ final class WorkerPool: @unchecked Sendable {
         while true {
             var t = ticket.load(ordering: .acquiring)
             while true {
-                if t >> 24 != operation || t & 0xFF_FFFF >= parts { return }
+                if t >> 32 != operation || t & 0xFFFF >= (t >> 16) & 0xFFFF { return }
                 let (done, seen) = ticket.compareExchange(expected: t, desired: t + 1, ordering: .acquiringAndReleasing)
                 if done { break }
                 t = seen
             }
-            runPart(t & 0xFF_FFFF)
+            runPart(t & 0xFFFF)
             finished.add(1, ordering: .releasing)
         }
     }
@@ -154,15 +155,15 @@ final class WorkerPool: @unchecked Sendable {
         var seen = 0
         while true {
             var t = ticket.load(ordering: .acquiring)
-            if t >> 24 == seen {
+            if t >> 32 == seen {
                 let start = DispatchTime.now().uptimeNanoseconds
                 var spins = 0
-                while t >> 24 == seen {
+                while t >> 32 == seen {
                     spins &+= 1
                     if spins & 255 == 0, DispatchTime.now().uptimeNanoseconds - start > Self.spinNanoseconds {
                         // Sleep unless an operation arrived meanwhile; the submitter clears `sleeping` and signals.
                         w.sleeping.store(true, ordering: .sequentiallyConsistent)
-                        if ticket.load(ordering: .sequentiallyConsistent) >> 24 == seen
+                        if ticket.load(ordering: .sequentiallyConsistent) >> 32 == seen
                             || !w.sleeping.exchange(false, ordering: .sequentiallyConsistent) {
                             w.wake.wait()
                         }
@@ -171,7 +172,7 @@ final class WorkerPool: @unchecked Sendable {
                     t = ticket.load(ordering: .acquiring)
                 }
             }
-            seen = t >> 24
+            seen = t >> 32
             claimAndRun(seen)
         }
     }
