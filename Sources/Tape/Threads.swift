@@ -114,7 +114,8 @@ final class WorkerPool: @unchecked Sendable {
         ticket.store(operation << 32 | parts << 16, ordering: .sequentiallyConsistent)
         for w in workers where w.sleeping.exchange(false, ordering: .sequentiallyConsistent) { w.wake.signal() }
         claimAndRun(operation)
-        while finished.load(ordering: .acquiring) < parts {}
+        // A worker still on a part may have lost its core to another process: yield rather than spin against it.
+        while finished.load(ordering: .acquiring) < parts { sched_yield() }
         self.body = nil
         busy.store(false, ordering: .releasing)
         return true
@@ -160,6 +161,8 @@ final class WorkerPool: @unchecked Sendable {
                 var spins = 0
                 while t >> 32 == seen {
                     spins &+= 1
+                    // On a loaded machine the spin gives way to runnable threads (on an idle one this returns at once).
+                    if spins & 63 == 0 { sched_yield() }
                     if spins & 255 == 0, DispatchTime.now().uptimeNanoseconds - start > Self.spinNanoseconds {
                         // Sleep unless an operation arrived meanwhile; the submitter clears `sleeping` and signals.
                         w.sleeping.store(true, ordering: .sequentiallyConsistent)
