@@ -179,4 +179,41 @@ struct ExperimentToolsTests {
         let sweepHTML = try String(contentsOfFile: dir.path("sweep.html"), encoding: .utf8)
         #expect(sweepHTML.contains("Robustness"))
     }
+
+    /// The experiment's record: results and settings go into it, weights and unfinished trainings do not, and
+    /// neither direction overwrites a file.
+    @Test func experimentRecordKeepsResultsNotWeights() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let files = ["settings/chgnet.env": "BPTT_EPOCHS=4\n", "data-stamp.txt": "dataset=large data=0123\n",
+                     "bin/chgnet/commit.txt": "abc1234\n", "bin/chgnet/relaxft": "binary",
+                     "train/chgnet-ef-s0/summary.json": "{}", "train/chgnet-ef-s0/config.json": "{}",
+                     "train/chgnet-ef-s0/metrics.csv": "epoch\n", "train/chgnet-ef-s0/best.safetensors": "weights",
+                     "train/chgnet-bptt-s1/config.json": "{}", "train/chgnet-bptt-s1/checkpoint.safetensors": "weights",
+                     "eval/chgnet/test/ef-s0.csv": "a\n", "eval/chgnet/test/ef-s0.json": "{}", "eval/chgnet/test/ef-s0.time": "t",
+                     "eval/chgnet/test/ef-s0.err": "log", "eval/chgnet/test/bptt-s1.json.tmp": "partial"]
+        for (name, text) in files {
+            try FileManager.default.createDirectory(atPath: dir.path("run/" + name).deletingLastPathComponent, withIntermediateDirectories: true)
+            try text.write(toFile: dir.path("run/" + name), atomically: true, encoding: .utf8)
+        }
+        let script = repoRoot.appendingPathComponent("scripts/experiments/record.sh").path
+        let save = try runTool("/bin/bash", [script, "save", "--out", dir.path("run"), "--record", dir.path("record")], in: dir.url)
+        #expect(save.status == 0, "\(save.stderr)")
+        func tree(_ root: String) -> [String] {
+            (FileManager.default.enumerator(atPath: root)?.allObjects as? [String] ?? [])
+                .filter { !(((try? FileManager.default.attributesOfItem(atPath: root + "/" + $0))?[.type] as? FileAttributeType) == .typeDirectory) }.sorted()
+        }
+        #expect(tree(dir.path("record")) == ["bin/chgnet/commit.txt", "data-stamp.txt", "eval/chgnet/test/ef-s0.csv", "eval/chgnet/test/ef-s0.json",
+                                             "eval/chgnet/test/ef-s0.time", "settings/chgnet.env", "train/chgnet-ef-s0/config.json",
+                                             "train/chgnet-ef-s0/metrics.csv", "train/chgnet-ef-s0/summary.json"])
+        // Restoring into a run directory that has its own settings keeps them.
+        try FileManager.default.createDirectory(atPath: dir.path("other/settings"), withIntermediateDirectories: true)
+        try "BPTT_EPOCHS=9\n".write(toFile: dir.path("other/settings/chgnet.env"), atomically: true, encoding: .utf8)
+        let restore = try runTool("/bin/bash", [script, "restore", "--out", dir.path("other"), "--record", dir.path("record")], in: dir.url)
+        #expect(restore.status == 0 && restore.stdout.contains("8 file(s) copied"), "\(restore.stdout) \(restore.stderr)")
+        #expect(try String(contentsOfFile: dir.path("other/settings/chgnet.env"), encoding: .utf8) == "BPTT_EPOCHS=9\n")
+        #expect(tree(dir.path("other")) == tree(dir.path("record")))
+        let bad = try runTool("/bin/bash", [script, "restore", "--record", dir.path("missing"), "--out", dir.path("x")], in: dir.url)
+        #expect(bad.status == 2 && bad.stderr.contains("missing"), "\(bad.stderr)")
+    }
 }

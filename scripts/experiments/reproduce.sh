@@ -30,6 +30,10 @@
 #
 #   nice -n 15 env THREADS=2 BPTT_EPOCHS=4 scripts/experiments/reproduce.sh --models sevennet --methods bptt > runs/full-sevennet.log 2>&1 &
 #
+# On another machine, first `scripts/experiments/record.sh restore`: the committed record (docs/results-record) of
+# what finished elsewhere goes back into OUT, and the run goes on from there (`record.sh save` before leaving a
+# machine; a recorded EF training whose weights an EF → BPTT training needs is retrained, same command and seed).
+#
 # --status: what is done, running and missing, then exit. --report: render docs/results.md from what exists (no
 # training). --quick: the 12-structure tiny set (8-site cells) in minutes, into runs/reproduce-quick.
 #
@@ -267,6 +271,16 @@ if [ $report_only = 1 ]; then render docs; exit 0; fi
 # ---- one training, one evaluation -------------------------------------------------------------------------------
 failed() { log "FAILED: $1 (log: $2)"; grep -qx "$1" "$out/failed.txt" 2>/dev/null || echo "$1" >> "$out/failed.txt"; }
 
+# ef_train DIR: energy/force matching of model $m, seed $s (the caller's) into DIR, log DIR.log.
+ef_train() {
+  local efval=(--val-fraction 0.1)
+  [ -s "$d/traj-val.extxyz" ] && efval=(--val "$d/traj-val.extxyz")
+  # Reference energies refitted: the models were trained on VASP data, these frames are GPAW's (another
+  # energy zero); forces are unaffected, and energies enter the loss with weight 0.01 as in pretraining.
+  $bin pretrain --init "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" --epochs "$EF_EPOCHS" \
+    --lr "$LR_EF" --batch "$EF_BATCH" --schedule cosine --patience 1000 --seed "$s" --out "$1" > "$1.log" 2>&1
+}
+
 train() {  # train MODEL METHOD SEED; returns 0 when the run is finished
   local m=$1 meth=$2 s=$3 r d pre val start efval bin
   r=$(run_dir $m $meth $s); d=$out/data/$(species_tag $m); pre=$(model_path $m); bin=$(model_bin $m)
@@ -277,11 +291,7 @@ train() {  # train MODEL METHOD SEED; returns 0 when the run is finished
       $bin pretrain --resume "$r" > "$r.log" 2>&1 || { failed "$m-$meth-s$s" "$r.log"; return 1; }
     else
       rm -rf "$r"; log "$m $meth seed $s: starting"
-      efval=(--val-fraction 0.1); [ -s "$d/traj-val.extxyz" ] && efval=(--val "$d/traj-val.extxyz")
-      # Reference energies refitted: the models were trained on VASP data, these frames are GPAW's (another
-      # energy zero); forces are unaffected, and energies enter the loss with weight 0.01 as in pretraining.
-      $bin pretrain --init "$pre" --refit-reference-energies --data "$d/traj-train.extxyz" "${efval[@]}" --epochs "$EF_EPOCHS" \
-        --lr "$LR_EF" --batch "$EF_BATCH" --schedule cosine --patience 1000 --seed "$s" --out "$r" > "$r.log" 2>&1 || { failed "$m-$meth-s$s" "$r.log"; return 1; }
+      ef_train "$r" || { failed "$m-$meth-s$s" "$r.log"; return 1; }
     fi
   else
     if [ -f "$r/checkpoint.safetensors" ]; then
@@ -299,6 +309,14 @@ train() {  # train MODEL METHOD SEED; returns 0 when the run is finished
         ef-then-bptt)
           start=$(run_dir $m ef $s)/best.safetensors
           [ -s "$(run_dir $m ef $s)/summary.json" ] || { log "$m $meth seed $s: waits for ef seed $s"; return 1; }
+          # A recorded EF training (record.sh restore) has no weights: the same command and seed again.
+          if [ ! -s "$start" ]; then
+            local regen=$(run_dir $m ef $s).regen
+            log "$m $meth seed $s: retraining the recorded ef seed $s for its weights"
+            rm -rf "$regen"
+            ef_train "$regen" || { failed "$m-ef-s$s-regen" "$regen.log"; return 1; }
+            cp "$regen/best.safetensors" "$start.tmp" && mv "$start.tmp" "$start" && rm -rf "$regen" "$regen.log"
+          fi
           # A smaller, decaying rate: the start is already good.
           args=(--relaxer fire --relaxer-param "dt=$FIRE_DT" --grad checkpoint --steps "$STEPS" --lr "$LR_EF_BPTT" --schedule cosine) ;;
       esac
