@@ -157,9 +157,10 @@ extension Tensor {
         }
         if shape.count == 2 && target.last == shape[1] && target.reduce(1, *) == shape[1] {
             // [rows, w] to [w] or [1, w] (bias gradients): each column sums its rows in row order, so columns split
-            // over threads without changing a bit.
+            // over threads without changing a bit; only wide ones (narrow column parts read every row for a few
+            // elements: at w = 64 eight parts took 5× the serial time).
             let rows = shape[0], w = shape[1]
-            parallelRows(w, perRow: rows, align: 8) { cols in
+            parallelRows(w, perRow: rows, align: 256) { cols in
                 for i in 0..<rows { let g = pg + i * w; for k in cols { po[k] += g[k] } }
             }
             return out
@@ -451,8 +452,9 @@ extension Tensor {
                 }
             } else {
                 for m in 0..<idx.count { precondition(idx[m] >= 0 && idx[m] < rows, "scatterAddRows: index \(idx[m]) out of range 0..<\(rows)") }
-                // Each column adds its source rows in order, so columns split over threads without changing a bit.
-                parallelRows(row, perRow: idx.count, align: 8) { cols in
+                // Each column adds its source rows in order, so columns split over threads without changing a bit;
+                // only wide rows (see sum(toShape:)).
+                parallelRows(row, perRow: idx.count, align: 256) { cols in
                     for m in 0..<idx.count {
                         let d = dst + idx[m] * row, s = src + m * row
                         for k in cols { d[k] += s[k] }

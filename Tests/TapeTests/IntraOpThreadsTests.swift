@@ -4,8 +4,8 @@ import Testing
 @testable import Tape
 
 /// Threads inside one operation (`IntraOpThreads`) change no bit: matrix products in fixed blocks, the fused CHGNet
-/// operations (gathered MLP, gated norm, gathered sums with their scatter-adds split by destination) and their first
-/// and second backward passes give the same values on 1, 2 and 3 threads.
+/// operations (gathered MLP, gated norm, gathered sums) and their first and second backward passes, and the column
+/// splits of wide row sums and scatter-adds give the same values on 1, 2 and 3 threads.
 @Suite("Threads inside one operation")
 struct IntraOpThreadsTests {
     /// Shapes of CHGNet's products (pairs × features, features × features, transposed weight gradients) and odd ones.
@@ -66,6 +66,24 @@ struct IntraOpThreadsTests {
     /// The persistent workers serve one operation at a time: operations from several structures at once (the others
     /// fall back to dispatch) and long runs of operations back to back (a worker arriving late must not take a part of
     /// the next one) still give the one-thread bits.
+    /// Row sums ([rows, w] → [w]) and row scatter-adds split by column only when rows are wide (narrow column
+    /// parts cost more than they save); either way each column adds its rows in order: the same bits.
+    @Test func wideRowSumsAndScatterAddsSplitByColumnWithTheSameBits() {
+        var rng = SeededGenerator(seed: 17)
+        for w in [64, 600] {
+            let x = rng.normalTensor([400, w])
+            let index = (0..<400).map { ($0 * 11) % 37 }
+            let one = [x.sum(toShape: [w]), x.scatterAddRows(index, count: 37)]
+            for t in [2, 3] {
+                let before = IntraOpThreads.splits
+                let many = IntraOpThreads.$count.withValue(t) { [x.sum(toShape: [w]), x.scatterAddRows(index, count: 37)] }
+                // (other tests may split operations meanwhile: the counter is global)
+                if w >= 512 { #expect(IntraOpThreads.splits - before >= 2, "w \(w): \(IntraOpThreads.splits - before) operations split") }
+                for (a, b) in zip(one, many) { #expect(a.bitwiseEqual(b), "w \(w) on \(t) threads: max |Δ| \(a.maxAbsDifference(b))") }
+            }
+        }
+    }
+
     @Test func concurrentCallersAndBackToBackOperationsKeepTheBits() {
         let one = Self.secondOrder(seed: 7)
         let results = Mutex<[[Tensor]]>([])
