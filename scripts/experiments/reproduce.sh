@@ -15,7 +15,7 @@
 # also docs/results.md (RESULTS_MD) and its figures. Partial results are rendered and marked as partial.
 #
 #   scripts/experiments/reproduce.sh [--models "so3krates schnet"] [--methods "…"] [--seeds "0 1 2"] [--out DIR]
-#                                    [--quick] [--report] [--status]
+#                                    [--record DIR] [--quick] [--report] [--status]
 #
 # Start or continue (both are the same command; a re-run skips what is finished and resumes what was interrupted):
 #
@@ -33,6 +33,7 @@
 # On another machine, first `scripts/experiments/record.sh restore`: the committed record (docs/results-record) of
 # what finished elsewhere goes back into OUT, and the run goes on from there (`record.sh save` before leaving a
 # machine; a recorded EF training whose weights an EF → BPTT training needs is retrained, same command and seed).
+# --record DIR (or RECORD=DIR): `record.sh save` into DIR after every finished training and its evaluation.
 #
 # --status: what is done, running and missing, then exit. --report: render docs/results.md from what exists (no
 # training). --quick: the 12-structure tiny set (8-site cells) in minutes, into runs/reproduce-quick.
@@ -68,6 +69,7 @@ quick=0
 report_only=0
 status_only=0
 out=${OUT:-}
+record=${RECORD:-}
 models=${MODELS:-}
 methods_arg=${METHODS:-}
 seeds=${SEEDS:-}
@@ -76,8 +78,9 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --report) report_only=1 ;;
     --status) status_only=1 ;;
-    --out|--models|--methods|--seeds) [ $# -ge 2 ] || { echo "reproduce.sh: $1 needs a value" >&2; exit 2; } ;;&
+    --out|--models|--methods|--seeds|--record) [ $# -ge 2 ] || { echo "reproduce.sh: $1 needs a value" >&2; exit 2; } ;;&
     --out) out=$2; shift ;;
+    --record) record=$2; shift ;;
     --models) models=$2; shift ;;
     --methods) methods_arg=$2; shift ;;
     --seeds) seeds=$2; shift ;;
@@ -359,12 +362,16 @@ done
 write_plan
 echo $$ > "$out/driver.pid"
 log "start: models '$models', methods '$(echo $methods)', seeds '$seeds', $THREADS thread(s), out $out"
+# keep_record: with --record, what finished goes into the record at once (record.sh save), so that it is in the
+# checkout even when the machine goes before anyone saves it.
+keep_record() { [ -z "$record" ] || scripts/experiments/record.sh save --out "$out" --record "$record" >/dev/null || log "record.sh save failed"; }
 for m in $models; do evaluate $m pretrained 0; done
+keep_record
 for s in $seeds; do
   for m in $models; do
     load_settings "$out/settings/$m.env"
     for meth in $methods; do
-      if train $m $meth $s; then evaluate $m $meth $s; fi
+      if train $m $meth $s; then evaluate $m $meth $s; keep_record; fi
     done
   done
   render
