@@ -6,7 +6,8 @@
 #
 # `reproduce.sh` runs for days in the background, over several machines; its run directory (runs/, not committed)
 # holds model weights of tens of megabytes per training. `save` copies what the results are made of into the
-# record (a directory in the repository, a few hundred kilobytes): the stored settings, the data stamp, every
+# record (a directory in the repository, a few hundred kilobytes): the stored settings, the data stamp, the
+# memory table's measurements (memory.json, `scripts/bench memory`), every
 # finished training's config.json, summary.json and metrics.csv, every evaluation's csv, json and time file, and
 # the commit of each model's binary. `restore` copies the record back into a run directory where files are missing,
 # so that `reproduce.sh --status` counts the recorded trainings as done, `results.py` renders them and a re-run
@@ -40,7 +41,7 @@ copy() {
   while IFS= read -r -d '' f; do
     rel=${f#"$from"/}
     case $rel in
-      settings/*.env|data-stamp.txt|plan.json|bin/*/commit.txt) ;;
+      settings/*.env|data-stamp.txt|plan.json|memory.json|bin/*/commit.txt) ;;
       train/*/config.json|train/*/summary.json|train/*/metrics.csv)
         # an unfinished training is not recorded (it resumes from its checkpoint, which is not recorded)
         [ -s "$from/$(dirname "$rel")/summary.json" ] || continue ;;
