@@ -285,7 +285,7 @@ ef_train() {
 }
 
 train() {  # train MODEL METHOD SEED; returns 0 when the run is finished
-  local m=$1 meth=$2 s=$3 r d pre val start efval bin
+  local m=$1 meth=$2 s=$3 r d pre val start bin
   r=$(run_dir $m $meth $s); d=$out/data/$(species_tag $m); pre=$(model_path $m); bin=$(model_bin $m)
   [ -s "$r/summary.json" ] && return 0
   if [ "$meth" = ef ]; then
