@@ -90,3 +90,66 @@ func siluAndSigmoid(_ x: UnsafePointer<Double>, _ value: UnsafeMutablePointer<Do
         value[i] = x[i] * s
     }
 }
+
+/// eˣ in single precision, as `fastExp`: x clamped to [−87, 88] (2^k stays normal), x = k·ln 2 + r with
+/// |r| ≤ ln 2/2, e^r by its Taylor series to degree 7 (truncation < 10⁻⁸ relative, below Float's half ulp).
+@inline(__always)
+func fastExpFloat(_ x: Float) -> Float {
+    let xc = Swift.min(Swift.max(x, -87), 88)
+    // Adding 1.5·2²³ rounds x/ln 2 to an integer k held in the low bits of the sum.
+    let magic: Float = 12582912
+    let t = xc * 1.44269504 + magic
+    let k = t - magic
+    // ln 2 in two parts (Cody–Waite): k·ln2hi is exact (ln2hi has 15 significant bits, |k| ≤ 127).
+    let r = (xc - k * 0.693145752) - k * 1.4286068203e-6
+    var p: Float = 1.0 / 5040
+    p = p * r + 1.0 / 720
+    p = p * r + 1.0 / 120
+    p = p * r + 1.0 / 24
+    p = p * r + 1.0 / 6
+    p = p * r + 0.5
+    p = p * r + 1
+    p = p * r + 1
+    let scale = Float(bitPattern: (t.bitPattern &- magic.bitPattern &+ 127) << 23)
+    return p * scale
+}
+
+/// x·σ(x) and σ(x) over `n` Floats (σ as `fastSigmoid`, from e^−|x|).
+func siluAndSigmoid(_ x: UnsafePointer<Float>, _ value: UnsafeMutablePointer<Float>,
+                    _ sigmoid: UnsafeMutablePointer<Float>, count n: Int) {
+    for i in 0..<n {
+        let xi = x[i], e = fastExpFloat(-Swift.abs(xi))
+        let s = xi >= 0 ? 1 / (1 + e) : e / (1 + e)
+        sigmoid[i] = s
+        value[i] = xi * s
+    }
+}
+
+/// log(1 + e) for e in [0, 1] in single precision, as `fastLog1pOfUnit` with the series of atanh to s⁹
+/// (truncation < 10⁻⁹ relative for |s| ≤ 0.172).
+@inline(__always)
+func fastLog1pOfUnitFloat(_ e: Float) -> Float {
+    let u = 1 + e
+    let correction = (e - (u - 1)) / u
+    let big = u > 1.41421356
+    let m = big ? u * 0.5 : u
+    let f = m - 1
+    let s = f / (2 + f)
+    let z = s * s
+    var p: Float = 1.0 / 9
+    p = p * z + 1.0 / 7
+    p = p * z + 1.0 / 5
+    p = p * z + 1.0 / 3
+    let logM = 2 * s + (2 * s) * (z * p)
+    return big ? (0.693145752 + (logM + 1.4286068203e-6)) + correction : logM + correction
+}
+
+/// Softplus log(1 + eˣ) − shift and σ(x) over `n` Floats, both from one e^{−|x|}.
+func softplusAndSigmoid(_ x: UnsafePointer<Float>, _ value: UnsafeMutablePointer<Float>,
+                        _ sigmoid: UnsafeMutablePointer<Float>, count n: Int, minus shift: Float) {
+    for i in 0..<n {
+        let xi = x[i], e = fastExpFloat(-Swift.abs(xi))
+        value[i] = (Swift.max(xi, 0) + fastLog1pOfUnitFloat(e)) - shift
+        sigmoid[i] = (xi >= 0 ? 1 : e) / (1 + e)
+    }
+}

@@ -68,6 +68,14 @@ extension Variable {
 // MARK: - Unary functions
 
 extension Variable {
+    /// The same values in `kind`'s precision (rounded to nearest when narrowing); the gradient goes back in the
+    /// input's precision, so a single-precision stretch of a computation sits between two casts.
+    public func cast(to kind: ScalarKind) -> Variable {
+        if kind == value.kind { return self }
+        let from = value.kind
+        return makeOp("cast", [self], value.converted(to: kind), saving: .nothing) { c in [c.grad.cast(to: from)] }
+    }
+
     public func exp() -> Variable {
         makeOp("exp", [self], value.map(Foundation.exp), saving: .outputs) { c in [c.grad * c.output()] }
     }
@@ -141,10 +149,17 @@ extension Variable {
     /// x·σ(x) (swish), in one pass with the inlined exp (the fused CHGNet kernels' σ). σ(x) is kept from the
     /// forward pass so the backward needs no second exp.
     public func silu() -> Variable {
-        let out = Tensor(uninitializedShape: shape), sig = Tensor(uninitializedShape: shape)
-        let src = ptr(value), po = ptr(out), ps = ptr(sig)
-        parallelRows(value.count, perRow: 2, align: 512) { r in
-            siluAndSigmoid(src + r.lowerBound, po + r.lowerBound, ps + r.lowerBound, count: r.count)
+        let out = Tensor(uninitializedShape: shape, kind: value.kind), sig = Tensor(uninitializedShape: shape, kind: value.kind)
+        if value.kind == .float32 {
+            let src = value.storage.typed(Float.self), po = out.storage.typed(Float.self), ps = sig.storage.typed(Float.self)
+            parallelRows(value.count, perRow: 2, align: 512) { r in
+                siluAndSigmoid(src + r.lowerBound, po + r.lowerBound, ps + r.lowerBound, count: r.count)
+            }
+        } else {
+            let src = ptr(value), po = ptr(out), ps = ptr(sig)
+            parallelRows(value.count, perRow: 2, align: 512) { r in
+                siluAndSigmoid(src + r.lowerBound, po + r.lowerBound, ps + r.lowerBound, count: r.count)
+            }
         }
         return makeOp("silu", [self], out, saving: .inputs(0)) { c in
             if !c.tape.isRecording {
@@ -186,10 +201,17 @@ extension Variable {
     /// and σ(x), the derivative, which the backward pass reuses instead of a second exp. exp and log1p are the
     /// inlined ones of FastMath.swift (within 2 ulp of libm's); one node instead of two.
     public func softplus(minus shift: Double) -> Variable {
-        let out = Tensor(uninitializedShape: shape), sig = Tensor(uninitializedShape: shape)
-        let src = ptr(value), po = ptr(out), ps = ptr(sig)
-        parallelRows(value.count, perRow: 2, align: 512) { r in
-            softplusAndSigmoid(src + r.lowerBound, po + r.lowerBound, ps + r.lowerBound, count: r.count, minus: shift)
+        let out = Tensor(uninitializedShape: shape, kind: value.kind), sig = Tensor(uninitializedShape: shape, kind: value.kind)
+        if value.kind == .float32 {
+            let src = value.storage.typed(Float.self), po = out.storage.typed(Float.self), ps = sig.storage.typed(Float.self)
+            parallelRows(value.count, perRow: 2, align: 512) { r in
+                softplusAndSigmoid(src + r.lowerBound, po + r.lowerBound, ps + r.lowerBound, count: r.count, minus: Float(shift))
+            }
+        } else {
+            let src = ptr(value), po = ptr(out), ps = ptr(sig)
+            parallelRows(value.count, perRow: 2, align: 512) { r in
+                softplusAndSigmoid(src + r.lowerBound, po + r.lowerBound, ps + r.lowerBound, count: r.count, minus: shift)
+            }
         }
         return makeOp("softplus", [self], out, saving: .inputs(0)) { c in
             if !c.tape.isRecording { return [Variable(constant: Tensor.zipWith(c.grad.value, sig, *))] }

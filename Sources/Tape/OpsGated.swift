@@ -34,11 +34,20 @@ public func gatheredMLP(_ blocks: [GatheredBlock], bias b1: Variable?, weight w2
     }[0]
 }
 
-/// Adds `bias` to every row of `y` (in place; `y` is a fresh tensor).
+/// Adds `bias` to every row of `y` (in place; `y` is a fresh tensor), rows split over threads with `parallel`.
 @inline(__always)
-func addRows(_ y: Tensor, _ bias: Tensor) {
-    let n = bias.count, rows = y.count / Swift.max(n, 1), yp = ptr(y), bp = ptr(bias)
-    for r in 0..<rows { let yr = yp + r * n; for k in 0..<n { yr[k] += bp[k] } }
+func addRows(_ y: Tensor, _ bias: Tensor, parallel: Bool = false) {
+    if y.kind == .float32 { addRowsT(Float.self, y, bias, parallel) } else { addRowsT(Double.self, y, bias, parallel) }
+}
+
+@inline(__always)
+func addRowsT<S: TapeScalar>(_: S.Type, _ y: Tensor, _ bias: Tensor, _ parallel: Bool) {
+    let n = bias.count, rows = y.count / Swift.max(n, 1), yp = y.storage.typed(S.self), bp = bias.storage.typed(S.self)
+    if parallel {
+        parallelRows(rows, perRow: n, align: 64) { r in for i in r { let yr = yp + i * n; for k in 0..<n { yr[k] += bp[k] } } }
+    } else {
+        for r in 0..<rows { let yr = yp + r * n; for k in 0..<n { yr[k] += bp[k] } }
+    }
 }
 
 /// Input positions of a gathered MLP: blocks, first bias (optional), second weight, second bias (optional).

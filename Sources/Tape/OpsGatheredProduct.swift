@@ -41,6 +41,10 @@ public func gatheredProduct(_ factors: [GatheredFactor], scatterInto scatter: [I
 extension Tensor {
     /// Kernel of `gatheredProduct` (see there). Every factor has rank ≥ 1 and the same trailing shape.
     public static func gatheredProduct(_ factors: [Tensor], rows: [[Int]?], scatterInto scatter: [Int]?, count: Int) -> Tensor {
+        factors.first?.kind == .float32 ? gatheredProductT(Float.self, factors, rows, scatter, count) : gatheredProductT(Double.self, factors, rows, scatter, count)
+    }
+
+    static func gatheredProductT<S: TapeScalar>(_: S.Type, _ factors: [Tensor], _ rows: [[Int]?], _ scatter: [Int]?, _ count: Int) -> Tensor {
         precondition(!factors.isEmpty && factors.count == rows.count, "gatheredProduct: one row index (or nil) per factor")
         let trailing = Array(factors[0].shape.dropFirst())
         let width = trailing.reduce(1, *)
@@ -60,8 +64,8 @@ extension Tensor {
             precondition(s.count == pairs, "gatheredProduct: \(s.count) scatter indices for \(pairs) rows")
             precondition(s.allSatisfy { $0 >= 0 && $0 < count }, "gatheredProduct: scatter index out of range 0..<\(count)")
         }
-        let out = scatter == nil ? Tensor(uninitializedShape: [pairs] + trailing) : Tensor(shape: [count] + trailing, repeating: 0)
-        let dst = out.storage.pointer
+        let out = scatter == nil ? Tensor(uninitializedShape: [pairs] + trailing, kind: S.kind) : Tensor(shape: [count] + trailing, repeating: 0, kind: S.kind)
+        let dst = out.storage.typed(S.self)
         let nf = factors.count
         // Row offsets (row index × width) of every factor for every p, and of the output: one flat table, so
         // the loop below does no optional or bounds-checked array access.
@@ -71,7 +75,7 @@ extension Tensor {
             let o = offsets + k * pairs
             if let r { for p in 0..<pairs { o[p] = r[p] * width } } else { for p in 0..<pairs { o[p] = p * width } }
         }
-        let src = factors.map { UnsafePointer($0.storage.pointer) }
+        let src = factors.map { UnsafePointer($0.storage.typed(S.self)) }
         let outOffsets = offsets + nf * pairs
         let accumulate = scatter != nil
         switch nf {

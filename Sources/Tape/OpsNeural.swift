@@ -65,8 +65,8 @@ extension Variable {
         let y = Tensor.matmul(value, weight.value, transposeB: true)
         let n = weight.shape[0], rows = y.count / Swift.max(n, 1)
         precondition(b.shape == [n], "linear: bias of shape \(b.shape) for \(n) outputs")
-        let yp = ptr(y), bp = ptr(b.value)
-        for r in 0..<rows { let yr = yp + r * n; for k in 0..<n { yr[k] += bp[k] } }
+        _ = rows
+        addRows(y, b.value)
         return makeOp("linear", [self, weight, b], y, saving: .inputs(0, 1)) { c in
             let g = c.grad
             return [c.needs[0] ? matmul(g, c.input(1)) : nil,
@@ -81,8 +81,8 @@ extension Variable {
         let y = Tensor.matmul(value, weight.value)
         let n = weight.shape[1], rows = y.count / Swift.max(n, 1)
         precondition(bias.shape == [n], "affine: bias of shape \(bias.shape) for \(n) outputs")
-        let yp = ptr(y), bp = ptr(bias.value)
-        parallelRows(rows, perRow: n, align: 64) { r in for i in r { let yr = yp + i * n; for k in 0..<n { yr[k] += bp[k] } } }
+        _ = rows
+        addRows(y, bias.value, parallel: true)
         return makeOp("affine", [self, weight, bias], y, saving: .inputs(0, 1)) { c in
             let g = c.grad
             return [c.needs[0] ? matmul(g, c.input(1), transposeB: true) : nil,

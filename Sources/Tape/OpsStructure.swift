@@ -6,7 +6,7 @@ extension Variable {
     /// Sum of all elements (rank-0 result).
     public func sum() -> Variable {
         let s = shape
-        return makeOp("sumAll", [self], Tensor(scalar: value.sum()), saving: .nothing) { c in [c.grad.broadcast(to: s)] }
+        return makeOp("sumAll", [self], Tensor(shape: [], repeating: value.sum(), kind: value.kind), saving: .nothing) { c in [c.grad.broadcast(to: s)] }
     }
 
     /// Sum over `axes` (negative axes count from the end).

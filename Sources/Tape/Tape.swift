@@ -47,7 +47,7 @@ public struct BackwardContext {
 
     /// Upstream gradient of output k, zeros when none arrived.
     public func gradOrZero(_ k: Int) -> Variable {
-        gradOutputs[k] ?? Variable(constant: Tensor.zeros(node.outputShape(k)))
+        gradOutputs[k] ?? Variable(constant: Tensor.zeros(node.outputShape(k), kind: node.outputKind))
     }
 }
 
@@ -100,6 +100,8 @@ final class Node {
     // The first output is stored inline: most nodes have exactly one, and this saves an allocation per node.
     private(set) var output0: Tensor?
     let shape0: [Int]
+    /// Element type of the outputs (a node's outputs share one).
+    let outputKind: ScalarKind
     private(set) var moreOutputs: [Tensor?]
     let moreShapes: [[Int]]
     /// Values the backward reads besides inputs and outputs (fused operations' saved intermediates).
@@ -112,6 +114,7 @@ final class Node {
         self.firstOutput = firstOutput
         output0 = saveOutputs ? outputs[0] : nil
         shape0 = outputs[0].shape
+        outputKind = outputs[0].kind
         moreOutputs = outputs.count == 1 ? [] : outputs.dropFirst().map { saveOutputs ? $0 : nil }
         moreShapes = outputs.count == 1 ? [] : outputs.dropFirst().map(\.shape)
         self.extras = extras
@@ -276,7 +279,7 @@ public final class Tape {
         var c: [String: (Int, Int)] = [:]
         for n in nodes {
             var bytes = 0
-            for t in n.heldTensors where seen.insert(ObjectIdentifier(t.storage)).inserted { bytes += 8 * t.count }
+            for t in n.heldTensors where seen.insert(ObjectIdentifier(t.storage)).inserted { bytes += t.kind.size * t.count }
             let key = byShape ? "\(n.name) \(n.inputs.map(\.shape))" : "\(n.name)"
             let old = c[key] ?? (0, 0)
             c[key] = (old.0 + 1, old.1 + bytes)
@@ -336,7 +339,7 @@ extension Tape {
     public func gradient(of y: Variable, wrt xs: [Variable], seed: Tensor? = nil, createGraph: Bool = false) -> [Variable] {
         let s = seed ?? {
             precondition(y.count == 1, "gradient(of:) needs a scalar or an explicit seed; got shape \(y.shape)")
-            return Tensor(shape: y.shape, repeating: 1)
+            return Tensor(shape: y.shape, repeating: 1, kind: y.value.kind)
         }()
         return vjp(of: [y], seeds: [Variable(constant: s)], wrt: xs, createGraph: createGraph)
     }
@@ -357,7 +360,7 @@ extension Tape {
             precondition(y.shape == s.shape, "seed shape \(s.shape) differs from output shape \(y.shape)")
             hi = Swift.max(hi, Int(slotNode[y.id]))
         }
-        guard hi >= 0 && lo <= hi else { return xs.map { Variable(constant: Tensor.zeros($0.shape)) } }
+        guard hi >= 0 && lo <= hi else { return xs.map { Variable(constant: Tensor.zeros($0.shape, kind: $0.value.kind)) } }
         var sweep = Sweep(tape: self, createGraph: createGraph, slotBase: nodes[lo].firstOutput)
         for x in xs where x.id >= 0 { sweep.markTarget(x.id) }
         sweep.markRelevant(nodes: lo..<(hi + 1))
@@ -368,7 +371,7 @@ extension Tape {
         sweep.run(nodes: lo..<(hi + 1))
         return xs.map { x in
             if x.id >= 0, let g = sweep.gradient(x.id) { return g }
-            return Variable(constant: Tensor.zeros(x.shape))
+            return Variable(constant: Tensor.zeros(x.shape, kind: x.value.kind))
         }
     }
 
@@ -401,7 +404,7 @@ extension Tape {
         sweep.run(nodes: start..<nodes.count)
         return zip(inputs, needs).map { x, need in
             guard need else { return nil }
-            return x.id >= 0 ? (sweep.gradient(x.id) ?? Variable(constant: Tensor.zeros(x.shape))) : Variable(constant: Tensor.zeros(x.shape))
+            return x.id >= 0 ? (sweep.gradient(x.id) ?? Variable(constant: Tensor.zeros(x.shape, kind: x.value.kind))) : Variable(constant: Tensor.zeros(x.shape, kind: x.value.kind))
         }
     }
 
