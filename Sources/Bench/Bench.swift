@@ -21,7 +21,7 @@ struct Bench {
         let all: [(String, () -> Void)] = [("tape", TapeBench.run), ("neighbors", AtomsBench.neighbors), ("relax", RelaxBench.run), ("bptt", BPTTBench.run),
                                            ("chgnet", CHGNetBench.run), ("sevennet", SevenNetBench.run), ("neural", NeuralBench.run),
                                            ("memory", MemoryBench.run), ("mpi", { MPIBench.run(); MPIEpochBench.run() }),
-                                           ("mpi-epoch", MPIEpochBench.run)]
+                                           ("mpi-epoch", MPIEpochBench.run), ("precision", PrecisionBench.run)]
         let chosen = args.isEmpty ? all.map(\.0) : args
         for name in chosen {
             guard let w = all.first(where: { $0.0 == name }) else {

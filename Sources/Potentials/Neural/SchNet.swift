@@ -49,6 +49,10 @@ public struct SchNet: Potential {
     /// Filters computed once per undirected pair (the default) or per directed pair, as written in the paper;
     /// the two agree to rounding, and tests compare them.
     var sharesPairFilters = true
+    /// Precision of the network (opt-in `.float32`): its layers run in single precision between two casts, while
+    /// the geometry (distances, basis, cutoff weights), the atomic reference energies and the sum stay float64.
+    /// Not stored in model files: a property of the run, not of the model.
+    public var precision: ScalarKind = .float64
 
     public var kind: String { "schnet" }
     public var cutoff: Double { config.cutoff }
@@ -100,7 +104,9 @@ public struct SchNet: Potential {
         let c = config
         let n = system.atomCount
         let spec = species.indices(system.numbers, model: "schnet")
-        var x = p["embedding"]!.gatherRows(spec)
+        let k = precision
+        let q = k == .float64 ? p : p.mapValues { $0.cast(to: k) }
+        var x = q["embedding"]!.gatherRows(spec)
         let geo = PairGeometry(system, positions: positions, cells: cells, cutoff: c.cutoff)
         let sys = geo.system
         if sys.pairs.pairCount > 0 && c.layers > 0 {
@@ -108,16 +114,16 @@ public struct SchNet: Potential {
             // The filter depends on the distance only: computed once per undirected pair, gathered for both
             // directions (halves the filter network's cost).
             let (reps, repOf) = filterPairs(sys.pairs, shared: sharesPairFilters)
-            let rbf = gaussianBasis(geo.distances.gatherRows(reps), cutoff: c.cutoff, count: c.radialBasis)
-            let cutU = geo.cutoffWeights.gatherRows(reps)
+            let rbf = gaussianBasis(geo.distances.gatherRows(reps), cutoff: c.cutoff, count: c.radialBasis).cast(to: k)
+            let cutU = geo.cutoffWeights.gatherRows(reps).cast(to: k)
             for l in 0..<c.layers {
                 let pre = "interactions.\(l)"
-                let w = dense(shiftedSoftplus(dense(rbf, p, "\(pre).filter0")), p, "\(pre).filter1") * cutU
-                let m = gatheredProduct([GatheredFactor(dense(x, p, "\(pre).in2f"), jj), GatheredFactor(w, repOf)], scatterInto: ii, count: n)
-                x = x + dense(shiftedSoftplus(dense(m, p, "\(pre).f2out0")), p, "\(pre).f2out1")
+                let w = dense(shiftedSoftplus(dense(rbf, q, "\(pre).filter0")), q, "\(pre).filter1") * cutU
+                let m = gatheredProduct([GatheredFactor(dense(x, q, "\(pre).in2f"), jj), GatheredFactor(w, repOf)], scatterInto: ii, count: n)
+                x = x + dense(shiftedSoftplus(dense(m, q, "\(pre).f2out0")), q, "\(pre).f2out1")
             }
         }
-        let atomE = dense(shiftedSoftplus(dense(x, p, "readout.0")), p, "readout.1") * c.energyScale
+        let atomE = (dense(shiftedSoftplus(dense(x, q, "readout.0")), q, "readout.1") * c.energyScale).cast(to: .float64)
             + p["atomic_energies"]!.gatherRows(spec).reshaped([n, 1])
         return system.sumPerStructure(atomE)
     }
